@@ -1,0 +1,16 @@
+"""scorestudio: score distillation from diffusion models for 3D, vector graphics and inverse problems.
+
+Importing the package is cheap: subpackages with heavy dependencies (diffusers, nerfacc, ...)
+load only when a registered module of theirs is first looked up with :func:`find`.
+"""
+
+from scorestudio.utils.registry import declare_lazy, find, register
+
+__version__ = "0.1.0"
+__all__ = ["register", "find", "__version__"]
+
+declare_lazy("scorestudio.systems.toy_particles", "toy-particles")
+declare_lazy("scorestudio.priors.embedded", "embedded")
+declare_lazy("scorestudio.priors.stable_diffusion", "stable-diffusion")
+declare_lazy("scorestudio.priors.deepfloyd_if", "deepfloyd-if")
+declare_lazy("scorestudio.priors.prompt_processor", "prompt-processor")

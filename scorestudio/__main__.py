@@ -1,0 +1,3 @@
+from scorestudio.cli import main
+
+main()

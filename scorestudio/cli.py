@@ -1,0 +1,172 @@
+"""The scorestudio command line (``launch.py``, ``python -m scorestudio``, ``scorestudio``).
+
+    python launch.py --config configs/toy-particles.yaml --train [--gpu 0] [--seed 1] key=value ...
+
+Any ``key=value`` argument overrides the config (dot-list syntax, e.g.
+``system.prompt_processor.prompt="a red cube"``); ``resume=path/to/last.ckpt`` resumes a run or
+picks the checkpoint to test / export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+import warnings
+from datetime import datetime
+from typing import Optional
+
+from scorestudio.utils.config import ConfigError, load_config, parse_structured, to_plain
+from scorestudio.utils.registry import RegistryError, find
+from scorestudio.utils.run import ExperimentConfig, RunContext, run_dir_for
+
+MODES = ("train", "validate", "test", "export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scorestudio",
+        description="Score distillation runs: python launch.py --config CONFIG --train [key=value ...]",
+    )
+    parser.add_argument("--config", required=True, help="YAML config file (may 'extends: base.yaml')")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    for name in MODES:
+        mode.add_argument(f"--{name}", action="store_true", help=f"{name} the system")
+    parser.add_argument("--gpu", default=None,
+                        help="GPU ids as a comma list ('0' or '0,1'); absent or 'cpu' runs on the CPU")
+    parser.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    parser.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
+    return parser
+
+
+def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, list[str]]:
+    """Split the command line into options and config overrides."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    unknown = [e for e in extras if "=" not in e or e.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognised arguments {unknown}; config overrides look like key=value")
+    if args.seed is not None:
+        extras.append(f"seed={args.seed}")
+    args.mode = next(m for m in MODES if getattr(args, m))
+    return args, extras
+
+
+def select_devices(gpu: Optional[str]) -> tuple[str, object]:
+    """(accelerator, devices) for Lightning. Requested GPUs that do not exist fall back to CPU."""
+    if gpu is None or gpu.strip().lower() in ("", "cpu", "-1"):
+        return "cpu", 1
+    import torch
+
+    ids = [int(g) for g in gpu.split(",") if g.strip()]
+    if not torch.cuda.is_available():
+        warnings.warn(f"--gpu {gpu} requested but CUDA is not available; running on the CPU")
+        return "cpu", 1
+    missing = [i for i in ids if i >= torch.cuda.device_count()]
+    if missing:
+        raise ConfigError(f"--gpu {gpu}: no such GPU {missing}; this machine has {torch.cuda.device_count()}")
+    return "gpu", ids
+
+
+def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devices: object):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    from scorestudio.utils.checkpoint import AtomicCheckpointIO, RunCheckpoint
+
+    # One log version per launch, so a resumed run never overwrites the logs of its first part.
+    version = datetime.now().strftime("%Y%m%d-%H%M%S")
+    loggers = [CSVLogger(run.root, name="csv_logs", version=version)]
+    try:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        import tensorboard  # noqa: F401  (optional)
+
+        loggers.append(TensorBoardLogger(run.root, name="tb_logs", version=version))
+    except ImportError:
+        pass
+    t = exp.trainer
+    callbacks = [RunCheckpoint(run.ckpt_dir, exp.checkpoint.every_n_train_steps, exp.checkpoint.keep_all)]
+    if t.enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        max_steps=t.max_steps,
+        log_every_n_steps=t.log_every_n_steps,
+        val_check_interval=t.val_check_interval or None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1 if t.val_check_interval else 0,
+        num_sanity_val_steps=t.num_sanity_val_steps,
+        precision=t.precision,
+        enable_checkpointing=False,
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        logger=loggers,
+        default_root_dir=str(run.root),
+    )
+
+
+def load_weights(system, ckpt_path: str) -> int:
+    """Load a checkpoint's state into ``system`` (for --export); returns its global step."""
+    import torch
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    system.load_state_dict(ckpt["state_dict"])
+    system.on_load_checkpoint(ckpt)
+    return int(ckpt.get("global_step", 0))
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
+    raw = load_config(args.config, overrides)
+    exp = parse_structured(ExperimentConfig, raw)
+    if args.mode in ("test", "export", "validate") and not exp.resume:
+        raise ConfigError(f"--{args.mode} needs a checkpoint: add resume=path/to/ckpts/last.ckpt")
+    accelerator, devices = select_devices(args.gpu)
+    system_cls = find(exp.system_type, kind="systems")
+    run_ctx = RunContext(run_dir_for(exp), exp.seed)
+    system = system_cls(exp.system, run=run_ctx, data=exp.data)
+
+    parsed = to_plain(exp)
+    parsed["system"] = to_plain(system.cfg)
+    run_ctx.prepare(parsed, argv=["launch.py", *sys.argv[1:]] if sys.argv else None)
+    print(f"[scorestudio] run folder: {run_ctx.root}")
+
+    import lightning.pytorch as pl
+
+    pl.seed_everything(exp.seed, workers=True, verbose=False)
+    trainer = make_trainer(exp, run_ctx, accelerator, devices)
+    if args.mode == "train":
+        trainer.fit(system, ckpt_path=exp.resume)
+        trainer.test(system, verbose=False)
+    elif args.mode == "validate":
+        trainer.validate(system, ckpt_path=exp.resume, verbose=False)
+    elif args.mode == "test":
+        trainer.test(system, ckpt_path=exp.resume, verbose=False)
+    else:
+        step = load_weights(system, exp.resume)
+        system.export_step = step
+        for path in system.export():
+            print(f"[scorestudio] exported {path}")
+    print(f"[scorestudio] outputs in {run_ctx.save_dir}")
+    return run_ctx
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args, overrides = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        run(args, overrides)
+    except (ConfigError, RegistryError, FileNotFoundError) as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"scorestudio: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The one interface every guidance (SDS, NFSD, VSD, ...) uses to query a text-to-image prior.
+
+Notation (DDPM, discrete time t in {0, ..., T-1}, T = ``num_train_timesteps``):
+
+    x_t = α_t x_0 + σ_t ε,     α_t = sqrt(ᾱ_t),  σ_t = sqrt(1 − ᾱ_t),  ᾱ_t = ``alphas_cumprod[t]``.
+
+x lives in the prior's *model space*: VAE latents ``[N, C, h, w]`` for latent priors (Stable
+Diffusion, the embedded prior), pixels in [-1, 1] for pixel priors (DeepFloyd IF).
+
+Classifier-free guidance convention (diffusers'), used by :meth:`DiffusionPrior.predict_noise_cfg`
+and everything built on it:
+
+    ε_cfg = ε_u + s (ε_c − ε_u)
+
+so s = 1 is the plain conditional prediction and s = 0 the unconditional one. (DreamFusion's
+ω is s − 1.)
+
+Inputs and outputs of every method are float32; a float16 prior casts internally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from omegaconf import MISSING
+from torch import Tensor, nn
+
+from scorestudio.priors.loading import load_component, resolve_dtype
+from scorestudio.utils.base import BaseModule
+
+
+class EvalOnlyMixin:
+    """``.train()`` keeps the module in eval mode.
+
+    Lightning calls ``model.train()`` on the whole system at the start of fitting; frozen text
+    encoders (T5, MiniLM) have dropout that must stay off. Adapters attached later (VSD's LoRA on
+    ``unet``) therefore also run without dropout.
+    """
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+
+@torch.no_grad()
+def hf_text_embeddings(tokenizer: Any, encoder: nn.Module, prompts: list[str], max_length: int,
+                       use_attention_mask: bool) -> Tensor:
+    """Per-token ``last_hidden_state`` ``[B, max_length, D]`` of a transformers text encoder.
+
+    Prompts are padded to ``max_length`` ("max_length" padding) and truncated to it. With
+    ``use_attention_mask`` the encoder ignores pad tokens (T5, BERT); CLIP as used by Stable
+    Diffusion attends to them (no mask). The pad positions are part of the output either way.
+    """
+    tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                       return_tensors="pt")
+    device = next(encoder.parameters()).device
+    mask = tokens.attention_mask.to(device) if use_attention_mask else None
+    return encoder(tokens.input_ids.to(device), attention_mask=mask).last_hidden_state
+
+
+def resize_square(images: Tensor, size: int) -> Tensor:
+    """Images ``[N, C, H, W]`` → ``[N, C, size, size]`` (bilinear, antialiased); no-op if already."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class DiffusionPrior(EvalOnlyMixin, BaseModule):
+    """A frozen text-conditioned ε-prediction diffusion model (see the module docstring).
+
+    Attributes set by :meth:`configure`:
+        unet: the denoiser, a plain diffusers ``UNet2DConditionModel`` (VSD attaches LoRA to it).
+        num_train_timesteps (int): T, usually 1000.
+        alphas_cumprod: buffer ``[T]`` float32, ᾱ_t.
+        scheduler_config (dict): the folder's ``scheduler/scheduler_config.json`` (for samplers).
+        latent_channels (int): C of the model space.
+        latent_size (int): h = w of the model space.
+        image_size (int): H = W of the images that ``encode_images`` expects/``decode_latents`` returns.
+        is_latent (bool): model space is VAE latents (True) or pixels (False).
+
+    Subclasses implement :meth:`load_models`, :meth:`encode_uncached`, :meth:`encode_images` and
+    :meth:`decode_latents`. All parameters are frozen (``requires_grad=False``) and stay in eval
+    mode; gradients still flow *through* ``predict_noise`` / ``encode_images`` / ``decode_latents``
+    to their inputs.
+    """
+
+    @dataclass
+    class Config:
+        # Local diffusers-format folder, or a Hugging Face hub id found in the local HF cache.
+        pretrained_model_name_or_path: str = MISSING
+        # True: never touch the network. False: from_pretrained may download missing files.
+        local_files_only: bool = True
+        # Weights and compute dtype: "float32", or "float16" (CUDA only; on the CPU it warns and
+        # keeps float32). Inputs and outputs are float32 either way.
+        dtype: str = "float32"
+        # Tokens per prompt = L of the text embeddings [B, L, D]; None = the model's own length.
+        text_max_length: Optional[int] = None
+
+    cfg: Config
+    unet: nn.Module
+
+    def configure(self) -> None:
+        self.torch_dtype = resolve_dtype(self.cfg.dtype, self.config_key("dtype"))
+        source = self.locate_weights()
+        from diffusers import DDPMScheduler
+
+        # The scheduler first: the cheapest file, so a wrong path fails fast.
+        scheduler = self.load(DDPMScheduler, source, "scheduler")
+        self.scheduler_config = dict(scheduler.config)
+        if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"{source}: prediction_type {scheduler.config.prediction_type!r} is not "
+                             "supported; priors must predict epsilon or v")
+        self.prediction_type: str = scheduler.config.prediction_type
+        self.num_train_timesteps: int = int(scheduler.config.num_train_timesteps)
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(torch.float32), persistent=False)
+        self.load_models(source)
+        self.latent_channels: int = int(self.unet.config.in_channels)
+        self.latent_size: int = int(self.unet.config.sample_size)
+        self.requires_grad_(False)
+        self.eval()
+        self._text_cache: dict[str, Tensor] = {}
+
+    # ---- loading ------------------------------------------------------------------------
+    def config_key(self, field: str) -> str:
+        """Full config key of ``field`` for error messages, e.g. ``system.prior.dtype``."""
+        return f"{self.config_path or 'system.prior'}.{field}"
+
+    def locate_weights(self) -> str:
+        """The folder or hub id to load from (``pretrained_model_name_or_path``, ~ expanded)."""
+        name = self.cfg.pretrained_model_name_or_path
+        return str(Path(name).expanduser()) if name.startswith("~") else name
+
+    def load(self, cls: Any, source: str, subfolder: str, **kwargs: Any) -> Any:
+        """Load one component of the model folder (see :func:`loading.load_component`)."""
+        return load_component(cls, source, subfolder, key=self.config_key("pretrained_model_name_or_path"),
+                              local_files_only=self.cfg.local_files_only, **kwargs)
+
+    def load_models(self, source: str) -> None:
+        """Set ``self.unet`` and the text encoder (and VAE) from ``source``."""
+        raise NotImplementedError
+
+    # ---- text -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
+    def encode_uncached(self, prompts: list[str]) -> Tensor:
+        """Text embeddings ``[B, L, D]`` of distinct ``prompts``, without the cache."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        """Text embeddings ``[B, L, D]`` float32 for ``prompts`` (B = len(prompts)).
+
+        "" is the unconditional embedding. Each distinct prompt is encoded once per prior
+        instance and cached in memory; cached rows are returned as-is (no re-encoding).
+        """
+        if prompts is None or isinstance(prompts, str) or len(prompts) == 0:
+            raise ValueError(f"encode_text needs a non-empty list of prompt strings, got {prompts!r}")
+        bad = [p for p in prompts if not isinstance(p, str)]
+        if bad:
+            raise ValueError(f"encode_text: prompts must be strings ('' for unconditional), got {bad!r}")
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            embeddings = self.encode_uncached(missing).to(torch.float32)
+            self._text_cache.update(zip(missing, embeddings))
+        for p in dict.fromkeys(prompts):  # follow the prior when Lightning moves it
+            if self._text_cache[p].device != self.device:
+                self._text_cache[p] = self._text_cache[p].to(self.device)
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    # ---- images <-> model space ------------------------------------------------------------
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Images ``[N, 3, H, W]`` in [0, 1] (any H, W; resized to ``image_size``) → model-space
+        ``x_0`` ``[N, C, h, w]``. Differentiable."""
+        raise NotImplementedError
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Model-space ``x_0`` ``[N, C, h, w]`` → images ``[N, 3, H, W]`` in [0, 1]. Differentiable."""
+        raise NotImplementedError
+
+    # ---- noise schedule -----------------------------------------------------------------
+    def timesteps(self, t: Union[Tensor, int], n: int) -> Tensor:
+        """Timesteps as a long ``[n]`` tensor on the prior's device (a scalar is broadcast)."""
+        t = torch.as_tensor(t, device=self.device).long()
+        return t.expand(n) if t.ndim == 0 else t
+
+    def alpha(self, t: Tensor) -> Tensor:
+        """α_t = sqrt(ᾱ_t), ``[N]`` float32 for long ``t`` ``[N]``."""
+        return self.alphas_cumprod[t.to(self.device)].sqrt()
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """σ_t = sqrt(1 − ᾱ_t), ``[N]`` float32 for long ``t`` ``[N]``."""
+        return (1.0 - self.alphas_cumprod[t.to(self.device)]).sqrt()
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """x_t = α_t x_0 + σ_t ε for ``x0``, ``noise`` ``[N, C, h, w]`` and long ``t`` ``[N]``."""
+        t = self.timesteps(t, x0.shape[0])
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        return self.alpha(t).view(shape) * x0 + self.sigma(t).view(shape) * noise
+
+    # ---- denoiser -----------------------------------------------------------------------
+    def predict_noise(self, x_t: Tensor, t: Union[Tensor, int], text_embeddings: Tensor) -> Tensor:
+        """ε̂(x_t, t, y): ``[N, C, h, w]`` from ``x_t`` ``[N, C, h, w]``, long ``t`` ``[N]`` (or a
+        scalar) and ``text_embeddings`` ``[N, L, D]``. One UNet call, no guidance; not under
+        ``no_grad`` (VSD trains LoRA through it, some losses backpropagate to ``x_t``).
+
+        Learned-variance UNets (IF: 2C output channels) contribute their first C channels;
+        v-prediction models are converted to ε = α_t v + σ_t x_t.
+        """
+        n = x_t.shape[0]
+        if text_embeddings.shape[0] != n:
+            raise ValueError(f"predict_noise: x_t has batch {n} but text_embeddings has "
+                             f"{text_embeddings.shape[0]}; pass one embedding per sample")
+        t = self.timesteps(t, n)
+        out = self.unet(x_t.to(self.torch_dtype), t,
+                        encoder_hidden_states=text_embeddings.to(self.torch_dtype)).sample
+        out = out[:, : x_t.shape[1]].to(x_t.dtype)
+        if self.prediction_type == "v_prediction":
+            shape = (-1,) + (1,) * (x_t.ndim - 1)
+            out = self.alpha(t).view(shape) * out + self.sigma(t).view(shape) * x_t
+        return out
+
+    def predict_noise_cfg(self, x_t: Tensor, t: Union[Tensor, int], cond: Tensor, uncond: Tensor,
+                          guidance_scale: Union[float, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Classifier-free guided ε with ONE batched UNet call of size 2N.
+
+        Args:
+            x_t: ``[N, C, h, w]``; t: long ``[N]`` or a scalar.
+            cond, uncond: text embeddings ``[N, L, D]`` (prompt, negative/empty prompt).
+            guidance_scale: s, a float or a ``[N]`` tensor (one scale per sample).
+        Returns:
+            ``(eps_cfg, eps_cond, eps_uncond)``, each ``[N, C, h, w]``, with
+            eps_cfg = eps_uncond + s (eps_cond − eps_uncond).
+        """
+        n = x_t.shape[0]
+        t = self.timesteps(t, n)
+        eps = self.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]))
+        eps_cond, eps_uncond = eps.chunk(2)
+        scale = torch.as_tensor(guidance_scale, dtype=eps.dtype, device=eps.device)
+        if scale.ndim == 1:
+            scale = scale.view(-1, *(1,) * (x_t.ndim - 1))
+        return eps_uncond + scale * (eps_cond - eps_uncond), eps_cond, eps_uncond
+

@@ -1,0 +1,38 @@
+"""Stable Diffusion (1.x / 2.x) as a prior: CLIP text encoder + VAE latents + UNet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from scorestudio.priors.base import hf_text_embeddings
+from scorestudio.priors.latent_diffusion import LatentDiffusionPrior
+from scorestudio.utils.registry import register
+
+
+@register("stable-diffusion")
+class StableDiffusionPrior(LatentDiffusionPrior):
+    """A diffusers Stable Diffusion folder: ``unet/``, ``vae/``, ``scheduler/``, ``tokenizer/``
+    (CLIPTokenizer) and ``text_encoder/`` (CLIPTextModel).
+
+    Text embeddings: CLIP ``last_hidden_state`` ``[B, 77, D]`` (D = 768 for SD 1.x, 1024 for 2.x),
+    prompts padded to the tokenizer's ``model_max_length`` (77) without attention mask, as the
+    diffusers pipeline does. v-prediction checkpoints (SD 2.1 768) are returned as ε.
+    """
+
+    @dataclass
+    class Config(LatentDiffusionPrior.Config):
+        # threestudio's default SD prior (ε-prediction, 512x512 images, 64x64x4 latents).
+        pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
+
+    def load_text_encoder(self, source: str) -> None:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        self.tokenizer = self.load(CLIPTokenizer, source, "tokenizer")
+        self.text_encoder = self.load(CLIPTextModel, source, "text_encoder", dtype=self.torch_dtype)
+        self.text_max_length: int = self.cfg.text_max_length or int(self.tokenizer.model_max_length)
+
+    def encode_uncached(self, prompts: list[str]) -> Tensor:
+        return hf_text_embeddings(self.tokenizer, self.text_encoder, prompts, self.text_max_length,
+                                  use_attention_mask=False)

@@ -1,0 +1,111 @@
+"""Lightning base system: config parsing, particles, optimisers, run-folder outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from scorestudio.utils.config import parse_structured
+from scorestudio.utils.io import update_json
+from scorestudio.utils.run import RunContext
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "Adam"                                  # any class in torch.optim
+    args: dict = field(default_factory=lambda: {"lr": 0.01})   # default kwargs for every group
+    params: dict = field(default_factory=dict)          # {attribute prefix: kwargs override}, e.g. {"background": {"lr": 0.001}}
+
+
+class _Steps(IterableDataset):
+    """An endless stream of empty batches: systems draw their randomness from the step index."""
+
+    def __iter__(self):
+        while True:
+            yield torch.zeros(())
+
+
+class _Once(IterableDataset):
+    def __iter__(self):
+        yield torch.zeros(())
+
+
+class BaseSystem(pl.LightningModule):
+    """A scorestudio system: a LightningModule configured by its nested ``Config``.
+
+    Subclasses implement ``configure()`` (build modules), ``training_step`` and optionally
+    ``validation_step`` / ``test_step`` / ``export``. Randomness must come from
+    ``self.generator(stream, particle, step)`` so results do not depend on resumption or sharding.
+    """
+
+    @dataclass
+    class Config:
+        n_particles: int = 1
+        optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+    def __init__(self, cfg: Any = None, run: Optional[RunContext] = None, data: Any = None) -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg, "system")
+        self.run = run or RunContext(Path("outputs/scratch"))
+        self.data_cfg = data or {}
+        self.configure()
+
+    # ---- to override ----------------------------------------------------------------------
+    def configure(self) -> None:
+        """Build submodules and parameters from ``self.cfg``."""
+
+    def export(self) -> list[Path]:
+        """Write exportable assets (meshes, SVGs); returns their paths."""
+        raise NotImplementedError(f"{type(self).__name__} has nothing to export")
+
+    # ---- randomness ------------------------------------------------------------------------
+    @property
+    def seed(self) -> int:
+        return self.run.seed
+
+    def generator(self, *keys: int | str) -> torch.Generator:
+        from scorestudio.utils.seeding import generator
+
+        return generator(self.seed, *keys)
+
+    # ---- outputs ---------------------------------------------------------------------------
+    def save_path(self, name: str) -> Path:
+        path = self.run.save_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def save_metrics(self, metrics: dict) -> dict:
+        """Merge scalar metrics into the run's metrics.json (atomic)."""
+        return update_json(self.run.metrics_path, metrics)
+
+    # ---- Lightning plumbing ----------------------------------------------------------------
+    def configure_optimizers(self):
+        opt_cfg = self.cfg.optimizer
+        optim_cls = getattr(torch.optim, opt_cfg.name, None)
+        if optim_cls is None:
+            raise ValueError(f"system.optimizer.name={opt_cfg.name!r} is not a torch.optim optimizer")
+        groups, claimed = [], set()
+        for prefix, overrides in opt_cfg.params.items():
+            params = [p for n, p in self.named_parameters() if n.startswith(prefix) and p.requires_grad]
+            if not params:
+                raise ValueError(f"system.optimizer.params.{prefix}: no trainable parameter starts with {prefix!r}")
+            claimed.update(id(p) for p in params)
+            groups.append({"params": params, "name": prefix, **overrides})
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
+        if rest:
+            groups.append({"params": rest, "name": "default"})
+        return optim_cls(groups, **opt_cfg.args)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Steps(), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Once(), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(_Once(), batch_size=None)

@@ -1,0 +1,61 @@
+"""Checkpointing for Lightning: atomic writes, periodic/last/interrupt saves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from scorestudio.utils.io import atomic_open
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that never leaves a truncated checkpoint behind."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any = None) -> None:
+        with atomic_open(path, "wb") as handle:
+            torch.save(checkpoint, handle)
+
+
+class RunCheckpoint(pl.Callback):
+    """Writes ``ckpts/last.ckpt`` every ``every_n_steps`` steps, at the end of training and when
+    training is interrupted (Ctrl-C or an exception), so no finished work is lost.
+
+    With ``keep_all`` it also keeps ``ckpts/step{N:06d}.ckpt`` for every periodic save.
+    """
+
+    def __init__(self, ckpt_dir: str | os.PathLike, every_n_steps: int, keep_all: bool = False) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.every_n_steps = every_n_steps
+        self.keep_all = keep_all
+        self._last_saved_step = -1
+
+    @property
+    def last_path(self) -> Path:
+        return self.ckpt_dir / "last.ckpt"
+
+    def _save(self, trainer: pl.Trainer, keep: bool = False) -> None:
+        step = trainer.global_step
+        if step == self._last_saved_step:
+            return
+        trainer.save_checkpoint(self.last_path)
+        if keep:
+            trainer.save_checkpoint(self.ckpt_dir / f"step{step:06d}.ckpt")
+        self._last_saved_step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+            self._save(trainer, keep=self.keep_all)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if trainer.global_step > 0:
+            print(f"\n{type(exception).__name__}: saving {self.last_path} at step {trainer.global_step}")
+            self._save(trainer)

@@ -1,0 +1,104 @@
+"""The top-level run config and the run folder layout.
+
+    <exp_root_dir>/<name>/<tag>@<YYYYMMDD-HHMMSS>/
+        configs/parsed.yaml   fully resolved config, re-runnable with --config
+        ckpts/last.ckpt       written atomically, resumable with resume=...
+        save/                 images, videos, meshes, SVGs
+        metrics.json          final scalar metrics of the run
+        cmd.txt               the command line that started the run
+        csv_logs/, tb_logs/   per-step logs
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from scorestudio.utils.config import ConfigError
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    log_every_n_steps: int = 10
+    val_check_interval: int = 200       # run validation (image grid) every N training steps; 0 = never
+    precision: str = "32-true"          # Lightning precision string, e.g. "16-mixed" on GPUs
+    enable_progress_bar: bool = True
+    num_sanity_val_steps: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_train_steps: int = 500      # write ckpts/last.ckpt this often (also at the end and on Ctrl-C)
+    keep_all: bool = False              # also keep ckpts/step{N}.ckpt for every periodic save
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"               # experiment name: first level under exp_root_dir
+    tag: str = ""                       # run tag, usually the prompt: <tag>@<timestamp>
+    exp_root_dir: str = "outputs"
+    seed: int = 0                       # root of every random stream (init, timesteps, noise, cameras)
+    use_timestamp: bool = True          # append @YYYYMMDD-HHMMSS to the run folder
+    system_type: str = MISSING          # registered system name, e.g. "toy-particles"
+    system: dict = field(default_factory=dict)   # parsed by the system's own Config
+    data: dict = field(default_factory=dict)     # inputs of the system (images, operators, ...)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: Optional[str] = None        # path to a checkpoint to resume from / test / export
+
+
+def _safe_tag(tag: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_.," else "_" for c in tag.strip())
+    return keep[:120] or "run"
+
+
+def run_dir_for(cfg: ExperimentConfig, now: Optional[datetime] = None) -> Path:
+    """Where a run writes. A resumed run reuses the folder of its checkpoint."""
+    if cfg.resume:
+        ckpt = Path(cfg.resume)
+        if not ckpt.is_file():
+            raise ConfigError(f"resume={cfg.resume}: checkpoint file not found")
+        if ckpt.parent.name == "ckpts":
+            return ckpt.parent.parent
+    folder = _safe_tag(cfg.tag)
+    if cfg.use_timestamp:
+        folder += "@" + (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.exp_root_dir) / cfg.name / folder
+
+
+@dataclass
+class RunContext:
+    """What a system needs to know about its run: where to write and the root seed."""
+
+    root: Path
+    seed: int = 0
+
+    @property
+    def save_dir(self) -> Path:
+        return self.root / "save"
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.root / "ckpts"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.json"
+
+    def prepare(self, parsed_config: Any = None, argv: Optional[list[str]] = None) -> None:
+        for sub in ("configs", "ckpts", "save"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if parsed_config is not None:
+            from scorestudio.utils.config import dump_config
+
+            dump_config(parsed_config, self.root / "configs" / "parsed.yaml")
+        argv = sys.argv if argv is None else argv
+        with open(self.root / "cmd.txt", "a") as handle:
+            handle.write(shlex.join(["python", *argv]) + "\n")

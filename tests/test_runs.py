@@ -1,0 +1,123 @@
+"""End-to-end runs of the toy system: run folder, resume equivalence, kill/Ctrl-C, atomic saves."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from scorestudio.cli import parse_args, run
+from scorestudio.utils.io import atomic_open
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = str(ROOT / "configs" / "toy-particles.yaml")
+SMALL = ["system.n_realizations=16", "system.gammas=[0,10]", "trainer.enable_progress_bar=false",
+         "trainer.val_check_interval=0", "use_timestamp=false"]
+
+
+def train(tmp_path, *overrides, tag="run"):
+    args, extra = parse_args(["--config", TOY, "--train", f"exp_root_dir={tmp_path}", f"tag={tag}", *SMALL, *overrides])
+    return run(args, extra)
+
+
+def particles(ckpt: Path) -> torch.Tensor:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]["particles"]
+
+
+def test_run_folder_layout_and_metrics(tmp_path):
+    ctx = train(tmp_path, "trainer.max_steps=30", "checkpoint.every_n_train_steps=10")
+    root = tmp_path / "toy-particles" / "run"
+    assert ctx.root == root
+    for rel in ("configs/parsed.yaml", "ckpts/last.ckpt", "cmd.txt", "metrics.json",
+                "save/particle_paths.png", "save/collapse_vs_gamma.png"):
+        assert (root / rel).is_file(), rel
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert metrics["step"] == 30 and 0.0 <= metrics["collapse_fraction/gamma=0"] <= 1.0
+    parsed = yaml.safe_load((root / "configs/parsed.yaml").read_text())
+    assert parsed["system"]["n_realizations"] == 16 and parsed["system"]["kernel"]["bandwidth_mode"] == "global"
+    # parsed.yaml is re-runnable as a config of its own
+    args, extra = parse_args(["--config", str(root / "configs/parsed.yaml"), "--train", "trainer.max_steps=2", "tag=rerun"])
+    assert (run(args, extra).root / "ckpts/last.ckpt").is_file()
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    train(tmp_path, "trainer.max_steps=40", tag="full")
+    train(tmp_path, "trainer.max_steps=20", tag="part")
+    part = tmp_path / "toy-particles" / "part" / "ckpts" / "last.ckpt"
+    train(tmp_path, "trainer.max_steps=40", f"resume={part}", tag="ignored")
+    full = particles(tmp_path / "toy-particles" / "full" / "ckpts" / "last.ckpt")
+    resumed = particles(part)  # resuming reuses the checkpoint's run folder
+    assert torch.equal(full, resumed)
+
+
+def _spawn(tmp_path, tag, *overrides):
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--config", TOY, "--train", f"exp_root_dir={tmp_path}",
+           f"tag={tag}", *SMALL, *overrides]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    start = time.time()
+    while not path.is_file():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - start < timeout, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+def test_kill_then_resume_equals_uninterrupted_run(tmp_path):
+    proc = _spawn(tmp_path, "killed", "trainer.max_steps=100000", "checkpoint.every_n_train_steps=25")
+    ckpt = tmp_path / "toy-particles" / "killed" / "ckpts" / "last.ckpt"
+    _wait_for(ckpt, proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    assert step > 0 and step % 25 == 0
+    target = step + 30
+    train(tmp_path, f"trainer.max_steps={target}", f"resume={ckpt}")
+    train(tmp_path, f"trainer.max_steps={target}", tag="straight")
+    assert torch.equal(particles(ckpt), particles(tmp_path / "toy-particles" / "straight" / "ckpts" / "last.ckpt"))
+
+
+def test_ctrl_c_saves_a_checkpoint(tmp_path):
+    proc = _spawn(tmp_path, "interrupted", "trainer.max_steps=100000", "checkpoint.every_n_train_steps=100000")
+    log = tmp_path / "toy-particles" / "interrupted" / "cmd.txt"
+    _wait_for(log, proc)
+    time.sleep(3.0)  # let it train a while without any periodic checkpoint
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    ckpt = tmp_path / "toy-particles" / "interrupted" / "ckpts" / "last.ckpt"
+    assert ckpt.is_file(), out
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] > 0
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"old complete checkpoint")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, "wb") as handle:
+            handle.write(b"half of a new")
+            raise RuntimeError("crash mid-write")
+    assert target.read_bytes() == b"old complete checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path):
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--config", TOY, "--train", f"exp_root_dir={tmp_path}",
+           "system.gamas=[1]"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 2
+    assert "unknown config key 'system.gamas'" in res.stderr and "'gammas'" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = subprocess.run([*cmd[:-1], "system_type=toy-particle"], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 2 and "Did you mean 'toy-particles'" in res.stderr
