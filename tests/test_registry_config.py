@@ -200,3 +200,22 @@ def test_gpu_selection_falls_back_to_cpu():
     if not torch.cuda.is_available():
         with pytest.warns(UserWarning, match="CUDA is not available"):
             assert select_devices("0") == ("cpu", 1)
+
+
+@dataclass
+class Repulse:
+    gamma: ScheduledFloat = schedulable(0.0)
+
+
+@dataclass
+class Guided:
+    repulsion: Repulse = field(default_factory=Repulse)
+    other: Repulse = field(default_factory=lambda: Repulse(gamma=(0, 1.0, 2.0, 10)))
+
+
+def test_nested_schedules_are_parsed_even_when_defaulted():
+    cfg = parse_structured(Guided, {})
+    assert isinstance(cfg.repulsion.gamma, Schedule) and cfg.repulsion.gamma.at(5) == 0.0
+    assert cfg.other.gamma.at(5) == pytest.approx(1.5)
+    cfg = parse_structured(Guided, {"repulsion": {"gamma": [0, 0, 10, 100]}})
+    assert cfg.repulsion.gamma.at(50) == pytest.approx(5.0)

@@ -231,6 +231,7 @@ def parse_structured(cls: type, cfg: Any = None, path: str = "") -> Any:
     if cfg is None:
         raw: dict = {}
     elif isinstance(cfg, cls):
+        _finalize(cfg, prefix)
         return cfg
     elif dataclasses.is_dataclass(cfg):
         raw = dataclasses.asdict(cfg)
@@ -278,14 +279,18 @@ def parse_structured(cls: type, cfg: Any = None, path: str = "") -> Any:
         ) from err
     for name, value in {**schedules, **nested}.items():
         setattr(obj, name, value)
-    _check_schedule_defaults(obj, prefix)
+    _finalize(obj, prefix)
     return obj
 
 
-def _check_schedule_defaults(obj: Any, prefix: str) -> None:
-    """Defaults of schedulable fields are numbers: wrap them so every such field is a Schedule."""
-    for name in _schedulable_fields(type(obj)):
-        setattr(obj, name, _to_schedule(getattr(obj, name), f"{prefix}{name}"))
+def _finalize(obj: Any, prefix: str) -> None:
+    """Make every schedulable field (in nested dataclasses too, defaults included) a Schedule."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("schedulable"):
+            setattr(obj, f.name, _to_schedule(value, f"{prefix}{f.name}"))
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            _finalize(value, f"{prefix}{f.name}.")
 
 
 def to_plain(cfg: Any) -> Any:

@@ -1,0 +1,246 @@
+"""The guidance interface shared by SDS, NFSD, VSD, LMC-SDS, ... and the particle repulsion.
+
+Every guidance is called the same way by every generator (NeRF, SVG, latent images)::
+
+    out = guidance(prior, rendered, prompts, particle_ids, step, seed=..., cameras=...)
+    loss = sum(v for k, v in out.items() if k.startswith("loss_"))
+
+and returns named losses plus scalars to log. A subclass only says how to turn the prior's noise
+predictions into a noise residual δ (:meth:`BaseGuidance.noise_residual`); the base class does the
+rest, identically for all methods:
+
+- timestep sampling t ~ U[min_step, max_step]·T with scheduled bounds, one t for the whole batch
+  or one per particle, from generators keyed by (seed, particle, step);
+- the RSD repulsion between particles (:class:`RepulsionConfig`), added to δ of any method;
+- weighting g = w(t) (δ + γ c(t) r), optional clipping, NaN/Inf replaced by 0 and counted;
+- the reparameterisation loss ½‖z − sg(z − g)‖² / B, whose gradient w.r.t. z is exactly g / B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from scorestudio.guidance.repulsion import KernelConfig, repulsion_gradient
+from scorestudio.guidance.schedule import timestep_weight
+from scorestudio.utils.base import BaseModule
+from scorestudio.utils.config import ScheduledFloat, schedulable
+from scorestudio.utils.seeding import generator
+
+if TYPE_CHECKING:
+    from scorestudio.priors.base import DiffusionPrior
+    from scorestudio.priors.prompt_processor import PromptBatch
+
+
+@dataclass
+class RepulsionConfig:
+    """RSD repulsion between particles, usable on top of any guidance (γ = 0 turns it off)."""
+
+    gamma: ScheduledFloat = schedulable(0.0)  # repulsion weight γ
+    # Feature map f of the kernel: "latent" (flattened z_t), "pixel" (decoded image),
+    # "probe" (the embedded probe's features of the decoded image), "dinov2" (local weights).
+    features: str = "probe"
+    dinov2_path: Optional[str] = None     # local DINOv2 folder for features="dinov2"
+    scale: str = "sigma"                  # c(t): "sigma" (σ_t), "sigma2" (σ_t²), "one"
+    t_window: list = field(default_factory=lambda: [0.0, 1.0])  # active only for t/T in [lo, hi]
+    kernel: KernelConfig = field(default_factory=KernelConfig)
+
+
+@dataclass
+class GuidanceCall:
+    """Everything a method's :meth:`noise_residual` may need about one guidance call."""
+
+    prior: "DiffusionPrior"
+    latents: Tensor            # z_0 [B, C, h, w] (the loss flows back through it)
+    noisy: Tensor              # z_t [B, C, h, w], detached
+    noise: Tensor              # ε [B, C, h, w]
+    t: Tensor                  # long [B]
+    prompts: "PromptBatch"
+    particle_ids: Tensor       # long [B]
+    step: int
+    seed: int
+    cameras: Any = None
+
+
+class BaseGuidance(BaseModule):
+    """Score-distillation guidance; subclasses implement :meth:`noise_residual`."""
+
+    loss_name = "loss_sds"
+
+    @dataclass
+    class Config:
+        guidance_scale: ScheduledFloat = schedulable(7.5)  # CFG scale s: ε_u + s(ε_c − ε_u)
+        min_step_percent: ScheduledFloat = schedulable(0.02)  # t ~ U[min, max] · T
+        max_step_percent: ScheduledFloat = schedulable(0.98)
+        timestep_per_particle: bool = False  # one t per particle (True) or for the batch (False)
+        weighting: str = "sds"               # w(t): "sds" (1 − ᾱ_t), "uniform", "fantasia3d"
+        grad_clip: Optional[float] = None    # clamp g elementwise to [−c, c]; None = off
+        rgb_as_latents: bool = False         # inputs are already model-space latents
+        repulsion: RepulsionConfig = field(default_factory=RepulsionConfig)
+
+    cfg: Config
+
+    def configure(self) -> None:
+        # A plain dict, so the frozen feature network never enters this module's state dict.
+        self._frozen: dict[str, torch.nn.Module] = {}
+
+    # ---- to override ------------------------------------------------------------------------
+    def noise_residual(self, call: GuidanceCall) -> tuple[Tensor, dict[str, Tensor]]:
+        """δ ``[B, C, h, w]`` (before w(t)) and extra scalars to log, without autograd."""
+        raise NotImplementedError
+
+    def extra_losses(self, call: GuidanceCall) -> dict[str, Tensor]:
+        """Losses of the method's own networks (e.g. VSD's LoRA); empty by default."""
+        return {}
+
+    # ---- the shared call --------------------------------------------------------------------
+    def __call__(self, prior: "DiffusionPrior", rendered: Tensor, prompts: "PromptBatch",
+                 particle_ids: Tensor, step: int, seed: int = 0, cameras: Any = None) -> dict[str, Tensor]:
+        """Distillation losses for a batch of B = particles × views renderings.
+
+        Args:
+            prior: the frozen diffusion prior.
+            rendered: ``[B, 3, H, W]`` in [0, 1], or model-space latents ``[B, C, h, w]`` when
+                ``rgb_as_latents``.
+            prompts: text conditioning, rows aligned with ``rendered``.
+            particle_ids: long ``[B]``: the particle each item belongs to.
+            step: global optimisation step (schedules, random streams).
+            seed: run seed; randomness is keyed by (seed, particle, step), never global.
+            cameras: per-item camera information (view-dependent methods, VSD).
+        Returns:
+            ``{loss_name: loss, ...losses, "grad_norm", "t", "n_nonfinite", ...}``.
+        """
+        latents = rendered if self.cfg.rgb_as_latents else prior.encode_images(rendered)
+        particle_ids = particle_ids.to(latents.device).long()
+        t = self.sample_timesteps(prior, particle_ids, step, seed)
+        noise = self.sample_noise(latents, particle_ids, step, seed)
+        noisy = prior.add_noise(latents.detach(), noise, t)
+        call = GuidanceCall(prior, latents, noisy, noise, t, prompts, particle_ids, step, seed, cameras)
+        with torch.no_grad():
+            delta, logs = self.noise_residual(call)
+        repulsion = self.repulsion_term(call)
+        if repulsion is not None:
+            delta = delta + repulsion
+            logs["repulsion_norm"] = repulsion.flatten(1).norm(dim=1).mean()
+        grad = timestep_weight(prior.alphas_cumprod, t, self.cfg.weighting).view(-1, 1, 1, 1) * delta
+        grad, n_bad = self.sanitize(grad)
+        batch = latents.shape[0]
+        # ½‖z − sg(z − g)‖² / B: ∂/∂z = g / B exactly, whatever the generator behind z.
+        target = (latents - grad).detach()
+        loss = 0.5 * (latents - target).pow(2).sum() / batch
+        out = {self.loss_name: loss, **self.extra_losses(call)}
+        out.update(grad_norm=grad.flatten(1).norm(dim=1).mean(), t=t.float().mean(),
+                   n_nonfinite=torch.tensor(float(n_bad)), **logs)
+        return out
+
+    # ---- pieces -----------------------------------------------------------------------------
+    def step_bounds(self, prior: "DiffusionPrior", step: int) -> tuple[int, int]:
+        """Integer timestep range [lo, hi] at ``step`` from the scheduled percentages."""
+        n = prior.num_train_timesteps
+        lo = int(self.cfg.min_step_percent.at(step) * n)
+        hi = int(self.cfg.max_step_percent.at(step) * n)
+        lo, hi = max(0, min(lo, n - 1)), max(0, min(hi, n - 1))
+        return lo, max(lo, hi)
+
+    def sample_timesteps(self, prior: "DiffusionPrior", particle_ids: Tensor, step: int, seed: int) -> Tensor:
+        """Long ``[B]``: one t per particle (keyed by particle) or one for all (keyed by step)."""
+        lo, hi = self.step_bounds(prior, step)
+        if not self.cfg.timestep_per_particle:
+            t = torch.randint(lo, hi + 1, (), generator=generator(seed, "t", step))
+            return t.expand(len(particle_ids)).to(particle_ids.device)
+        per = {int(p): torch.randint(lo, hi + 1, (), generator=generator(seed, "t", int(p), step))
+               for p in particle_ids.unique().tolist()}
+        return torch.stack([per[int(p)] for p in particle_ids.tolist()]).to(particle_ids.device)
+
+    @staticmethod
+    def sample_noise(latents: Tensor, particle_ids: Tensor, step: int, seed: int) -> Tensor:
+        """ε ``[B, C, h, w]``: item k of particle p uses stream (seed, "noise", p, step, k)."""
+        seen: dict[int, int] = {}
+        rows = []
+        for p in particle_ids.tolist():
+            k = seen.get(p, 0)
+            seen[p] = k + 1
+            rows.append(torch.randn(latents.shape[1:], generator=generator(seed, "noise", p, step, k)))
+        return torch.stack(rows).to(device=latents.device, dtype=latents.dtype)
+
+    def sanitize(self, grad: Tensor) -> tuple[Tensor, int]:
+        """Replace NaN/Inf by 0 (counted, never propagated), then clip if configured."""
+        bad = ~torch.isfinite(grad)
+        n_bad = int(bad.sum())
+        if n_bad:
+            grad = torch.where(bad, torch.zeros_like(grad), grad)
+        if self.cfg.grad_clip is not None:
+            grad = grad.clamp(-self.cfg.grad_clip, self.cfg.grad_clip)
+        return grad, n_bad
+
+    # ---- repulsion --------------------------------------------------------------------------
+    def repulsion_term(self, call: GuidanceCall) -> Optional[Tensor]:
+        """γ c(t) ∇_{z_t} log Σ_j k(f(z_t^i), f(z_t^j)) per item, or None when inactive.
+
+        A particle's feature is the concatenation of the features of all its views in the
+        batch, so B = particles × views items repel as N particles. One VJP through the
+        decoder and the feature network serves the whole batch.
+        """
+        rep = self.cfg.repulsion
+        gamma = rep.gamma.at(call.step)
+        ids = call.particle_ids
+        particles = ids.unique()
+        if gamma == 0 or len(particles) < 2:
+            return None
+        frac = call.t.float() / call.prior.num_train_timesteps
+        active = (frac >= rep.t_window[0]) & (frac <= rep.t_window[1])
+        if not bool(active.any()):
+            return None
+        feature_fn = self.feature_fn(call.prior)
+        order = torch.argsort(ids, stable=True)
+        views = len(ids) // len(particles)
+        if views * len(particles) != len(ids) or not torch.equal(ids[order].view(len(particles), views),
+                                                                  particles[:, None].expand(-1, views)):
+            raise ValueError("repulsion needs the same number of views for every particle in the batch")
+
+        def grouped_features(z_sorted: Tensor) -> Tensor:   # [B, ...] sorted by particle → [N, views · D]
+            return feature_fn(z_sorted).reshape(len(particles), views, -1).flatten(1)
+
+        noisy_sorted = call.noisy[order].reshape(len(particles), views, *call.noisy.shape[1:])
+        grad_sorted = repulsion_gradient(
+            noisy_sorted, lambda z: grouped_features(z.flatten(0, 1)), **rep.kernel.kwargs())
+        grad = torch.empty_like(call.noisy)
+        grad[order] = grad_sorted.flatten(0, 1)
+        scale = self.time_scale(call.prior, call.t) * active.float()
+        return gamma * scale.view(-1, 1, 1, 1) * grad
+
+    def time_scale(self, prior: "DiffusionPrior", t: Tensor) -> Tensor:
+        """c(t) ``[B]``: σ_t, σ_t² or 1."""
+        kind = self.cfg.repulsion.scale
+        if kind == "sigma":
+            return prior.sigma(t)
+        if kind == "sigma2":
+            return prior.sigma(t) ** 2
+        if kind == "one":
+            return torch.ones_like(t, dtype=torch.float32)
+        raise ValueError(f"repulsion.scale={kind!r}: use 'sigma', 'sigma2' or 'one'")
+
+    def feature_fn(self, prior: "DiffusionPrior") -> Callable[[Tensor], Tensor]:
+        """z ``[B, C, h, w]`` → features ``[B, D]`` for the repulsion kernel (differentiable)."""
+        kind = self.cfg.repulsion.features
+        if kind == "latent":
+            return lambda z: z.flatten(1)
+        if kind == "pixel":
+            return lambda z: prior.decode_latents(z).flatten(1)
+        if kind in ("probe", "dinov2"):
+            net = self.feature_network(prior)
+            return lambda z: net.features(prior.decode_latents(z))
+        raise ValueError(f"repulsion.features={kind!r}: use 'latent', 'pixel', 'probe' or 'dinov2'")
+
+    def feature_network(self, prior: "DiffusionPrior") -> torch.nn.Module:
+        """The frozen feature network (loaded once, kept out of the state dict)."""
+        if "features" not in self._frozen:
+            from scorestudio.metrics.features import load_feature_network
+
+            net = load_feature_network(self.cfg.repulsion.features, self.cfg.repulsion.dinov2_path)
+            self._frozen["features"] = net
+        self._frozen["features"].to(prior.device)
+        return self._frozen["features"]
