@@ -116,8 +116,8 @@ def load_weights(system, ckpt_path: str) -> int:
     import torch
 
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    system.load_state_dict(ckpt["state_dict"])
     system.on_load_checkpoint(ckpt)
+    system.load_state_dict(ckpt["state_dict"])
     return int(ckpt.get("global_step", 0))
 
 

@@ -174,3 +174,36 @@ def test_guidance_end_to_end_on_tiny_sd_and_if(maker, tmp_path):
         loss.backward()
         assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
         images.grad = None
+
+
+def test_vsd_trains_only_lora_and_disabled_adapter_is_the_prior(tmp_path):
+    folder = make_tiny_embedded(tmp_path / "vsd-prior")
+    prior = scorestudio.find("embedded")({"pretrained_model_name_or_path": str(folder)})
+    z = latents_for(prior, 2)
+    pb = prompts_for(prior, 2)
+    t = torch.tensor([300, 700])
+    with torch.no_grad():
+        before = prior.predict_noise(z, t, pb.cond)
+    vsd = scorestudio.find("vsd")({"rgb_as_latents": True})
+    vsd.attach(prior)
+    # perturb the LoRA so that "enabled" and "disabled" differ
+    with torch.no_grad():
+        for p in vsd.lora_parameters:
+            p.add_(0.05 * torch.randn_like(p))
+    with torch.no_grad(), vsd.pretrained(prior):
+        disabled = prior.predict_noise(z, t, pb.cond)
+    with torch.no_grad(), vsd.lora(prior):
+        enabled = prior.predict_noise(z, t, pb.cond, class_labels=torch.zeros(2, 16))
+    assert torch.allclose(disabled, before, atol=1e-6)
+    assert not torch.allclose(enabled, before, atol=1e-4)
+    assert prior.unet.class_embedding is None   # the camera embedding is only plugged in for LoRA calls
+
+    out = vsd(prior, z, pb, torch.arange(2), step=0, seed=0)
+    (out["loss_vsd"] + out["loss_lora"]).backward()
+    trainable = {n for n, p in prior.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trainable and all("lora_" in n for n in trainable)
+    frozen = [p for n, p in prior.named_parameters() if "lora_" not in n]
+    assert all(p.grad is None for p in frozen)
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    groups = vsd.param_groups()
+    assert groups[0]["lr"] == 1e-4 and len(groups[0]["params"]) == len(vsd.lora_parameters) + 4

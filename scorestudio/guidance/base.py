@@ -88,6 +88,13 @@ class BaseGuidance(BaseModule):
         self._frozen: dict[str, torch.nn.Module] = {}
 
     # ---- to override ------------------------------------------------------------------------
+    def attach(self, prior: "DiffusionPrior") -> None:
+        """Called once by the system with its prior (VSD adds its LoRA here)."""
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups of the guidance's own trainable parts, with their learning rates."""
+        return []
+
     def noise_residual(self, call: GuidanceCall) -> tuple[Tensor, dict[str, Tensor]]:
         """δ ``[B, C, h, w]`` (before w(t)) and extra scalars to log, without autograd."""
         raise NotImplementedError
@@ -156,14 +163,22 @@ class BaseGuidance(BaseModule):
         return torch.stack([per[int(p)] for p in particle_ids.tolist()]).to(particle_ids.device)
 
     @staticmethod
-    def sample_noise(latents: Tensor, particle_ids: Tensor, step: int, seed: int) -> Tensor:
-        """ε ``[B, C, h, w]``: item k of particle p uses stream (seed, "noise", p, step, k)."""
+    def item_keys(particle_ids: Tensor) -> list[tuple[int, int]]:
+        """(particle, k) per item, k = how many items of that particle came before: the random
+        stream of an item then depends on its particle, not on its position in the batch."""
         seen: dict[int, int] = {}
-        rows = []
+        keys = []
         for p in particle_ids.tolist():
-            k = seen.get(p, 0)
-            seen[p] = k + 1
-            rows.append(torch.randn(latents.shape[1:], generator=generator(seed, "noise", p, step, k)))
+            keys.append((p, seen.get(p, 0)))
+            seen[p] = keys[-1][1] + 1
+        return keys
+
+    @classmethod
+    def sample_noise(cls, latents: Tensor, particle_ids: Tensor, step: int, seed: int,
+                     stream: str = "noise") -> Tensor:
+        """ε ``[B, C, h, w]``: item k of particle p uses stream (seed, stream, p, step, k)."""
+        rows = [torch.randn(latents.shape[1:], generator=generator(seed, stream, p, step, k))
+                for p, k in cls.item_keys(particle_ids)]
         return torch.stack(rows).to(device=latents.device, dtype=latents.dtype)
 
     def sanitize(self, grad: Tensor) -> tuple[Tensor, int]:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from scorestudio.priors.loading import load_component, resolve_dtype
 from scorestudio.utils.base import BaseModule
+from scorestudio.utils.config import ConfigError
 
 
 class EvalOnlyMixin:
@@ -68,6 +69,18 @@ def resize_square(images: Tensor, size: int) -> Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def _drop_frozen_parameters(prior: DiffusionPrior, state_dict: dict, prefix: str, metadata: Any) -> None:
+    """``state_dict`` post-hook: frozen pretrained weights come from the model folder, not checkpoints."""
+    for name in prior.frozen_parameters():
+        state_dict.pop(prefix + name, None)
+
+
+def _restore_frozen_parameters(prior: DiffusionPrior, state_dict: dict, prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook: frozen weights missing from ``state_dict`` keep their loaded values."""
+    for name, param in prior.frozen_parameters().items():
+        state_dict.setdefault(prefix + name, param.detach())
+
+
 class DiffusionPrior(EvalOnlyMixin, BaseModule):
     """A frozen text-conditioned ε-prediction diffusion model (see the module docstring).
 
@@ -85,6 +98,10 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
     :meth:`decode_latents`. All parameters are frozen (``requires_grad=False``) and stay in eval
     mode; gradients still flow *through* ``predict_noise`` / ``encode_images`` / ``decode_latents``
     to their inputs.
+
+    Checkpoints: ``state_dict()`` leaves out frozen parameters (gigabytes that the model folder
+    already holds) and ``load_state_dict`` keeps the loaded ones for keys it lacks, so a system
+    holding a prior checkpoints only what trains in it (e.g. VSD's LoRA) and resumes strictly.
     """
 
     @dataclass
@@ -96,7 +113,8 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         # Weights and compute dtype: "float32", or "float16" (CUDA only; on the CPU it warns and
         # keeps float32). Inputs and outputs are float32 either way.
         dtype: str = "float32"
-        # Tokens per prompt = L of the text embeddings [B, L, D]; None = the model's own length.
+        # Tokens per prompt = L of the text embeddings [B, L, D]; None = the model's own length
+        # (77 for Stable Diffusion's CLIP and for IF; the embedded prior's text_encoder.json).
         text_max_length: Optional[int] = None
 
     cfg: Config
@@ -111,8 +129,8 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         scheduler = self.load(DDPMScheduler, source, "scheduler")
         self.scheduler_config = dict(scheduler.config)
         if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"{source}: prediction_type {scheduler.config.prediction_type!r} is not "
-                             "supported; priors must predict epsilon or v")
+            raise ConfigError(f"{source}: prediction_type {scheduler.config.prediction_type!r} is not "
+                              "supported; priors must predict epsilon or v")
         self.prediction_type: str = scheduler.config.prediction_type
         self.num_train_timesteps: int = int(scheduler.config.num_train_timesteps)
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(torch.float32), persistent=False)
@@ -122,6 +140,12 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         self.requires_grad_(False)
         self.eval()
         self._text_cache: dict[str, Tensor] = {}
+        self.register_state_dict_post_hook(_drop_frozen_parameters)
+        self.register_load_state_dict_pre_hook(_restore_frozen_parameters)
+
+    def frozen_parameters(self) -> dict[str, Tensor]:
+        """Parameters with ``requires_grad=False`` by state-dict key (tied weights under every name)."""
+        return {name: p for name, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
     # ---- loading ------------------------------------------------------------------------
     def config_key(self, field: str) -> str:
@@ -203,10 +227,12 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         return self.alpha(t).view(shape) * x0 + self.sigma(t).view(shape) * noise
 
     # ---- denoiser -----------------------------------------------------------------------
-    def predict_noise(self, x_t: Tensor, t: Union[Tensor, int], text_embeddings: Tensor) -> Tensor:
+    def predict_noise(self, x_t: Tensor, t: Union[Tensor, int], text_embeddings: Tensor,
+                      class_labels: Optional[Tensor] = None) -> Tensor:
         """ε̂(x_t, t, y): ``[N, C, h, w]`` from ``x_t`` ``[N, C, h, w]``, long ``t`` ``[N]`` (or a
         scalar) and ``text_embeddings`` ``[N, L, D]``. One UNet call, no guidance; not under
         ``no_grad`` (VSD trains LoRA through it, some losses backpropagate to ``x_t``).
+        ``class_labels`` ``[N, K]`` feed a class embedding attached to the UNet (VSD's camera).
 
         Learned-variance UNets (IF: 2C output channels) contribute their first C channels;
         v-prediction models are converted to ε = α_t v + σ_t x_t.
@@ -216,8 +242,10 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
             raise ValueError(f"predict_noise: x_t has batch {n} but text_embeddings has "
                              f"{text_embeddings.shape[0]}; pass one embedding per sample")
         t = self.timesteps(t, n)
-        out = self.unet(x_t.to(self.torch_dtype), t,
-                        encoder_hidden_states=text_embeddings.to(self.torch_dtype)).sample
+        if class_labels is not None:  # only UNets with a class embedding (VSD's camera) take labels
+            class_labels = class_labels.to(self.torch_dtype)
+        out = self.unet(x_t.to(self.torch_dtype), t, encoder_hidden_states=text_embeddings.to(self.torch_dtype),
+                        class_labels=class_labels).sample
         out = out[:, : x_t.shape[1]].to(x_t.dtype)
         if self.prediction_type == "v_prediction":
             shape = (-1,) + (1,) * (x_t.ndim - 1)

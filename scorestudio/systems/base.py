@@ -83,13 +83,37 @@ class BaseSystem(pl.LightningModule):
         """Merge scalar metrics into the run's metrics.json (atomic)."""
         return update_json(self.run.metrics_path, metrics)
 
+    def extra_param_groups(self) -> list[dict]:
+        """Optimizer groups that modules define for themselves (e.g. a LoRA with its own lr)."""
+        return []
+
+    # ---- checkpoints: frozen pretrained weights are not copied into every checkpoint ------
+    def frozen_state_keys(self) -> set[str]:
+        """State-dict keys of frozen pretrained modules (the prior): parameters that do not
+        require grad and buffers under ``self.prior``. Trainable adapters (LoRA) are kept."""
+        if not hasattr(self, "prior"):
+            return set()
+        keys = {f"prior.{n}" for n, p in self.prior.named_parameters() if not p.requires_grad}
+        return keys | {f"prior.{n}" for n, _ in self.prior.named_buffers()}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        frozen = self.frozen_state_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Called before load_state_dict: put the frozen weights back so strict loading checks the rest.
+        current = self.state_dict()
+        for key in self.frozen_state_keys():
+            checkpoint["state_dict"].setdefault(key, current[key])
+
     # ---- Lightning plumbing ----------------------------------------------------------------
     def configure_optimizers(self):
         opt_cfg = self.cfg.optimizer
         optim_cls = getattr(torch.optim, opt_cfg.name, None)
         if optim_cls is None:
             raise ValueError(f"system.optimizer.name={opt_cfg.name!r} is not a torch.optim optimizer")
-        groups, claimed = [], set()
+        groups = self.extra_param_groups()
+        claimed = {id(p) for g in groups for p in g["params"]}
         for prefix, overrides in opt_cfg.params.items():
             params = [p for n, p in self.named_parameters() if n.startswith(prefix) and p.requires_grad]
             if not params:

@@ -1,0 +1,83 @@
+"""Saving what a person looks at: images, grids, GIF/MP4 animations."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def image_grid(images: Tensor, ncol: Optional[int] = None, pad: int = 2, pad_value: float = 1.0) -> Tensor:
+    """Images ``[N, C, H, W]`` → one grid image ``[C, H', W']`` (rows of ``ncol``, default ≈ √N)."""
+    n, c, h, w = images.shape
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    grid = torch.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), pad_value, dtype=images.dtype)
+    for i, image in enumerate(images.detach().cpu()):
+        r, col = divmod(i, ncol)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top: top + h, left: left + w] = image
+    return grid
+
+
+def to_uint8(image: Tensor) -> np.ndarray:
+    """``[C, H, W]`` in [0, 1] → ``[H, W, C]`` uint8."""
+    arr = image.detach().float().clamp(0, 1).mul(255).round().byte().cpu()
+    return arr.permute(1, 2, 0).numpy()
+
+
+def save_image(image: Tensor, path: str | os.PathLike) -> Path:
+    """Write one image ``[3, H, W]`` in [0, 1] (PNG or any format imageio knows)."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, to_uint8(image))
+    return path
+
+
+def save_grid(images: Tensor, path: str | os.PathLike, ncol: Optional[int] = None) -> Path:
+    """Write images ``[N, 3, H, W]`` in [0, 1] as one grid picture."""
+    return save_image(image_grid(images, ncol), path)
+
+
+def load_image(path: str | os.PathLike) -> Tensor:
+    """Read an image file as ``[3, H, W]`` float in [0, 1] (alpha composited on white)."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    arr = np.asarray(iio.imread(path)).astype(np.float32)
+    if arr.dtype != np.uint8 and arr.max() > 1.0:
+        arr = arr / (65535.0 if arr.max() > 255 else 255.0)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    image = torch.from_numpy(arr).permute(2, 0, 1)
+    if image.shape[0] == 4:
+        rgb, alpha = image[:3], image[3:]
+        image = rgb * alpha + (1 - alpha)
+    return image[:3].clamp(0, 1)
+
+
+def save_animation(frames: Sequence[Tensor] | Tensor, path: str | os.PathLike, fps: int = 12) -> Path:
+    """Write frames ``[T, 3, H, W]`` in [0, 1] as a looping GIF, or as H.264 MP4 (imageio-ffmpeg)
+    when the path ends in .mp4."""
+    import imageio.v2 as iio2
+    import imageio.v3 as iio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = [to_uint8(f) for f in frames]
+    if path.suffix.lower() == ".gif":
+        iio.imwrite(path, np.stack(arrays), duration=1000 / fps, loop=0)
+        return path
+    with iio2.get_writer(path, fps=fps, codec="libx264", macro_block_size=1, quality=8) as writer:
+        for a in arrays:
+            writer.append_data(a[: a.shape[0] // 2 * 2, : a.shape[1] // 2 * 2])  # H.264 needs even sizes
+    return path
