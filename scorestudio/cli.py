@@ -77,7 +77,11 @@ def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devic
     from scorestudio.utils.checkpoint import AtomicCheckpointIO, RunCheckpoint
 
     # One log version per launch, so a resumed run never overwrites the logs of its first part.
-    version = datetime.now().strftime("%Y%m%d-%H%M%S")
+    version = stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for k in range(1, 1000):
+        if not (run.root / "csv_logs" / version).exists():
+            break
+        version = f"{stamp}-{k}"
     loggers = [CSVLogger(run.root, name="csv_logs", version=version)]
     try:
         from lightning.pytorch.loggers import TensorBoardLogger

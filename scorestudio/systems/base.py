@@ -87,25 +87,6 @@ class BaseSystem(pl.LightningModule):
         """Optimizer groups that modules define for themselves (e.g. a LoRA with its own lr)."""
         return []
 
-    # ---- checkpoints: frozen pretrained weights are not copied into every checkpoint ------
-    def frozen_state_keys(self) -> set[str]:
-        """State-dict keys of frozen pretrained modules (the prior): parameters that do not
-        require grad and buffers under ``self.prior``. Trainable adapters (LoRA) are kept."""
-        if not hasattr(self, "prior"):
-            return set()
-        keys = {f"prior.{n}" for n, p in self.prior.named_parameters() if not p.requires_grad}
-        return keys | {f"prior.{n}" for n, _ in self.prior.named_buffers()}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        frozen = self.frozen_state_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Called before load_state_dict: put the frozen weights back so strict loading checks the rest.
-        current = self.state_dict()
-        for key in self.frozen_state_keys():
-            checkpoint["state_dict"].setdefault(key, current[key])
-
     # ---- Lightning plumbing ----------------------------------------------------------------
     def configure_optimizers(self):
         opt_cfg = self.cfg.optimizer
