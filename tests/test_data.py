@@ -89,7 +89,8 @@ def test_sampled_cameras_respect_ranges():
     dist = CameraDistribution()
     cams = sample_cameras(2000, dist, gen(0))
     ranges = ((cams.elevation, dist.elevation_range), (cams.distance, dist.distance_range),
-              (cams.fovy, dist.fovy_range), (cams.light_position.norm(dim=-1), dist.light_distance_range))
+              (cams.fovy, dist.fovy_range),
+              (cams.light_position.norm(dim=-1), dist.light_distance_range))
     for values, (lo, hi) in ranges:
         assert values.min() >= lo - 1e-4 and values.max() <= hi + 1e-4
         assert values.max() - values.min() > 0.9 * (hi - lo)  # fills the range

@@ -53,8 +53,8 @@ COLOR_NAMES = tuple(COLORS)
 
 AMBIENT = 0.3
 DOOR_ALBEDO = 0.35  # the house's door is this fraction of the house colour
-# Only shapes whose look is unchanged by a quarter turn get a random yaw; the mug and house
-# keep their front on +x so that view labels mean something.
+# Random yaw only where it changes the look (round shapes are invariant to it); the mug and
+# house never turn, so their front stays on +x and view labels mean something.
 YAW_JITTER_DEG = {"cube": 45.0}
 OBJECT_SCALE_RANGE = (0.85, 1.0)
 ICON_SCALE_RANGE = (0.45, 0.70)  # icon radius as a fraction of the canvas half-width

@@ -1,4 +1,4 @@
-"""Countable quality and diversity from the probe: what a prompt asks for vs what images show."""
+"""Countable quality from the probe: what a prompt asks for vs what the images show."""
 
 from __future__ import annotations
 
@@ -43,12 +43,16 @@ def distinct_classes(logits: dict[str, Tensor]) -> dict[str, int]:
     return {f"distinct_{a}s": int(logits[a].argmax(-1).unique().numel()) for a in ("shape", "color")}
 
 
-def pairwise_diversity(features: Tensor) -> float:
-    """1 − mean pairwise cosine similarity over i ≠ j of features ``[N, D]`` (RSD papers)."""
-    n = features.shape[0]
-    if n < 2:
-        return 0.0
-    unit = torch.nn.functional.normalize(features.flatten(1), dim=1)
-    sim = unit @ unit.T
-    off = ~torch.eye(n, dtype=torch.bool, device=features.device)
-    return float(1.0 - sim[off].mean())
+@torch.no_grad()
+def probe_report(images: Tensor, prompt: str, probe) -> dict[str, float]:
+    """Diversity, quality and distinct classes of images ``[N, 3, H, W]`` generated for ``prompt``.
+
+    diversity: 1 − mean pairwise cosine similarity of probe features (RSD papers);
+    quality: mean probe probability of the attributes the prompt names.
+    """
+    from scorestudio.metrics.probe import diversity
+
+    logits = probe(images)
+    quality = attribute_probabilities(logits, prompt_attributes(prompt))
+    return {"diversity": diversity(probe.features(images)), "quality": float(quality.mean()),
+            **distinct_classes(logits)}

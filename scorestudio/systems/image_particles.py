@@ -10,6 +10,7 @@ shapes/colours, and quality (mean probe probability of the attributes the prompt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -24,6 +25,7 @@ class ImageParticlesSystem(DistillationSystem):
     class Config(DistillationSystem.Config):
         n_particles: int = 8
         init_std: float = 1.0                # latents start at N(0, init_std² I), one stream per particle
+        probe_path: Optional[str] = None     # probe for the final metrics; None = the shipped one
         optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="Adam", args={"lr": 0.03}))
 
     def configure(self) -> None:
@@ -34,15 +36,21 @@ class ImageParticlesSystem(DistillationSystem):
                             for i in range(cfg.n_particles)])
         self.latents = torch.nn.Parameter(init)      # [N, C, h, w]
 
-    def training_step(self, batch, batch_idx):
+    def distill_step(self, step: int) -> dict[str, torch.Tensor]:
+        """Guidance outputs for all particles at ``step``; ``"loss"`` is what to minimise."""
         n = self.cfg.n_particles
         prompts = self.prompt_processor(self.prior, batch_size=n)
         out = self.guidance(self.prior, self.latents, prompts, torch.arange(n, device=self.device),
-                            self.global_step, seed=self.seed)
-        loss = sum(v for k, v in out.items() if k.startswith("loss_"))
+                            step, seed=self.seed)
+        out["loss"] = sum(v for k, v in out.items() if k.startswith("loss_"))
+        return out
+
+    def training_step(self, batch, batch_idx):
+        out = self.distill_step(self.global_step)
         for key, value in out.items():
-            self.log(f"train/{key}", value, prog_bar=key.startswith("loss_") or key == "t")
-        return loss
+            if key != "loss":
+                self.log(f"train/{key}", value, prog_bar=key.startswith("loss_") or key == "t")
+        return out["loss"]
 
     @torch.no_grad()
     def decoded(self) -> torch.Tensor:
@@ -66,16 +74,8 @@ class ImageParticlesSystem(DistillationSystem):
 
     @torch.no_grad()
     def probe_metrics(self, images: torch.Tensor) -> dict:
-        from scorestudio.metrics.attributes import (
-            attribute_probabilities,
-            distinct_classes,
-            pairwise_diversity,
-            prompt_attributes,
-        )
+        from scorestudio.metrics.attributes import probe_report
         from scorestudio.metrics.probe import load_probe
 
-        probe = load_probe().to(images.device)
-        logits = probe(images)
-        quality = attribute_probabilities(logits, prompt_attributes(self.prompt_processor.cfg.prompt))
-        return {"diversity": pairwise_diversity(probe.features(images)), "quality": float(quality.mean()),
-                **distinct_classes(logits)}
+        probe = load_probe(self.cfg.probe_path).to(images.device)
+        return probe_report(images, self.prompt_processor.cfg.prompt, probe)
