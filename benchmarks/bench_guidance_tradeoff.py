@@ -41,6 +41,7 @@ def distill(method: str, prompt: str, seed: int, gamma: float, n: int, steps: in
     cfg = load_config(ROOT / "configs" / f"image-particles-{method}.yaml",
                       [f"system.prompt_processor.prompt={prompt}", f"system.n_particles={n}",
                        f"system.guidance.repulsion.gamma={gamma}"])
+    torch.manual_seed(seed)   # library-initialised modules (VSD's LoRA) draw from the global RNG
     with tempfile.TemporaryDirectory() as tmp:
         system = ImageParticlesSystem(cfg.system, run=RunContext(Path(tmp), seed))
     optimizer = system.configure_optimizers()

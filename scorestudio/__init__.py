@@ -18,3 +18,5 @@ declare_lazy("scorestudio.guidance.sds", "sds")
 declare_lazy("scorestudio.guidance.nfsd", "nfsd")
 declare_lazy("scorestudio.systems.image_particles", "image-particles")
 declare_lazy("scorestudio.guidance.vsd", "vsd")
+declare_lazy("scorestudio.data.operators", "box-inpaint", "random-inpaint", "mask-inpaint", "super-resolution",
+             "gaussian-blur", "motion-blur", "phase-retrieval", "hdr")

@@ -133,6 +133,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
     accelerator, devices = select_devices(args.gpu)
     system_cls = find(exp.system_type, kind="systems")
     run_ctx = RunContext(run_dir_for(exp), exp.seed)
+    import lightning.pytorch as pl
+
+    # Before building the system: modules initialised by libraries (peft's LoRA, nn.Linear) draw
+    # from the global RNG, so seed it for runs and their resumptions to start identically.
+    pl.seed_everything(exp.seed, workers=True, verbose=False)
     system = system_cls(exp.system, run=run_ctx, data=exp.data)
 
     parsed = to_plain(exp)
@@ -140,9 +145,6 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
     run_ctx.prepare(parsed, argv=["launch.py", *sys.argv[1:]] if sys.argv else None)
     print(f"[scorestudio] run folder: {run_ctx.root}")
 
-    import lightning.pytorch as pl
-
-    pl.seed_everything(exp.seed, workers=True, verbose=False)
     trainer = make_trainer(exp, run_ctx, accelerator, devices)
     if args.mode == "train":
         trainer.fit(system, ckpt_path=exp.resume)

@@ -129,3 +129,23 @@ def make_tiny_embedded(folder: str | Path, seed: int = 0) -> Path:
     _sd_scheduler(folder)
     MiniLMTextEncoder.write_spec(folder, max_length=32)
     return folder
+
+
+def make_tiny_probe(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny random probe folder (config.json + probe.safetensors) in the shipped layout."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from scorestudio.data.cameras import VIEW_NAMES
+    from scorestudio.data.procedural import ALL_SHAPES, COLOR_NAMES, KINDS
+    from scorestudio.priors.embedded_arch import ProbeConfig, ProbeNet
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    cfg = ProbeConfig(resolution=32, channels=(8, 16), feature_dim=16, norm_num_groups=4,
+                      shapes=ALL_SHAPES, colors=COLOR_NAMES, kinds=KINDS, views=VIEW_NAMES)
+    (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
+    save_file({k: v.contiguous() for k, v in ProbeNet(cfg).state_dict().items()}, str(folder / "probe.safetensors"))
+    return folder
