@@ -32,7 +32,7 @@ def launch(tmp_path, tiny, method, *overrides, tag="run"):
 
 def test_sds_with_repulsion_writes_particles_and_metrics(tmp_path, tiny):
     ctx = launch(tmp_path, tiny, "sds", "trainer.max_steps=3", "system.guidance.repulsion.gamma=20",
-                 f"system.guidance.repulsion.features=probe", f"system.guidance.repulsion.dinov2_path={tiny[1]}")
+                 f"system.guidance.repulsion.feature_net_path={tiny[1]}")
     save = ctx.save_dir
     for name in ("particles.png", "particle0.png", "particle2.png", "it2-val.png"):
         assert (save / name).is_file(), name

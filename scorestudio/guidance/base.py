@@ -43,7 +43,7 @@ class RepulsionConfig:
     # Feature map f of the kernel: "latent" (flattened z_t), "pixel" (decoded image),
     # "probe" (the embedded probe's features of the decoded image), "dinov2" (local weights).
     features: str = "probe"
-    dinov2_path: Optional[str] = None     # local DINOv2 folder for features="dinov2"
+    feature_net_path: Optional[str] = None  # folder of the feature net: probe (default: shipped), dinov2 (required)
     scale: str = "sigma"                  # c(t): "sigma" (σ_t), "sigma2" (σ_t²), "one"
     t_window: list = field(default_factory=lambda: [0.0, 1.0])  # active only for t/T in [lo, hi]
     kernel: KernelConfig = field(default_factory=KernelConfig)
@@ -255,7 +255,7 @@ class BaseGuidance(BaseModule):
         if "features" not in self._frozen:
             from scorestudio.metrics.features import load_feature_network
 
-            net = load_feature_network(self.cfg.repulsion.features, self.cfg.repulsion.dinov2_path)
+            net = load_feature_network(self.cfg.repulsion.features, self.cfg.repulsion.feature_net_path)
             self._frozen["features"] = net
         self._frozen["features"].to(prior.device)
         return self._frozen["features"]

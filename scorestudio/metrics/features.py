@@ -49,7 +49,7 @@ def load_feature_network(kind: str = "probe", path: Optional[str] = None) -> nn.
         if not path or not Path(path).expanduser().is_dir():
             raise FileNotFoundError(
                 f"DINOv2 features need a local model folder, got {path!r}: download facebook/dinov2-small "
-                "on a machine with network and pass system.guidance.repulsion.dinov2_path=FOLDER")
+                "on a machine with network and pass system.guidance.repulsion.feature_net_path=FOLDER")
         net = DinoV2Features(str(Path(path).expanduser()))
     else:
         raise ValueError(f"unknown feature network {kind!r}: use 'probe' or 'dinov2'")
