@@ -20,3 +20,4 @@ declare_lazy("scorestudio.systems.image_particles", "image-particles")
 declare_lazy("scorestudio.guidance.vsd", "vsd")
 declare_lazy("scorestudio.data.operators", "box-inpaint", "random-inpaint", "mask-inpaint", "super-resolution",
              "gaussian-blur", "motion-blur", "phase-retrieval", "hdr")
+declare_lazy("scorestudio.systems.inverse", "inverse")

@@ -1,0 +1,521 @@
+"""Imaging inverse problems with a diffusion prior: RLSD, its variants and RED-diff baselines.
+
+Given a measurement y = A(x*) + σ_y·n of an unknown image x*, N particles are optimised so
+that each is a plausible solution under the prior (Zilberstein et al., "Repulsive Latent Score
+Distillation for Solving Inverse Problems", Algorithms 1 and 2). Every method shares one loop:
+for ℓ = 1..L the timestep descends, t_ℓ = T − ℓT/L (rounded, so t goes from ≈ T to 0), with
+
+    λ_t = λ σ_t / α_t,    z_t = α_t z + σ_t ε,   ε from the keyed stream (seed, "noise", step, particle),
+
+and the prior enters the z-step only as the *linear* term λ_t · sg[ε̂(z_t, t) − ε + γ c(t) r]ᵀ z:
+ε̂ is computed under ``torch.no_grad()``, so no gradient ever flows through the UNet.
+
+- **z-step** (all methods): minimise, w.r.t. the latents z ``[N, C, h, w]`` with Adam (lr_z),
+  ``data_z(z) + Σ_i λ_t sg[…]ᵀ z_i`` where data_z is ‖x − D̃(z)‖² (augmented methods) or
+  ‖y − A(D̃(z))‖² (non-augmented), backpropagated through the decoder.
+- **x-step** (augmented methods only): minimise, w.r.t. the images x ``[N, 3, H, W]`` with Adam
+  (lr_x), ``‖y − A(x)‖² + ρ̃ ‖x − sg(D̃(z))‖²``.
+
+Ranges: the operators act on images in [−1, 1], the prior's ``decode_latents`` returns [0, 1].
+x lives in [−1, 1] and D̃(z) = 2·D(z) − 1 is the decoded latent in the operators' range; the
+returned particles are images in [0, 1] ((x + 1)/2 for augmented methods, D(z) otherwise).
+
+Repulsion (``RepulsionConfig``, the same as the guidances'): r = ∇_{z_t} log Σ_j k(f(z_t^i), f(z_t^j))
+with f the probe (or latent/pixel/DINOv2) features of the decoded *noisy* latent, scaled by γ
+(schedulable) and c(t) = σ_t (or σ_t², 1), active only for t/T inside ``t_window``. It is added
+as **+γ c(t) r** to the descent direction, which moves particles *down* the kernel density, i.e.
+apart. (The paper writes "− γ∇σ_t log Σ k" with the opposite convention for the force; the
+tests check that one step increases the distances between particles.) The computation is
+:meth:`scorestudio.guidance.base.BaseGuidance.repulsion_term`, shared with every guidance.
+
+Methods (:data:`METHODS`):
+
+=================  ==========  ==========  =============================================
+method             variables   repulsion   returns
+=================  ==========  ==========  =============================================
+rlsd               x and z     γ           x (Algorithm 1)
+hybrid             x and z     γ, first k  x; only particles < k interact (default k = N − 1)
+rlsd-nonaug        z           γ           D(z) (Algorithm 2)
+latent-red-diff    z           off (γ=0)   D(z): RED-diff on a latent prior
+pixel-red-diff     z           off (γ=0)   D(z): RED-diff on a pixel prior (z = pixels)
+=================  ==========  ==========  =============================================
+
+``InverseSolver`` is a plain ``nn.Module`` (``solver.run(steps)`` or ``solver.step(step, steps)``);
+the registered ``inverse`` system is a thin Lightning wrapper around it (one iteration per
+training step, ``trainer.max_steps`` = L) that builds the problem from the ``data`` config and
+writes images, an optimisation GIF and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from scorestudio.data.operators import Operator, build_operator
+from scorestudio.guidance.base import BaseGuidance, GuidanceCall, RepulsionConfig
+from scorestudio.priors.base import DiffusionPrior, resize_square
+from scorestudio.systems.base import BaseSystem
+from scorestudio.utils.config import ConfigError, parse_structured
+from scorestudio.utils.registry import find, register
+from scorestudio.utils.seeding import generator, per_particle_randn
+
+
+# --------------------------------------------------------------------------------------------
+# Methods and their configuration.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Method:
+    """What distinguishes the solvers; they all run :class:`InverseSolver`'s loop."""
+
+    augmented: bool                   # pixel variable x coupled to D(z) (Alg. 1) or z only (Alg. 2)
+    repulsion: bool                   # use the repulsion config (False: γ = 0 whatever it says)
+    hybrid: bool = False              # only the first k particles interact (k default N − 1)
+    is_latent: Optional[bool] = None  # the prior kind the method is defined for (None: any)
+
+
+METHODS: dict[str, Method] = {
+    "rlsd": Method(augmented=True, repulsion=True),
+    "hybrid": Method(augmented=True, repulsion=True, hybrid=True),
+    "rlsd-nonaug": Method(augmented=False, repulsion=True),
+    "latent-red-diff": Method(augmented=False, repulsion=False, is_latent=True),
+    "pixel-red-diff": Method(augmented=False, repulsion=False, is_latent=False),
+}
+INITS = ("random", "pseudo-inverse")
+
+
+@dataclass
+class SolverConfig:
+    method: str = "rlsd"              # one of METHODS (see the module docstring)
+    lam: float = 0.14                 # λ of λ_t = λ σ_t/α_t: weight of the prior term (box inpainting)
+    rho: float = 0.075                # ρ̃ = σ_y²/ρ²: pull of x towards D(z) in the x-step (augmented methods)
+    lr_x: float = 0.4                 # Adam learning rate of the images x
+    lr_z: float = 0.8                 # Adam learning rate of the latents z
+    betas: list = field(default_factory=lambda: [0.9, 0.99])   # Adam (β1, β2), as in the paper
+    # "random": z ~ N(0, init_std² I) from the stream (seed, "init", particle), x = D̃(z);
+    # "pseudo-inverse": x = clamp(A⁺(y), −1, 1) and z = E(x) for every particle.
+    init: str = "random"
+    init_std: float = 1.0
+    prompt: str = ""                  # text conditioning of ε̂ ("" = unconditional)
+    repulsion: RepulsionConfig = field(default_factory=RepulsionConfig)
+
+
+def check_method(cfg: SolverConfig, prior: DiffusionPrior, n_particles: int, path: str) -> Method:
+    """The :class:`Method` of ``cfg.method``, after checking it fits ``prior`` and the settings."""
+    if cfg.method not in METHODS:
+        raise ConfigError(f"{path}.method={cfg.method!r}: expected one of {', '.join(METHODS)}")
+    method = METHODS[cfg.method]
+    if method.is_latent is not None and method.is_latent != prior.is_latent:
+        other = "latent-red-diff" if prior.is_latent else "pixel-red-diff"
+        raise ConfigError(f"{path}.method={cfg.method!r} needs a {'latent' if method.is_latent else 'pixel'} "
+                          f"prior; this prior is {'latent' if prior.is_latent else 'pixel'}: use {other}")
+    if cfg.init not in INITS:
+        raise ConfigError(f"{path}.init={cfg.init!r}: expected one of {', '.join(INITS)}")
+    k = cfg.repulsion.kernel.interacting
+    if method.hybrid and not 2 <= (n_particles - 1 if k is None else k) < n_particles:
+        raise ConfigError(f"{path}.repulsion.kernel.interacting={k} with {n_particles} particles: hybrid "
+                          "needs 2 ≤ k < n_particles (default k = n_particles − 1), so that some particles "
+                          "interact and some do not")
+    return method
+
+
+# --------------------------------------------------------------------------------------------
+# The solver.
+# --------------------------------------------------------------------------------------------
+
+
+class InverseSolver(nn.Module):
+    """N particles solving ``y = A(x) + n`` with a frozen diffusion prior (module docstring).
+
+    Args:
+        cfg: :class:`SolverConfig` (or a dict of its keys).
+        prior: the frozen prior; its ``image_size`` is the size of the solutions.
+        operator: the forward operator A (images in [−1, 1]).
+        y: the measurement ``[1, ...]`` (= ``operator.measure(x*)``).
+        n_particles: N, the batch of particles.
+        seed: root of the initialisation and noise streams.
+
+    Attributes: ``z`` ``[N, C, h, w]`` latents, ``x`` ``[N, 3, H, W]`` images in [−1, 1] (None for
+    non-augmented methods), ``optimizer`` (one Adam, groups "z" at lr_z and "x" at lr_x).
+    """
+
+    def __init__(self, cfg, prior: DiffusionPrior, operator: Operator, y: Tensor, n_particles: int,
+                 seed: int = 0, path: str = "system.solver") -> None:
+        super().__init__()
+        self.cfg: SolverConfig = parse_structured(SolverConfig, cfg, path)
+        self.method = check_method(self.cfg, prior, n_particles, path)
+        if self.cfg.init == "pseudo-inverse" and not operator.has_pseudo_inverse:
+            raise ConfigError(f"{path}.init=pseudo-inverse: {operator.name} has no pseudo-inverse; use init=random")
+        self.prior, self.operator = prior, operator
+        self.n_particles, self.seed = n_particles, seed
+        self.register_buffer("y", y.detach().clone())
+        self.repulsion = self.build_repulsion(path)
+        z, x = self.initial_variables()
+        self.z = nn.Parameter(z)
+        self.x = nn.Parameter(x) if self.method.augmented else None
+        groups = [{"params": [self.z], "lr": self.cfg.lr_z, "name": "z"}]
+        if self.x is not None:
+            groups.append({"params": [self.x], "lr": self.cfg.lr_x, "name": "x"})
+        self.optimizer = torch.optim.Adam(groups, betas=tuple(self.cfg.betas))
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def build_repulsion(self, path: str) -> Optional[BaseGuidance]:
+        """The shared repulsion (a :class:`BaseGuidance` used only for its ``repulsion_term``),
+        or None when the method has none. Hybrid defaults to k = N − 1 interacting particles."""
+        rep = self.cfg.repulsion
+        if not self.method.repulsion:
+            return None
+        if self.method.hybrid and rep.kernel.interacting is None:
+            rep = dataclasses.replace(rep, kernel=dataclasses.replace(rep.kernel, interacting=self.n_particles - 1))
+        guidance = BaseGuidance({"repulsion": rep}, path=path)
+        if rep.features in ("probe", "dinov2") and (rep.gamma.start_value or rep.gamma.end_value):
+            guidance.feature_network(self.prior)   # fail now, not at the first step, if weights are missing
+        return guidance
+
+    @torch.no_grad()
+    def initial_variables(self) -> tuple[Tensor, Tensor]:
+        """(z ``[N, C, h, w]``, x ``[N, 3, H, W]`` in [−1, 1]) per ``cfg.init``."""
+        prior, n = self.prior, self.n_particles
+        if self.cfg.init == "pseudo-inverse":
+            x = self.operator.pseudo_inverse(self.y).clamp(-1, 1).expand(n, -1, -1, -1)
+            return prior.encode_images((x + 1) / 2), x.clone()
+        shape = (prior.latent_channels, prior.latent_size, prior.latent_size)
+        z = per_particle_randn(shape, self.seed, range(n), "init", device=prior.device) * self.cfg.init_std
+        return z, self.decoded(z)
+
+    # ---- pieces of one iteration ----------------------------------------------------------------
+    @property
+    def particle_ids(self) -> Tensor:
+        return torch.arange(self.n_particles, device=self.z.device)
+
+    def decoded(self, z: Tensor) -> Tensor:
+        """D̃(z) = 2·D(z) − 1: latents ``[N, C, h, w]`` → images ``[N, 3, H, W]`` in [−1, 1]."""
+        return 2 * self.prior.decode_latents(z) - 1
+
+    def timestep(self, step: int, n_steps: int) -> int:
+        """t_ℓ = T − ℓT/L for ℓ = step + 1 (rounded, within [0, T − 1])."""
+        big_t = self.prior.num_train_timesteps
+        return min(big_t - 1, max(0, round(big_t - (step + 1) * big_t / n_steps)))
+
+    def noise(self, step: int) -> Tensor:
+        """ε ``[N, C, h, w]`` of ``step``: row i from the stream (seed, "noise", step, i)."""
+        return per_particle_randn(tuple(self.z.shape[1:]), self.seed, range(self.n_particles), "noise", step,
+                                  device=self.z.device)
+
+    def prior_direction(self, t: int, step: int) -> tuple[Tensor, dict[str, float]]:
+        """λ_t·sg[ε̂(z_t, t) − ε + γ c(t) r] ``[N, C, h, w]`` (detached) and scalars to log.
+
+        ε̂ runs under ``torch.no_grad()``: the UNet is never differentiated.
+        """
+        prior = self.prior
+        ts = prior.timesteps(t, self.n_particles)
+        z0, noise = self.z.detach(), self.noise(step)
+        z_t = prior.add_noise(z0, noise, ts)
+        with torch.no_grad():
+            text = prior.encode_text([self.cfg.prompt] * self.n_particles)
+            residual = prior.predict_noise(z_t, ts, text) - noise
+        logs = {}
+        if self.repulsion is not None:
+            call = GuidanceCall(prior, z0, z_t, noise, ts, None, self.particle_ids, step, self.seed)
+            rep = self.repulsion.repulsion_term(call)
+            if rep is not None:
+                residual = residual + rep
+                logs["repulsion_norm"] = float(rep.flatten(1).norm(dim=1).mean())
+        lam_t = self.cfg.lam * prior.sigma(ts) / prior.alpha(ts)
+        logs["lambda_t"] = float(lam_t[0])
+        return lam_t.view(-1, 1, 1, 1) * residual, logs
+
+    def z_loss(self, t: int, step: int) -> tuple[Tensor, dict[str, float]]:
+        """data_z(z) + Σ_i sg[prior direction]ᵀ z_i, differentiable w.r.t. ``z`` only."""
+        direction, logs = self.prior_direction(t, step)
+        image = self.decoded(self.z)
+        if self.x is not None:
+            data = (self.x.detach() - image).pow(2).sum()
+        else:
+            data = (self.y - self.operator(image)).pow(2).sum()
+        logs["loss_z_data"] = float(data.detach())
+        return data + (direction * self.z).sum(), logs
+
+    def x_loss(self) -> tuple[Tensor, dict[str, float]]:
+        """‖y − A(x)‖² + ρ̃‖x − sg(D̃(z))‖² summed over particles, differentiable w.r.t. ``x``."""
+        with torch.no_grad():
+            target = self.decoded(self.z)
+        data = (self.y - self.operator(self.x)).pow(2).sum()
+        coupling = (self.x - target).pow(2).sum()
+        logs = {"loss_x_data": float(data.detach()), "loss_x_coupling": float(coupling.detach())}
+        return data + self.cfg.rho * coupling, logs
+
+    def descend(self, loss: Tensor) -> None:
+        """One Adam step on whichever variable ``loss`` depends on (the other has no gradient)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def z_step(self, t: int, step: int) -> dict[str, float]:
+        """Update z (Algorithm 1 lines 3–7, Algorithm 2): one Adam step on :meth:`z_loss`."""
+        loss, logs = self.z_loss(t, step)
+        self.descend(loss)
+        return logs
+
+    def x_step(self) -> dict[str, float]:
+        """Update x (Algorithm 1 lines 8–9): one Adam step on :meth:`x_loss`."""
+        loss, logs = self.x_loss()
+        self.descend(loss)
+        return logs
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def step(self, step: int, n_steps: int) -> dict[str, float]:
+        """Iteration ℓ = step + 1 of L = ``n_steps``: the z-step, then (augmented) the x-step."""
+        t = self.timestep(step, n_steps)
+        logs = self.z_step(t, step)
+        if self.x is not None:
+            logs.update(self.x_step())
+        return {"t": float(t), **logs}
+
+    def run(self, n_steps: int, callback: Optional[Callable[[int, "InverseSolver"], None]] = None) -> Tensor:
+        """All ``n_steps`` iterations (``callback(step, solver)`` after each); returns :meth:`images`."""
+        for step in range(n_steps):
+            self.step(step, n_steps)
+            if callback is not None:
+                callback(step, self)
+        return self.images()
+
+    @torch.no_grad()
+    def images(self) -> Tensor:
+        """The particles as images ``[N, 3, H, W]`` in [0, 1]: (x + 1)/2 or D(z)."""
+        if self.x is not None:
+            return ((self.x + 1) / 2).clamp(0, 1)
+        return self.prior.decode_latents(self.z)
+
+
+# --------------------------------------------------------------------------------------------
+# Problems: ground truth, operator, measurement.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InverseDataConfig:
+    image: Optional[str] = None            # ground-truth image file; takes precedence over procedural_index
+    procedural_index: Optional[int] = None  # else held-out image #i: ProceduralDataset(split="test").batch(1, i)
+    operator: str = "box-inpaint"          # registered operator (scorestudio.data.operators)
+    operator_cfg: dict = field(default_factory=dict)   # its config (box, scale, kernel_size, ...)
+    sigma_y: Optional[float] = None        # measurement noise std in [−1, 1] units; None = the operator's
+    resize: str = "warn"                   # image size ≠ the prior's: "warn" (resize, warn) or "error"
+    measurement_seed: int = 0              # noise stream of y, fixed so runs with other seeds solve the same y
+
+
+@dataclass
+class Problem:
+    """One inverse problem: ground truth ``[1, 3, H, W]`` in [0, 1], operator, measurement y
+    ``[1, ...]`` and, for procedural images, the ground-truth class names."""
+
+    ground_truth: Tensor
+    operator: Operator
+    y: Tensor
+    labels: Optional[dict[str, str]] = None
+
+
+def load_ground_truth(cfg: InverseDataConfig, size: int) -> tuple[Tensor, Optional[dict[str, str]]]:
+    """(image ``[1, 3, size, size]`` in [0, 1], class names or None) from ``cfg``."""
+    if cfg.image:
+        from scorestudio.utils.images import load_image
+
+        try:
+            image = load_image(cfg.image)[None]
+        except FileNotFoundError as err:
+            raise ConfigError(f"data.image: {err}") from err
+        if tuple(image.shape[-2:]) != (size, size):
+            message = (f"data.image={cfg.image} is {image.shape[-2]}x{image.shape[-1]} but the prior "
+                       f"works at {size}x{size}")
+            if cfg.resize == "error":
+                raise ConfigError(f"{message}; resize it or set data.resize=warn")
+            warnings.warn(f"{message}: resizing it (data.resize=error refuses instead)")
+            image = resize_square(image, size).clamp(0, 1)
+        return image, None
+    if cfg.procedural_index is None:
+        raise ConfigError("data: set data.image=FILE or data.procedural_index=N (a held-out procedural image)")
+    from scorestudio.data.procedural import ALL_SHAPES, COLOR_NAMES, ProceduralConfig, ProceduralDataset
+
+    batch = ProceduralDataset(ProceduralConfig(resolution=size), split="test").batch(1, cfg.procedural_index)
+    labels = {"shape": ALL_SHAPES[int(batch.shape[0])], "color": COLOR_NAMES[int(batch.color[0])]}
+    return batch.images, labels
+
+
+def build_problem(data, size: int) -> Problem:
+    """The :class:`Problem` of a ``data`` config (dict or :class:`InverseDataConfig`) at ``size``².
+
+    Operator errors about the input (wrong-size masks, indivisible scales) become ``ConfigError``.
+    """
+    cfg: InverseDataConfig = parse_structured(InverseDataConfig, data, "data")
+    if cfg.resize not in ("warn", "error"):
+        raise ConfigError(f"data.resize={cfg.resize!r}: expected 'warn' or 'error'")
+    op_cfg = dict(cfg.operator_cfg)
+    if cfg.sigma_y is not None:
+        if "sigma_y" in op_cfg:
+            raise ConfigError("set the noise level once: data.sigma_y or data.operator_cfg.sigma_y, not both")
+        op_cfg["sigma_y"] = cfg.sigma_y
+    operator = build_operator(cfg.operator, op_cfg, path="data.operator_cfg")
+    image, labels = load_ground_truth(cfg, size)
+    try:
+        y = operator.measure(2 * image - 1, generator(cfg.measurement_seed, "measurement"))
+    except ValueError as err:
+        raise ConfigError(f"data.operator={cfg.operator}: {err}") from err
+    return Problem(image, operator, y, labels)
+
+
+def measurement_image(problem: Problem) -> Tensor:
+    """The measurement as a picture ``[1, 3, h, w]`` in [0, 1]: y itself when it is an image of
+    the ground truth's size (inpainting: hidden pixels grey; blur; HDR), else A⁺(y) (super-
+    resolution: the upsampled low-res image), else the log-magnitude (phase retrieval)."""
+    y, op = problem.y, problem.operator
+    if y.shape == problem.ground_truth.shape:
+        return ((y + 1) / 2).clamp(0, 1)
+    if op.has_pseudo_inverse:
+        return ((op.pseudo_inverse(y) + 1) / 2).clamp(0, 1)
+    log_mag = torch.log1p(y.abs())
+    lo, hi = log_mag.amin(dim=(1, 2, 3), keepdim=True), log_mag.amax(dim=(1, 2, 3), keepdim=True)
+    return (log_mag - lo) / (hi - lo).clamp_min(1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics.
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(images: Tensor, problem: Problem, probe: Optional[nn.Module] = None) -> dict[str, float]:
+    """Metrics of particles ``[N, 3, H, W]`` in [0, 1] for ``problem`` (computed on the images'
+    device, where the operator must be too).
+
+    ``*_mean`` averages over the N particles, ``*_best`` is the best particle (best-of-N): PSNR
+    (dB) and SSIM against the ground truth, ``consistency`` the RMS measurement residual
+    ‖y − A(2x − 1)‖/√numel (lower is better). With a probe: ``diversity`` (1 − mean pairwise
+    cosine similarity of probe features, N ≥ 2) and, when the class is known, the fraction of
+    particles whose predicted shape / colour agrees with the ground truth's.
+    """
+    from scorestudio.metrics.image_quality import measurement_consistency, psnr, ssim, summarize
+
+    images = images.detach().float()
+    gt = problem.ground_truth.to(images.device).expand_as(images)
+    y = problem.y.to(images.device)
+    out = {}
+    for name, values, higher in (("psnr", psnr(images, gt), True), ("ssim", ssim(images, gt), True),
+                                 ("consistency", measurement_consistency(problem.operator, images, y), False)):
+        summary = summarize(values.cpu(), higher_is_better=higher)
+        out[f"{name}_mean"], out[f"{name}_best"] = summary["mean"], summary["best"]
+    if probe is not None:
+        from scorestudio.metrics.probe import diversity
+
+        probe = probe.to(images.device)
+        if images.shape[0] >= 2:
+            out["diversity"] = diversity(probe.features(images))
+        if problem.labels is not None:
+            predictions = probe.classify(images)
+            for head, name in problem.labels.items():
+                out[f"probe_{head}_agreement"] = sum(p[head] == name for p in predictions) / len(predictions)
+    return out
+
+
+def is_rotated(images: Tensor, ground_truth: Tensor) -> Tensor:
+    """Per particle ``[N]`` bool: closer (PSNR) to the 180°-rotated ground truth ``[1, 3, H, W]``
+    than to the upright one (phase retrieval's twin solution)."""
+    from scorestudio.metrics.image_quality import psnr
+
+    gt = ground_truth.to(images.device).expand_as(images)
+    return psnr(images, gt.flip(-2, -1)) > psnr(images, gt)
+
+
+# --------------------------------------------------------------------------------------------
+# The Lightning system.
+# --------------------------------------------------------------------------------------------
+
+
+@register("inverse")
+class InverseSystem(BaseSystem):
+    """Lightning wrapper of :class:`InverseSolver`: one solver iteration per training step
+    (``trainer.max_steps`` = L), checkpoints/resume of z, x and the Adam state, outputs at test.
+
+    The iteration runs as the *closure* of the Lightning optimizer step (the solver makes its own
+    z- and x-updates inside it and leaves no gradient behind, so the outer Adam step is empty):
+    Lightning then counts exactly one step per iteration and restores the optimizer on resume.
+    """
+
+    @dataclass
+    class Config:
+        n_particles: int = 4                # N particles per measurement (the batch)
+        prior_type: str = "embedded"        # registered prior: embedded, stable-diffusion, deepfloyd-if
+        prior: dict = field(default_factory=dict)
+        solver: SolverConfig = field(default_factory=SolverConfig)
+        probe_path: Optional[str] = None    # probe for the metrics; None = the shipped one (skipped if absent)
+        frame_every: int = 10               # a GIF frame every k iterations (save/frames/, then optimisation.gif)
+
+    def configure(self) -> None:
+        cfg = self.cfg
+        if cfg.n_particles < 1 or cfg.frame_every < 1:
+            raise ConfigError("system.n_particles and system.frame_every must be ≥ 1")
+        prior = find(cfg.prior_type, kind="priors")(cfg.prior, path="system.prior")
+        self.problem = build_problem(self.data_cfg, prior.image_size)
+        self.solver = InverseSolver(cfg.solver, prior, self.problem.operator, self.problem.y, cfg.n_particles,
+                                    seed=self.seed)
+        self.automatic_optimization = False
+
+    def configure_optimizers(self):
+        return self.solver.optimizer
+
+    def training_step(self, batch, batch_idx):
+        step, n_steps = self.global_step, self.trainer.max_steps
+        if step == 0:
+            self.save_frame(0)
+        logs: dict[str, float] = {}
+        self.optimizers().step(closure=lambda: logs.update(self.solver.step(step, n_steps)))
+        for key, value in logs.items():
+            self.log(f"train/{key}", value, prog_bar=key in ("t", "loss_z_data"))
+        if (step + 1) % self.cfg.frame_every == 0 or step + 1 == n_steps:
+            self.save_frame(step + 1)
+
+    def save_frame(self, iteration: int) -> None:
+        from scorestudio.utils.images import save_grid
+
+        save_grid(self.solver.images(), self.save_path(f"frames/it{iteration:06d}.png"), ncol=self.cfg.n_particles)
+
+    def validation_step(self, batch, batch_idx):
+        from scorestudio.utils.images import save_grid
+
+        save_grid(self.solver.images(), self.save_path(f"it{self.global_step}-val.png"))
+
+    def test_step(self, batch, batch_idx):
+        from scorestudio.utils.images import load_image, save_animation, save_grid, save_image
+
+        images = self.solver.images()
+        problem = dataclasses.replace(self.problem, y=self.solver.y)   # y on the solver's (operator's) device
+        truth, measured = problem.ground_truth, measurement_image(problem).cpu()
+        save_image(truth[0], self.save_path("ground_truth.png"))
+        save_image(measured[0], self.save_path("measurement.png"))
+        for i, image in enumerate(images):
+            save_image(image, self.save_path(f"particle{i}.png"))
+        row = torch.cat([truth, resize_square(measured, truth.shape[-1]), images.cpu()])
+        save_grid(row, self.save_path("grid.png"), ncol=len(row))
+        frames = sorted((self.run.save_dir / "frames").glob("it*.png"))
+        if frames:
+            save_animation(torch.stack([load_image(f) for f in frames]), self.save_path("optimisation.gif"), fps=8)
+        metrics = evaluate(images, problem, self.load_probe())
+        metrics = self.save_metrics({"step": int(self.global_step), "method": self.cfg.solver.method,
+                                     "operator": self.solver.operator.name, **metrics})
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+
+    def load_probe(self) -> Optional[nn.Module]:
+        """The probe for the metrics, or None (with a warning) when its weights are missing."""
+        from scorestudio.metrics.probe import load_probe
+
+        try:
+            return load_probe(self.cfg.probe_path)
+        except FileNotFoundError as err:
+            warnings.warn(f"no probe metrics (diversity, class agreement): {err}")
+            return None
