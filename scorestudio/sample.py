@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import Tensor
 
+from scorestudio.utils.images import image_grid, save_image
 from scorestudio.utils.seeding import per_particle_randn
 
 if TYPE_CHECKING:
@@ -69,24 +70,6 @@ def ddim_sample(prior: DiffusionPrior, prompts: list[str], steps: int, cfg: floa
     return torch.cat(images)
 
 
-def image_grid(images: Tensor, ncols: Optional[int] = None) -> Tensor:
-    """Tile images ``[N, 3, H, W]`` into one ``[3, rows·H, ncols·W]`` (default ncols = ⌈√N⌉)."""
-    n, c, h, w = images.shape
-    ncols = ncols or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / ncols)
-    grid = images.new_ones(rows * ncols, c, h, w)
-    grid[:n] = images
-    return grid.view(rows, ncols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, ncols * w)
-
-
-def save_png(image: Tensor, path: Path) -> None:
-    """Write one image ``[3, H, W]`` in [0, 1] as an 8-bit PNG."""
-    from PIL import Image
-
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(array).save(path)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m scorestudio.sample",
                                      description="DDIM samples of a prompt from a diffusion prior")
@@ -128,8 +111,8 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"sample_{i:03d}.png" for i in range(len(images))]
     for image, path in zip(images, paths):
-        save_png(image, path)
-    save_png(image_grid(images), out / "grid.png")
+        save_image(image, path)
+    save_image(image_grid(images), out / "grid.png")
     write_json(out / "sample.json", {**vars(args), "device": device})
     print(f"wrote {len(paths)} samples and grid.png to {out}")
     return paths

@@ -535,20 +535,9 @@ class ProceduralDataset:
 # --------------------------------------------------------------------------------------------
 
 
-def image_grid(images: Tensor, ncol: int | None = None, pad: int = 2) -> Tensor:
-    """Tile images ``[N, 3, H, W]`` into one ``[3, rows*(H+pad)+pad, ncol*(W+pad)+pad]`` grid."""
-    n, c, h, w = images.shape
-    ncol = ncol or math.ceil(math.sqrt(n))
-    nrow = math.ceil(n / ncol)
-    cells = torch.full((nrow * ncol, c, h + pad, w + pad), 0.5)
-    cells[:n, :, pad:, pad:] = images
-    grid = cells.view(nrow, ncol, c, h + pad, w + pad).permute(2, 0, 3, 1, 4)
-    return F.pad(grid.reshape(c, nrow * (h + pad), ncol * (w + pad)), (0, pad, 0, pad), value=0.5)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Write a grid of one batch to ``--out`` and print its captions in grid order."""
-    import imageio.v3 as iio
+    from scorestudio.utils.images import image_grid, save_image
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="preview.png")
@@ -560,8 +549,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     data = ProceduralDataset(ProceduralConfig(resolution=args.resolution, seed=args.seed), args.split)
     batch = data.batch(args.n, args.index)
-    grid = image_grid(batch.images)
-    iio.imwrite(args.out, (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+    save_image(image_grid(batch.images, pad_value=0.5), args.out)
     for i, caption in enumerate(batch.captions):
         print(f"{i:3d}  {caption}")
 

@@ -13,16 +13,16 @@ from torch import Tensor
 
 
 def image_grid(images: Tensor, ncol: Optional[int] = None, pad: int = 2, pad_value: float = 1.0) -> Tensor:
-    """Images ``[N, C, H, W]`` → one grid image ``[C, H', W']`` (rows of ``ncol``, default ≈ √N)."""
+    """Tile images ``[N, C, H, W]`` into one ``[C, rows·(H+pad)+pad, ncol·(W+pad)+pad]`` grid
+    (``ncol`` default ⌈√N⌉; empty cells and borders are ``pad_value``)."""
     n, c, h, w = images.shape
     ncol = ncol or math.ceil(math.sqrt(n))
     nrow = math.ceil(n / ncol)
-    grid = torch.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), pad_value, dtype=images.dtype)
-    for i, image in enumerate(images.detach().cpu()):
-        r, col = divmod(i, ncol)
-        top, left = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, top: top + h, left: left + w] = image
-    return grid
+    cells = torch.full((nrow * ncol, c, h + pad, w + pad), pad_value, dtype=images.dtype)
+    cells[:n, :, pad:, pad:] = images.detach().cpu()
+    grid = cells.view(nrow, ncol, c, h + pad, w + pad).permute(2, 0, 3, 1, 4)
+    grid = grid.reshape(c, nrow * (h + pad), ncol * (w + pad))
+    return torch.nn.functional.pad(grid, (0, pad, 0, pad), value=pad_value)
 
 
 def to_uint8(image: Tensor) -> np.ndarray:
