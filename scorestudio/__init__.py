@@ -21,3 +21,5 @@ declare_lazy("scorestudio.guidance.vsd", "vsd")
 declare_lazy("scorestudio.data.operators", "box-inpaint", "random-inpaint", "mask-inpaint", "super-resolution",
              "gaussian-blur", "motion-blur", "phase-retrieval", "hdr")
 declare_lazy("scorestudio.systems.inverse", "inverse")
+declare_lazy("scorestudio.guidance.dreamsampler", "dreamsampler")
+declare_lazy("scorestudio.systems.svg_systems", "text-to-svg", "svg-restoration")

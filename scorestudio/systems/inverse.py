@@ -511,11 +511,6 @@ class InverseSystem(BaseSystem):
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
 
     def load_probe(self) -> Optional[nn.Module]:
-        """The probe for the metrics, or None (with a warning) when its weights are missing."""
-        from scorestudio.metrics.probe import load_probe
+        from scorestudio.metrics.probe import load_probe_or_warn
 
-        try:
-            return load_probe(self.cfg.probe_path)
-        except FileNotFoundError as err:
-            warnings.warn(f"no probe metrics (diversity, class agreement): {err}")
-            return None
+        return load_probe_or_warn(self.cfg.probe_path)

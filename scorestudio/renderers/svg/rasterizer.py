@@ -91,7 +91,7 @@ def samples_per_segment(scene: SvgScene, cfg: RasterizerConfig) -> int:
     every uniform-t polyline within ``tol`` px of its cubic."""
     if cfg.samples_per_segment > 0:
         return cfg.samples_per_segment
-    ctrl = _control_points(scene).detach()
+    ctrl = control_points(scene).detach()
     second = (ctrl[..., :2, :] - 2 * ctrl[..., 1:3, :] + ctrl[..., 2:, :]).norm(dim=-1)
     second = second.amax(-1) * (scene.contour >= 0)                       # [N, P, S]
     m = float(second.max()) if second.numel() else 0.0
@@ -99,7 +99,7 @@ def samples_per_segment(scene: SvgScene, cfg: RasterizerConfig) -> int:
     return max(1, min(k, cfg.max_samples_per_segment))
 
 
-def _control_points(scene: SvgScene) -> Tensor:
+def control_points(scene: SvgScene) -> Tensor:
     """The four control points of every segment, ``[N, P, S, 4, 2]``."""
     pts = scene.points
     ends = scene.segment_ends()                                           # [P, S]
@@ -111,7 +111,7 @@ def _control_points(scene: SvgScene) -> Tensor:
 def flatten(scene: SvgScene, k: int) -> tuple[Tensor, Tensor]:
     """Polyline edges ``[N, P, S·K, 4]`` as (x0, y0, x1, y1), and ``valid [P, S·K]`` (False for
     the edges of padding segments). Differentiable w.r.t. the points."""
-    ctrl = _control_points(scene)
+    ctrl = control_points(scene)
     t = torch.linspace(0, 1, k + 1, dtype=ctrl.dtype, device=ctrl.device)[:, None]
     bernstein = torch.cat([(1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t ** 2 * (1 - t), t ** 3], 1)
     curve = torch.einsum("kc,npscd->npskd", bernstein, ctrl)              # [N, P, S, K+1, 2]

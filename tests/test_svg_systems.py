@@ -1,0 +1,197 @@
+"""text-to-svg and svg-restoration on a tiny random prior: outputs (SVGs resvg renders like the
+system does), input errors, the data term, the Xing loss, particle independence, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+import scorestudio.guidance.dreamsampler  # noqa: F401  (registers "dreamsampler")
+from scorestudio.cli import parse_args, run
+from scorestudio.data.procedural import ProceduralDataset
+from scorestudio.metrics.image_quality import psnr
+from scorestudio.renderers.svg import SvgScene, circle_scene, polygon_points
+from scorestudio.systems.svg_systems import TextToSvgSystem, load_problem, xing_loss
+from scorestudio.utils.config import ConfigError
+from scorestudio.utils.images import load_image, save_image
+from scorestudio.utils.run import RunContext
+from tests.test_svg import mae255, resvg
+from tests.tiny_models import make_tiny_embedded, make_tiny_probe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tiny")
+    return make_tiny_embedded(base / "prior"), make_tiny_probe(base / "probe")
+
+
+def launch(tmp_path, tiny, config, *overrides, tag="run"):
+    prior, probe = tiny
+    argv = ["--config", str(ROOT / "configs" / config), "--train", f"exp_root_dir={tmp_path}", f"tag={tag}",
+            "use_timestamp=false", "trainer.enable_progress_bar=false",
+            f"system.prior.pretrained_model_name_or_path={prior}", f"system.probe_path={probe}", *overrides]
+    return run(*parse_args(argv))
+
+
+# ------------------------------------------------------------------------------ Xing loss
+
+
+def test_xing_loss_zero_for_a_circle_positive_for_a_bow_tie():
+    circle = circle_scene(torch.tensor([[[32.0, 32.0]]]), torch.tensor([[20.0]]), torch.ones(1, 1, 4), 64, 64)
+    assert float(xing_loss(circle)[0]) == 0.0
+    # one cubic whose control polygon crosses itself (p0→p1 and p2→p3 intersect), closed by a line
+    twisted = torch.tensor([[0.0, 0.0], [10.0, 10.0], [10.0, 0.0]])
+    closing = polygon_points(torch.tensor([[0.0, 10.0], [0.0, 0.0]]))[:3]   # the line (0,10) → (0,0)
+    bow_tie = SvgScene(torch.cat([twisted, closing])[None, None], torch.ones(1, 1, 4), 16, 16)
+    assert float(xing_loss(bow_tie)[0]) == pytest.approx(0.5)   # the twisted cubic costs 1, the line 0
+
+
+# ------------------------------------------------------------------------------ text-to-svg
+
+
+def test_text_to_svg_writes_svgs_that_resvg_renders_alike(tmp_path, tiny):
+    ctx = launch(tmp_path, tiny, "text-to-svg.yaml", "trainer.max_steps=3", "system.n_particles=2",
+                 "system.frame_every=1", "system.paths.num_paths=8")
+    save = ctx.save_dir
+    for name in ("particle0.svg", "particle1.png", "particles.png", "optimisation.gif"):
+        assert (save / name).is_file(), name
+    assert len(iio.imread(save / "optimisation.gif", index=None)) == 4       # steps 0, 1, 2 and the result
+    ours = load_image(save / "particle0.png")
+    assert mae255(ours, resvg(save / "particle0.svg", tmp_path)) < 1.0
+    metrics = json.loads(ctx.metrics_path.read_text())
+    assert 0.0 <= metrics["quality"] <= 1.0 and len(metrics["classes"]) == 2
+
+
+def system_for(tmp_path, tiny, **overrides) -> TextToSvgSystem:
+    cfg = {"n_particles": 3, "prior": {"pretrained_model_name_or_path": str(tiny[0])},
+           "prompt_processor": {"prompt": "a red star icon"}, "guidance_type": "dreamsampler",
+           "guidance": {"num_steps": 10}, "paths": {"num_paths": 6}, "augment": {"enabled": True}, **overrides}
+    return TextToSvgSystem(cfg, run=RunContext(tmp_path, seed=3))
+
+
+def point_grads(system: TextToSvgSystem, step: int = 2) -> torch.Tensor:
+    system.svg.points.grad = None
+    out = system.losses(step)
+    sum(v for k, v in out.items() if k.startswith("loss_")).backward()
+    return system.svg.points.grad.clone()
+
+
+@torch.no_grad()
+def perturb_particle(system: TextToSvgSystem, i: int) -> None:
+    system.svg.points[i] += 3 * torch.randn(system.svg.points[i].shape, generator=torch.Generator().manual_seed(1))
+
+
+def test_prompt_suffix_is_appended(tmp_path, tiny):
+    system = system_for(tmp_path, tiny, prompt_suffix=", flat vector icon")
+    assert system.prompt_processor.cfg.prompt == "a red star icon, flat vector icon"
+    assert system.svg.points.shape == (3, 6, 12, 2) and system.svg.colors.shape == (3, 6, 4)
+
+
+def test_particles_are_independent_without_repulsion(tmp_path, tiny):
+    """Moving particle 1 changes no other particle's gradient (guidance state, noise, timesteps and
+    augmentation are per particle); with repulsion it does. Fresh systems, as the guidance is stateful."""
+    reference, moved = system_for(tmp_path, tiny), system_for(tmp_path, tiny)
+    perturb_particle(moved, 1)
+    before, after = point_grads(reference), point_grads(moved)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[2], after[2])
+    assert not torch.equal(before[1], after[1])
+
+    repulsion = {"num_steps": 10, "repulsion": {"gamma": 10.0, "features": "latent", "scale": "one"}}
+    reference, moved = system_for(tmp_path, tiny, guidance=repulsion), system_for(tmp_path, tiny, guidance=repulsion)
+    perturb_particle(moved, 1)
+    assert not torch.allclose(point_grads(reference)[0], point_grads(moved)[0])
+
+
+def test_text_to_svg_resume_is_exact(tmp_path, tiny):
+    """DreamSampler's carried noise, Adam and the lr schedule all come back from the checkpoint."""
+    common = ("text-to-svg-dreamsampler.yaml", "system.n_particles=2", "system.paths.num_paths=6",
+              "system.lr.warmup_steps=2", "system.lr.total_steps=4", "system.guidance.num_steps=4",
+              "checkpoint.every_n_train_steps=2")
+
+    def final(ctx):
+        state = torch.load(ctx.ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        return {k: v for k, v in state.items() if k.startswith(("svg.", "guidance."))}
+
+    full = final(launch(tmp_path, tiny, *common, "trainer.max_steps=4", tag="full"))
+    assert "guidance.prev_eps" in full and bool(full["guidance.prev_valid"].all())
+    part = launch(tmp_path, tiny, *common, "trainer.max_steps=2", tag="part")
+    resumed = final(launch(tmp_path, tiny, *common, "trainer.max_steps=4", f"resume={part.ckpt_dir / 'last.ckpt'}",
+                           tag="part"))
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+
+
+# ------------------------------------------------------------------------------ svg-restoration
+
+
+def test_restoration_writes_all_outputs(tmp_path, tiny):
+    ctx = launch(tmp_path, tiny, "svg-restoration.yaml", "trainer.max_steps=3", "system.paths.num_paths=8")
+    for name in ("particle0.svg", "particle0.png", "measurement.png", "ground_truth.png", "comparison.png",
+                 "optimisation.gif"):
+        assert (ctx.save_dir / name).is_file(), name
+    assert iio.imread(ctx.save_dir / "comparison.png").shape == (68, 200, 3)   # measurement | restoration | truth
+    metrics = json.loads(ctx.metrics_path.read_text())
+    for key in ("psnr_mean", "ssim_mean", "consistency_mean", "psnr_measurement", "probe_shape_agreement"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["operator"] == "gaussian-blur" and metrics["distillation"] is True
+    assert set(metrics["classes"][0]) == {"shape", "color"}
+    assert "prompt: a yellow square icon" in (ctx.root / "configs" / "parsed.yaml").read_text()  # the icon's caption
+
+
+def write_png(path: Path, array: np.ndarray) -> str:
+    iio.imwrite(path, array)
+    return str(path)
+
+
+def test_restoration_input_errors_and_conversions(tmp_path):
+    with pytest.raises(ConfigError, match="image not found"):
+        load_problem({"image": str(tmp_path / "missing.png")})
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ConfigError, match="cannot read it as an image"):
+        load_problem({"image": str(tmp_path / "notes.png")})
+    with pytest.raises(ConfigError, match="square"):
+        load_problem({"image": write_png(tmp_path / "wide.png", np.zeros((16, 24, 3), np.uint8))})
+    with pytest.raises(ConfigError, match="svg-restoration restores"):
+        load_problem({"image": write_png(tmp_path / "ok.png", np.zeros((16, 16, 3), np.uint8)),
+                      "operator": "box-inpaint"})
+    # downsampling: the canvas is scale × the input, so the ground truth must be divisible by it
+    with pytest.raises(ConfigError, match="not divisible"):
+        load_problem({"procedural_index": 0, "resolution": 66, "operator": "downsample", "scale": 4})
+    with pytest.raises(ConfigError, match="canvas is data.scale=4"):
+        load_problem({"image": str(tmp_path / "ok.png"), "operator": "downsample", "scale": 4}, canvas_size=66)
+    problem = load_problem({"image": str(tmp_path / "ok.png"), "operator": "downsample", "scale": 4})
+    assert problem.canvas == 64 and problem.operator.name == "super-resolution"
+    # grey → 3 equal channels; RGBA → composited on white (transparent pixels become white, y = +1)
+    grey = load_problem({"image": write_png(tmp_path / "grey.png", np.full((16, 16), 64, np.uint8))}).y
+    assert grey.shape == (1, 3, 16, 16) and torch.allclose(grey, torch.full_like(grey, 2 * 64 / 255 - 1))
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[4:12, 4:12] = (255, 0, 0, 255)
+    y = load_problem({"image": write_png(tmp_path / "rgba.png", rgba)}).y
+    assert torch.equal(y[0, :, 0, 0], torch.ones(3)) and torch.equal(y[0, :, 8, 8], torch.tensor([1.0, -1.0, -1.0]))
+
+
+def test_data_term_alone_sharpens_a_blurred_circle(tmp_path, tiny):
+    """Distillation off: fitting ‖y − A(render)‖² alone beats the blurry input by a wide margin."""
+    truth = ProceduralDataset(split="test").render("circle", "blue", 1, torch.Generator().manual_seed(0))
+    from scorestudio.data.operators import build_operator
+
+    blur = build_operator("gaussian-blur", {"kernel_size": 11, "sigma": 1.5, "sigma_y": 0.0})
+    blurry = ((blur(2 * truth - 1) + 1) / 2).clamp(0, 1)
+    save_image(blurry[0], tmp_path / "blurry.png")
+    ctx = launch(tmp_path, tiny, "svg-restoration.yaml", f"data.image={tmp_path / 'blurry.png'}",
+                 "system.distillation=false", "trainer.max_steps=200", "system.paths.num_paths=24",
+                 "system.prompt_processor.prompt=a blue circle icon")
+    restored = load_image(ctx.save_dir / "particle0.png")[None]
+    quantised = load_image(tmp_path / "blurry.png")[None]
+    gain = float(psnr(restored, truth) - psnr(quantised, truth))
+    print(f"PSNR gain over the blurry input: {gain:.1f} dB")
+    assert gain > 5.0, gain
+    assert json.loads(ctx.metrics_path.read_text())["consistency_mean"] < 0.03
