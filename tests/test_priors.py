@@ -17,7 +17,7 @@ from tests.tiny_models import make_tiny_embedded, make_tiny_if, make_tiny_sd  # 
 BUILDERS = {"stable-diffusion": make_tiny_sd, "deepfloyd-if": make_tiny_if, "embedded": make_tiny_embedded}
 # Expected (L, D) of the text embeddings and (C, h) of the model space of each tiny folder.
 TEXT_SHAPE = {"stable-diffusion": (77, 32), "deepfloyd-if": (77, 24), "embedded": (32, 384)}
-SPACE_SHAPE = {"stable-diffusion": (4, 8), "deepfloyd-if": (3, 16), "embedded": (4, 2)}
+SPACE_SHAPE = {"stable-diffusion": (4, 8), "deepfloyd-if": (3, 16), "embedded": (4, 4)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -280,7 +280,7 @@ def test_sample_cli_writes_pngs(folders, tmp_path):
     assert {p.name for p in out.iterdir()} == {"grid.png", "sample_000.png", "sample_001.png",
                                                 "sample_002.png", "sample.json"}
     assert Image.open(out / "sample_000.png").size == (16, 16)
-    assert Image.open(out / "grid.png").size == (32, 32)  # 2 x 2 tiles, the last one blank
+    assert Image.open(out / "grid.png").size == (38, 38)  # 2 x 2 tiles of 16 + 2-px borders, the last one blank
 
 
 def test_checkpoints_hold_only_trainable_prior_weights(sd):
