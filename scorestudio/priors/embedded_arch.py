@@ -59,14 +59,14 @@ SIZES: dict[str, ArchSizes] = {
     # Shipped: see MODEL_CARD.md for the step-time measurements that picked these.
     "default": ArchSizes(
         image_size=64,
-        vae=VaeSize(block_out_channels=(32, 64, 128, 128), layers_per_block=1, norm_num_groups=32),
-        unet=UnetSize(block_out_channels=(96, 192, 192), layers_per_block=1, attention_heads=6,
+        vae=VaeSize(block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8),
+        unet=UnetSize(block_out_channels=(64, 128, 128), layers_per_block=1, attention_heads=4,
                       cross_attn_from=0, norm_num_groups=32),
         probe=ProbeSize(channels=(32, 64, 128, 192), feature_dim=256, norm_num_groups=8),
     ),
     # Unit tests: seconds per step on CPU, same structure (factor-8 VAE, 3-level UNet).
     "tiny": ArchSizes(
-        image_size=16,
+        image_size=32,
         vae=VaeSize(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4),
         unet=UnetSize(block_out_channels=(16, 16, 16), layers_per_block=1, attention_heads=2,
                       cross_attn_from=1, norm_num_groups=4),
