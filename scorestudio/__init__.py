@@ -23,3 +23,4 @@ declare_lazy("scorestudio.data.operators", "box-inpaint", "random-inpaint", "mas
 declare_lazy("scorestudio.systems.inverse", "inverse")
 declare_lazy("scorestudio.guidance.dreamsampler", "dreamsampler")
 declare_lazy("scorestudio.systems.svg_systems", "text-to-svg", "svg-restoration")
+declare_lazy("scorestudio.systems.dreamfusion", "dreamfusion")

@@ -1,0 +1,177 @@
+"""Cost of a text-to-3D training step: render / guidance / backward / optimizer, particles batched
+or run one after another, dense grid vs hash grid.
+
+Every configuration is the demo's (configs/dreamfusion-embedded.yaml, SDS + repulsion on the
+probe's features) with the number of particles, the encoding, the render size and the shading
+overridden. "lambertian" steps compute normals (3 extra field evaluations at the visible
+samples); "albedo" steps are the warm-up's. The batched-vs-sequential ratio compares one
+4-particle step (with and without repulsion, which only a batch can have) with the sum of one
+step of each of 4 single-particle runs (seeds 0-3).
+
+The prior is the trained embedded prior when it is installed; otherwise a randomly initialised
+prior of the same architecture (the same cost per step; pass --prior tiny for the unit-test size).
+Times are medians over the timed steps; the 4-particle run and the 4 single-particle runs
+alternate step by step so that a busy machine slows both alike.
+
+    python benchmarks/bench_nerf.py                 # all rows, 3 timed steps each
+    python benchmarks/bench_nerf.py --steps 1 --threads 1
+
+Prints a table and writes benchmarks/results/nerf.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from scorestudio.systems.dreamfusion import DreamFusionSystem  # noqa: E402
+from scorestudio.utils.config import load_config  # noqa: E402
+from scorestudio.utils.run import RunContext  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CONFIG = ROOT / "configs" / "dreamfusion-embedded.yaml"
+TRAINED = ROOT / "scorestudio" / "priors" / "weights" / "embedded"
+# A hash grid a CPU can afford: 8 levels from 8 to 8 · 1.5^7 ≈ 137 cells per axis, 2^16 entries.
+CPU_HASHGRID = ["system.geometry.hashgrid.n_levels=8", "system.geometry.hashgrid.log2_hashmap_size=16",
+                "system.geometry.hashgrid.base_resolution=8", "system.geometry.hashgrid.per_level_scale=1.5",
+                "system.geometry.hashgrid.backend=torch"]
+SHADING = {"albedo": ["system.material.ambient_only_steps=1000000"],
+           "lambertian": ["system.material.ambient_only_steps=0", "system.material.albedo_prob=0",
+                          "system.material.lambertian_prob=1", "system.material.textureless_prob=0"]}
+PHASES = ("render", "guidance", "backward", "optimizer")
+
+
+def prepare_prior(kind: str, folder: Path) -> tuple[str, str, str]:
+    """(prior folder, probe folder, description) for ``kind``: trained, random (default
+    architecture) or tiny."""
+    if kind == "auto":
+        kind = "trained" if (TRAINED / "unet").is_dir() and (TRAINED / "probe").is_dir() else "random"
+    if kind == "trained":
+        return str(TRAINED), str(TRAINED / "probe"), "trained embedded prior"
+    from safetensors.torch import save_file
+
+    from scorestudio.data.cameras import VIEW_NAMES
+    from scorestudio.data.procedural import ALL_SHAPES, COLOR_NAMES, KINDS
+    from scorestudio.priors.embedded_arch import SIZES, ProbeConfig, ProbeNet, build_unet, build_vae
+    from scorestudio.utils.io import write_json
+    from tests.tiny_models import make_tiny_embedded
+
+    make_tiny_embedded(folder)                     # scheduler, text encoder spec, tiny networks
+    size = SIZES["default" if kind == "random" else "tiny"]
+    if kind == "random":                           # the shipped architecture, random weights
+        torch.manual_seed(0)
+        build_vae(size).save_pretrained(folder / "vae")
+        build_unet(size).half().save_pretrained(folder / "unet")
+    probe_cfg = ProbeConfig(resolution=size.image_size, channels=size.probe.channels, feature_dim=size.probe.feature_dim,
+                            norm_num_groups=size.probe.norm_num_groups, shapes=ALL_SHAPES, colors=COLOR_NAMES,
+                            kinds=KINDS, views=VIEW_NAMES)
+    (folder / "probe").mkdir()
+    write_json(folder / "probe" / "config.json", probe_cfg.to_dict())
+    save_file({k: v.contiguous() for k, v in ProbeNet(probe_cfg).state_dict().items()},
+              str(folder / "probe" / "probe.safetensors"))
+    what = "randomly initialised prior of the shipped architecture" if kind == "random" else "tiny test prior"
+    return str(folder), str(folder / "probe"), what
+
+
+def build(overrides: list[str], seed: int, workdir: Path) -> tuple[DreamFusionSystem, torch.optim.Optimizer]:
+    cfg = load_config(CONFIG, overrides)
+    system = DreamFusionSystem(cfg.system, run=RunContext(workdir, seed))
+    return system, system.configure_optimizers()
+
+
+def timed_step(system: DreamFusionSystem, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
+    """Seconds spent in each phase of one training step."""
+    t0 = time.perf_counter()
+    cameras, out = system.render_step(step)
+    t1 = time.perf_counter()
+    losses = system.step_losses(cameras, out, step)
+    t2 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    t3 = time.perf_counter()
+    optimizer.step()
+    t4 = time.perf_counter()
+    times = dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)))
+    return {**times, "total": t4 - t0}
+
+
+def median_of(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
+def measure(overrides: list[str], steps: int, workdir: Path) -> dict[str, dict]:
+    """Median phase times over ``steps`` steps (after one warm-up) of: the 4-particle run with
+    repulsion ("batched"), the same without repulsion ("batched_no_repulsion"), and 4
+    single-particle runs (seeds 0-3; "single" is seed 0, "sequential" the sum of the four). The
+    runs alternate step by step, so that load on a shared machine hits them alike."""
+    runs = {"batched": build([*overrides, "system.n_particles=4"], 0, workdir),
+            "batched_no_repulsion": build([*overrides, "system.n_particles=4",
+                                           "system.guidance.repulsion.gamma=0"], 0, workdir)}
+    singles = [build([*overrides, "system.n_particles=1"], seed, workdir) for seed in range(4)]
+    rows: dict[str, list] = {name: [] for name in (*runs, "single", "sequential")}
+    for step in range(steps + 1):
+        times = {name: timed_step(*run, step) for name, run in runs.items()}
+        single = [timed_step(*run, step) for run in singles]
+        if step > 0:
+            for name, t in times.items():
+                rows[name].append(t)
+            rows["single"].append(single[0])
+            rows["sequential"].append({"total": sum(t["total"] for t in single)})
+    return {name: median_of(r) for name, r in rows.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--prior", choices=["auto", "trained", "random", "tiny"], default="auto")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        prior, probe, prior_desc = prepare_prior(args.prior, Path(tmp) / "prior")
+        base = [f"system.prior.pretrained_model_name_or_path={prior}", f"system.probe_path={probe}",
+                f"system.guidance.repulsion.feature_net_path={probe}", "system.resolution_milestones=[]"]
+        cases = [("grid", res, shading) for res in (32, 64) for shading in ("albedo", "lambertian")]
+        cases += [("hashgrid", res, "lambertian") for res in (32, 64)]
+        for encoding, res, shading in cases:
+            overrides = [*base, f"system.resolutions=[{res}]", f"system.geometry.encoding={encoding}", *SHADING[shading],
+                         *(CPU_HASHGRID + ["system.loss.lambda_tv=0"] if encoding == "hashgrid" else [])]
+            m = measure(overrides, args.steps, Path(tmp) / "run")
+            case = {"encoding": encoding, "resolution": res, "shading": shading}
+            sequential = m["sequential"]["total"]
+            rows.append({**case, "particles": 1, "repulsion": False, **m["single"]})
+            for name, repulsion in (("batched_no_repulsion", False), ("batched", True)):
+                rows.append({**case, "particles": 4, "repulsion": repulsion, **m[name], "sequential_total": sequential,
+                             "batched_over_sequential": m[name]["total"] / sequential})
+            print(*rows[-3:], sep="\n", flush=True)
+    print(f"\nprior: {prior_desc}; torch threads: {torch.get_num_threads()}; "
+          f"seconds per step (median of {args.steps}), demo config otherwise")
+    print(f"{'encoding':9} {'N':>2} {'rep.':>4} {'res':>4} {'shading':10} "
+          + " ".join(f"{p:>9}" for p in (*PHASES, "total")) + f" {'4 seq.':>8} {'ratio':>6}")
+    for r in rows:
+        seq = f" {r['sequential_total']:8.3f} {r['batched_over_sequential']:6.2f}" if r["particles"] == 4 else ""
+        print(f"{r['encoding']:9} {r['particles']:>2} {'yes' if r['repulsion'] else 'no':>4} {r['resolution']:>4} "
+              f"{r['shading']:10} " + " ".join(f"{r[p]:9.3f}" for p in (*PHASES, "total")) + seq)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"prior": prior_desc, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+           "machine": platform.processor() or platform.machine(), "timed_steps": args.steps,
+           "hashgrid_cpu_settings": CPU_HASHGRID, "rows": rows}
+    (RESULTS / "nerf.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'nerf.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Position encodings with a particle axis: N independent feature fields in one batched call.
+
+Both encodings map points ``[K, P, 3]`` in [-1, 1]^3 (K particles, or K rows selected from the N
+stacked ones by ``particles``) to features ``[K, P, D]``; particle k only reads its own parameters,
+so gradients never cross particles.
+
+- ``grid``: a dense feature volume ``[N, C, R, R, R]`` read by one 5-D ``F.grid_sample``
+  (trilinear, batched over particles). The CPU default; has a total-variation regulariser.
+- ``hashgrid``: the multiresolution hash encoding of Instant-NGP (Müller et al. 2022), tables
+  ``[N, T, F]`` per level, vectorised in PyTorch; on CUDA with tiny-cuda-nn installed (``backend: auto``
+  or ``tcnn``) the fused kernels of ``extern/tcnn_backend.py`` run instead, same config keys.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scorestudio.utils.config import ConfigError
+from scorestudio.utils.seeding import generator
+
+# tiny-cuda-nn's spatial hash primes (one per axis).
+HASH_PRIMES = (1, 2654435761, 805459861)
+
+
+@dataclass
+class GridConfig:
+    resolution: int = 48          # voxels per axis of each particle's feature volume over [-radius, radius]
+    n_features: int = 16          # C: features per voxel, input width of the MLP
+    init_std: float = 0.1         # features start N(0, init_std²), one stream per particle
+
+
+@dataclass
+class HashGridConfig:
+    n_levels: int = 16            # L resolutions from base_resolution up by per_level_scale
+    n_features_per_level: int = 2 # F
+    log2_hashmap_size: int = 19   # T = 2^19 entries per level and particle
+    base_resolution: int = 16
+    per_level_scale: float = 1.447269237440378   # finest level 16 · 1.447^15 ≈ 4096 (threestudio)
+    init_range: float = 1e-4      # entries start U(-init_range, init_range), as in tiny-cuda-nn
+    backend: str = "auto"         # "auto": tiny-cuda-nn on CUDA when installed, else PyTorch; "torch"; "tcnn"
+
+
+def select_particles(param: Tensor, particles: Optional[Tensor]) -> Tensor:
+    """Rows of a stacked parameter ``[N, ...]``: all (``particles`` None) or ``param[particles]``."""
+    return param if particles is None else param[particles]
+
+
+class GridEncoding(nn.Module):
+    """Dense trilinear feature volumes ``grid`` ``[N, C, R, R, R]``."""
+
+    def __init__(self, cfg: GridConfig, n_particles: int, seed: int) -> None:
+        super().__init__()
+        r, c = cfg.resolution, cfg.n_features
+        init = torch.stack([torch.randn(c, r, r, r, generator=generator(seed, "init", i, "grid"))
+                            for i in range(n_particles)])
+        self.grid = nn.Parameter(init * cfg.init_std)
+        self.out_dim = c
+
+    def forward(self, x: Tensor, particles: Optional[Tensor] = None) -> Tensor:
+        """Points ``[K, P, 3]`` in [-1, 1] → features ``[K, P, C]`` (x indexes the last grid axis)."""
+        grid = select_particles(self.grid, particles)
+        k, p, _ = x.shape
+        out = F.grid_sample(grid, x.view(k, p, 1, 1, 3), mode="bilinear", padding_mode="border",
+                            align_corners=True)                       # [K, C, P, 1, 1]
+        return out.view(k, -1, p).transpose(1, 2)
+
+    def tv_loss(self) -> Tensor:
+        """Total variation per particle ``[N]``: mean |difference| of neighbouring voxels."""
+        g = self.grid
+        diffs = [(g.diff(dim=d)).abs().flatten(1).mean(1) for d in (2, 3, 4)]
+        return sum(diffs) / 3
+
+
+class HashGridEncoding(nn.Module):
+    """Multiresolution hash encoding in PyTorch: per level a table ``[N, T, F]``.
+
+    Level l has scale s_l = base · per_level_scale^l − 1 and reads the 8 corners of the cell of
+    x_l = u · s_l + 0.5 (u = (x + 1)/2 in [0, 1]); a level whose (ceil(s_l) + 1)^3 vertices fit in
+    T is indexed densely, the others through tiny-cuda-nn's xor-of-primes hash. Levels loop in
+    Python (L ≤ 16); particles and points are one batch.
+    """
+
+    def __init__(self, cfg: HashGridConfig, n_particles: int, seed: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        size = 2 ** cfg.log2_hashmap_size
+        # One [N, T, F] table per level: the backward of one level then never touches the others.
+        self.tables = nn.ParameterList()
+        for level in range(cfg.n_levels):
+            init = torch.stack([torch.rand(size, cfg.n_features_per_level,
+                                           generator=generator(seed, "init", i, "hashgrid", level))
+                                for i in range(n_particles)])
+            self.tables.append(nn.Parameter((init * 2 - 1) * cfg.init_range))
+        self.out_dim = cfg.n_levels * cfg.n_features_per_level
+
+    def level_scale(self, level: int) -> float:
+        return self.cfg.base_resolution * self.cfg.per_level_scale ** level - 1.0
+
+    def forward(self, x: Tensor, particles: Optional[Tensor] = None) -> Tensor:
+        """Points ``[K, P, 3]`` in [-1, 1] → features ``[K, P, L · F]``."""
+        k, p, _ = x.shape
+        size = 2 ** self.cfg.log2_hashmap_size
+        u = ((x + 1) / 2).clamp(0, 1)
+        offsets = (torch.arange(k, device=x.device) * size).view(k, 1, 1)   # flat row of each particle
+        feats = []
+        for level, table in enumerate(self.tables):
+            scale = self.level_scale(level)
+            pos = u * scale + 0.5
+            cell = pos.floor()
+            frac = pos - cell                                                 # [K, P, 3]
+            # Per axis the two vertex coordinates and weights [K, P, 2]; the 8 corners are their
+            # outer combinations (x slowest), never materialised as [K, P, 8, 3].
+            vertex = [cell[..., d, None].long() + torch.arange(2, device=x.device) for d in range(3)]
+            side = math.ceil(scale) + 1
+            if side ** 3 <= size:
+                terms = [vertex[0], vertex[1] * side, vertex[2] * side * side]
+                index = corners(terms, torch.add) % size
+            else:
+                index = corners([v * prime for v, prime in zip(vertex, HASH_PRIMES)], torch.bitwise_xor) & (size - 1)
+            rows = select_particles(table, particles).reshape(k * size, -1)   # [K·T, F]
+            # int32 indices: half the memory autograd keeps for the backward, and faster on CPU.
+            values = F.embedding((index + offsets).int(), rows)              # [K, P, 8, F]
+            w = corners([torch.stack([1 - frac[..., d], frac[..., d]], dim=-1) for d in range(3)], torch.mul)
+            feats.append((values * w[..., None]).sum(2))
+        return torch.cat(feats, dim=-1)
+
+
+def corners(per_axis: list[Tensor], combine) -> Tensor:
+    """Combine per-axis values ``[K, P, 2]`` (x, y, z) into the 8 cell corners ``[K, P, 8]``."""
+    x, y, z = per_axis
+    return combine(combine(x[..., :, None, None], y[..., None, :, None]), z[..., None, None, :]).flatten(-3)
+
+
+def build_encoding(kind: str, grid: GridConfig, hashgrid: HashGridConfig, n_particles: int,
+                   seed: int, key: str = "system.geometry") -> nn.Module:
+    """The encoding named by ``kind`` ("grid" or "hashgrid") for ``n_particles`` particles."""
+    if kind == "grid":
+        return GridEncoding(grid, n_particles, seed)
+    if kind != "hashgrid":
+        raise ConfigError(f"{key}.encoding={kind!r}: use 'grid' (dense, CPU default) or 'hashgrid'")
+    backend = hashgrid.backend
+    if backend not in ("auto", "torch", "tcnn"):
+        raise ConfigError(f"{key}.hashgrid.backend={backend!r}: use 'auto', 'torch' or 'tcnn'")
+    if backend == "torch":
+        return HashGridEncoding(hashgrid, n_particles, seed)
+    try:
+        from extern import tcnn_backend
+    except ImportError:   # extern/ is not on the path (an installed package run outside the repository)
+        tcnn_backend = None
+    if backend == "tcnn" or (tcnn_backend is not None and tcnn_backend.tcnn_available()):
+        if tcnn_backend is None:
+            raise ConfigError(f"{key}.hashgrid.backend=tcnn needs extern/tcnn_backend.py: run from the repository root")
+        return tcnn_backend.TcnnHashGrid(hashgrid, n_particles, seed)
+    return HashGridEncoding(hashgrid, n_particles, seed)

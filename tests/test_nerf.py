@@ -1,0 +1,268 @@
+"""NeRF particles: analytic rendering, particle independence, cameras, mesh export, CLI runs."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import scorestudio.systems.dreamfusion  # noqa: E402,F401  (registers "dreamfusion")
+from scorestudio.cli import parse_args, run  # noqa: E402
+from scorestudio.data.cameras import CameraDistribution, cameras_from_angles, get_rays  # noqa: E402
+from scorestudio.export.mesh import ExportConfig, extract_meshes, mesh_report, save_mesh  # noqa: E402
+from scorestudio.renderers.nerf import ParticleGeometry, VolumeRenderer  # noqa: E402
+from scorestudio.renderers.nerf.volume import ray_sphere_interval  # noqa: E402
+from scorestudio.systems.dreamfusion import DreamFusionSystem, particle_cameras  # noqa: E402
+from scorestudio.utils.run import RunContext  # noqa: E402
+from tests.tiny_models import make_tiny_embedded  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "dreamfusion-embedded.yaml")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors gain nothing from intra-op threads on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random embedded prior and a tiny random probe (config.json + probe.safetensors)."""
+    from safetensors.torch import save_file
+
+    from scorestudio.data.cameras import VIEW_NAMES
+    from scorestudio.data.procedural import ALL_SHAPES, COLOR_NAMES, KINDS
+    from scorestudio.priors.embedded_arch import ProbeConfig, ProbeNet
+    from scorestudio.utils.io import write_json
+
+    root = tmp_path_factory.mktemp("tiny_nerf")
+    prior = make_tiny_embedded(root / "prior")
+    probe_cfg = ProbeConfig(resolution=32, channels=(8, 16), feature_dim=16, norm_num_groups=4,
+                            shapes=ALL_SHAPES, colors=COLOR_NAMES, kinds=KINDS, views=VIEW_NAMES)
+    torch.manual_seed(0)
+    probe = root / "probe"
+    probe.mkdir()
+    write_json(probe / "config.json", probe_cfg.to_dict())
+    save_file({k: v.contiguous() for k, v in ProbeNet(probe_cfg).state_dict().items()}, str(probe / "probe.safetensors"))
+    return {"prior": str(prior), "probe": str(probe)}
+
+
+def small_system_cfg(tiny, n_particles=2, **extra) -> dict:
+    cfg = {"n_particles": n_particles, "prior": {"pretrained_model_name_or_path": tiny["prior"]},
+           "prompt_processor": {"prompt": "a red cube"}, "resolutions": [12],
+           "renderer": {"num_samples_per_ray": 12},
+           "geometry": {"grid": {"resolution": 12, "n_features": 4}, "hidden_dim": 8},
+           "material": {"ambient_only_steps": 0, "albedo_prob": 0.0, "lambertian_prob": 0.5, "textureless_prob": 0.5},
+           "background": {"type": "mlp"}, "probe_path": tiny["probe"],
+           "loss": {"lambda_sparsity": 1.0, "lambda_orient": 1.0, "lambda_opaque": 0.1, "lambda_tv": 0.1}}
+    cfg.update(extra)
+    return cfg
+
+
+# ---- volume rendering --------------------------------------------------------------------------
+
+
+def test_analytic_sphere_opacity_matches_closed_form():
+    """Constant density σ inside radius r: opacity = 1 − exp(−σ · chord) per ray."""
+    sigma, r = 3.0, 0.5
+    cams = cameras_from_angles(torch.tensor([0.0, 30.0, -10.0]), torch.tensor([0.0, 90.0, -135.0]), 2.5, 40.0)
+    origins, dirs = get_rays(cams, 16, 16)
+    origins, dirs = origins.reshape(1, -1, 3), dirs.reshape(1, -1, 3)
+    near, far = ray_sphere_interval(origins, dirs, r)
+    expected = 1 - torch.exp(-sigma * (far - near))
+    assert 0.2 < (far > near).float().mean() < 0.8    # many rays cross the sphere, many miss it
+
+    def field_fn(points, samples):
+        return {"density": sigma * (points.norm(dim=-1) < r).float()}
+
+    errors = {}
+    for n_samples in (32, 256):
+        renderer = VolumeRenderer({"num_samples_per_ray": n_samples, "estimator": "dense"}, 1, radius=1.0)
+        opacity = renderer(field_fn, origins, dirs)["opacity"]
+        # each of the two boundary crossings misplaces at most one bin (≤ 2 / S scene units)
+        assert (opacity - expected).abs().max() <= 2 * sigma * 2 / n_samples
+        errors[n_samples] = (opacity - expected).abs().mean()
+    assert errors[256] < errors[32] / 3
+
+
+def test_batched_particles_equal_single_particle_evaluation():
+    points = torch.rand(3, 500, 3) * 2 - 1
+    for encoding in ("grid", "hashgrid"):
+        cfg = {"encoding": encoding, "grid": {"resolution": 10, "n_features": 4},
+               "hashgrid": {"n_levels": 4, "log2_hashmap_size": 10, "base_resolution": 4, "backend": "torch"}}
+        geometry = ParticleGeometry({**cfg, "chunk_points": 0}, n_particles=3, seed=7)
+        batched = geometry(points)
+        for i in range(3):
+            alone = geometry(points[i:i + 1], torch.tensor([i]))
+            for key in ("density", "albedo"):
+                torch.testing.assert_close(batched[key][i:i + 1], alone[key], rtol=1e-6, atol=1e-6)
+        # particle 1 of a 3-particle field is particle 1 of a 5-particle field (own init streams)
+        bigger = ParticleGeometry(cfg, n_particles=5, seed=7)
+        torch.testing.assert_close(bigger(points[1:2], torch.tensor([1]))["density"], batched["density"][1:2])
+        # evaluating in chunks of points changes nothing
+        chunked = ParticleGeometry({**cfg, "chunk_points": 100}, n_particles=3, seed=7)(points)
+        torch.testing.assert_close(chunked["density"], batched["density"], rtol=1e-6, atol=1e-6)
+
+
+def test_tcnn_backend_reports_how_to_install():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: tiny-cuda-nn may legitimately load")
+    cfg = {"encoding": "hashgrid", "hashgrid": {"backend": "tcnn"}}
+    with pytest.raises((ImportError, RuntimeError), match="tiny-cuda-nn|backend=torch"):
+        ParticleGeometry(cfg, n_particles=1, seed=0)
+
+
+# ---- cameras -----------------------------------------------------------------------------------
+
+
+def test_camera_sampler_ranges_and_per_particle_determinism():
+    dist = CameraDistribution()
+    cams = particle_cameras(4, 3, dist, seed=0, step=5)
+    assert len(cams) == 12
+    for name, (lo, hi) in [("elevation", dist.elevation_range), ("distance", dist.distance_range),
+                           ("fovy", dist.fovy_range)]:
+        values = getattr(cams, name)
+        assert values.min() >= lo and values.max() <= hi, name
+    light = cams.light_position.norm(dim=-1)
+    assert light.min() >= dist.light_distance_range[0] - 1e-5 and light.max() <= dist.light_distance_range[1] + 1e-5
+    # particle p's cameras do not depend on how many particles run
+    for p, fewer in ((1, 2), (2, 3)):
+        alone = particle_cameras(fewer, 3, dist, seed=0, step=5)
+        assert torch.equal(alone.c2w[3 * p: 3 * p + 3], cams.c2w[3 * p: 3 * p + 3])
+    assert not torch.equal(cams.c2w[0:3], cams.c2w[3:6])                              # particles differ
+    assert not torch.equal(cams.c2w, particle_cameras(4, 3, dist, seed=0, step=6).c2w)  # steps differ
+
+
+# ---- particle independence in the system -------------------------------------------------------
+
+
+def test_gradient_of_one_particle_never_reaches_another(tiny, tmp_path):
+    system = DreamFusionSystem(small_system_cfg(tiny, n_particles=3), run=RunContext(tmp_path))
+    cameras, out = system.render_step(0)
+    assert "detail" in out                               # normals and point light are in the graph
+    ids = torch.arange(3).repeat_interleave(system.cfg.views_per_particle)
+    weights = torch.rand(out["rgb"].shape, generator=torch.Generator().manual_seed(0))
+    trainable = {n: p for n, p in system.named_parameters() if p.requires_grad and p.shape[0] == 3}
+    assert any(n.startswith("background") for n in trainable) and any(n.startswith("geometry") for n in trainable)
+    for i in range(3):
+        loss = (out["rgb"][ids == i] * weights[ids == i]).sum()
+        loss = loss + sum(w * v[i] for w, v in system.regularizers(out, 0).values())
+        grads = torch.autograd.grad(loss, list(trainable.values()), retain_graph=True, allow_unused=True)
+        for (name, _), grad in zip(trainable.items(), grads):
+            assert grad is not None, name
+            others = torch.cat([grad[j].flatten() for j in range(3) if j != i])
+            assert torch.count_nonzero(others) == 0, f"{name}: particle {i}'s loss moved another particle"
+            if name.startswith("geometry"):
+                assert torch.count_nonzero(grad[i]) > 0, name
+
+
+def test_guided_step_of_a_particle_ignores_the_others_without_repulsion(tiny, tmp_path):
+    """Full SDS loss, repulsion off: particle 0's gradient is the same whatever particle 1 is."""
+    system = DreamFusionSystem(small_system_cfg(tiny), run=RunContext(tmp_path))
+
+    def particle0_grads():
+        system.zero_grad()
+        system.distill_step(3)["loss"].backward()
+        return [p.grad[0].clone() for p in system.geometry.parameters()]
+
+    before = particle0_grads()
+    with torch.no_grad():
+        for p in system.geometry.parameters():
+            p[1].add_(torch.randn(p[1].shape, generator=torch.Generator().manual_seed(1)))
+    after = particle0_grads()
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_particle_renders_the_same_in_any_ensemble(tiny, tmp_path):
+    """Particle 1's initialisation, cameras, jitter and shading are its own: N = 2 and N = 4 agree."""
+    renders = {}
+    for n in (2, 4):
+        system = DreamFusionSystem(small_system_cfg(tiny, n_particles=n), run=RunContext(tmp_path, seed=3))
+        with torch.no_grad():
+            renders[n] = system.render_step(2)[1]["rgb"][1]
+    torch.testing.assert_close(renders[2], renders[4], rtol=1e-5, atol=1e-6)
+
+
+# ---- export ------------------------------------------------------------------------------------
+
+
+def test_exported_sphere_has_the_right_radius_and_files_load(tmp_path):
+    import trimesh
+
+    radius, res, scene = 0.5, 48, 1.0
+    cfg = ExportConfig(resolution=res, threshold=5.0, min_component_fraction=0.1)
+
+    def density_fn(points):          # [N, P, 3]; particle 1 has a floater besides its sphere
+        sphere = (points.norm(dim=-1) < radius).float()
+        floater = ((points - torch.tensor([0.8, 0.8, 0.8])).norm(dim=-1) < 0.08).float()
+        return 10.0 * torch.maximum(sphere, floater * torch.tensor([0.0, 1.0])[:, None])
+
+    def color_fn(points, ids):
+        return torch.tensor([0.9, 0.1, 0.1]).expand(*points.shape[:-1], 3)
+
+    meshes = extract_meshes(density_fn, color_fn, 2, scene, cfg)
+    voxel = 2 * scene / (res - 1)
+    for i, (mesh, removed) in enumerate(meshes):
+        r = torch.as_tensor(mesh.vertices).norm(dim=-1)
+        assert abs(float(r.mean()) - radius) < voxel and float(r.max()) < radius + voxel
+        assert mesh.volume > 0                                     # normals point outwards
+        assert removed == i                                        # the floater of particle 1 is gone
+        report = mesh_report(mesh, removed)
+        assert report["watertight"] and report["boundary_edges"] == 0
+    paths = save_mesh(meshes[0][0], tmp_path / "particle0", ["obj", "glb", "ply"])
+    for path in paths:
+        loaded = trimesh.load(path, force="mesh")
+        assert len(loaded.faces) == len(meshes[0][0].faces), path
+    colors = trimesh.load(tmp_path / "particle0.ply", force="mesh").visual.vertex_colors
+    assert (colors[:, 0] > 200).all() and (colors[:, 1] < 60).all()
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+
+def cli_train(tmp_path, tiny, tag, *overrides):
+    small = [f"system.prior.pretrained_model_name_or_path={tiny['prior']}", f"system.probe_path={tiny['probe']}",
+             f"system.guidance.repulsion.feature_net_path={tiny['probe']}", "system.guidance.repulsion.gamma=1.0",
+             "system.n_particles=2", "system.resolutions=[12,16]", "system.resolution_milestones=[2]",
+             "system.renderer.num_samples_per_ray=12", "system.geometry.grid.resolution=12",
+             "system.geometry.grid.n_features=4", "system.material.ambient_only_steps=1",
+             "system.loss.lambda_orient=1.0", "system.evaluation.resolution=16", "system.evaluation.n_views=4",
+             "system.export.resolution=16", "trainer.enable_progress_bar=false", "use_timestamp=false",
+             "checkpoint.every_n_train_steps=2", "trainer.val_check_interval=2"]
+    args, extra = parse_args(["--config", CONFIG, "--train", f"exp_root_dir={tmp_path}", f"tag={tag}", *small, *overrides])
+    return run(args, extra)
+
+
+def state(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_cli_run_outputs_and_resume_equals_uninterrupted_run(tiny, tmp_path):
+    full = cli_train(tmp_path, tiny, "full", "trainer.max_steps=4").root
+    save = full / "save"
+    for rel in ("it2-val.png", "it4-val.png", "it4-test/particle0.gif", "it4-test/particle1.mp4",
+                "it4-test/all.gif", "it4-export/particle0.obj", "it4-export/particle1.glb", "it4-export/particle1.ply"):
+        assert (save / rel).is_file(), rel
+    assert (full / "ckpts" / "last.ckpt").is_file()
+    metrics = json.loads((full / "metrics.json").read_text())
+    assert metrics["step"] == 4 and "distinct_majority_colors" in metrics and "particle1/color_fraction" in metrics
+    assert "export/particle0/watertight" in metrics
+
+    part = cli_train(tmp_path, tiny, "part", "trainer.max_steps=2", "system.export.after_test=false").root
+    cli_train(tmp_path, tiny, "ignored", "trainer.max_steps=4", f"resume={part / 'ckpts' / 'last.ckpt'}")
+    a, b = state(full / "ckpts" / "last.ckpt"), state(part / "ckpts" / "last.ckpt")
+    assert a.keys() == b.keys() and any(k.startswith("geometry.") for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
