@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 
 import pytest
 import torch
@@ -73,6 +74,8 @@ def test_resumed_run_matches_uninterrupted(stage, tmp_path, shipped_vae, cache_d
     if stage == "unet":
         for key, value in b["ema"].items():
             torch.testing.assert_close(a["ema"][key], value, atol=1e-6, rtol=0)
+        scheduler = json.loads((outs["whole"] / "scheduler" / "scheduler_config.json").read_text())
+        assert scheduler["clip_sample"] is False  # DDIM built from it must not clip unit-std latents
     assert _losses(split, stage) == pytest.approx(_losses(whole, stage), abs=1e-6)
     assert len(_losses(split, stage)) == 3
 

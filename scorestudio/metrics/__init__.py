@@ -1,4 +1,5 @@
-"""Metrics on generated images: the probe classifier, its features and the diversity score.
+"""Metrics on generated images: the probe classifier and ``diversity`` (:mod:`.probe`), feature
+networks for the repulsion kernel (:mod:`.features`) and prompt-attribute scores (:mod:`.attributes`).
 
-Imported lazily: ``from scorestudio.metrics.probe import load_probe, diversity``.
+Submodules are imported explicitly, e.g. ``from scorestudio.metrics.probe import load_probe``.
 """

@@ -78,8 +78,10 @@ STAGE_DEFAULTS = {
     "vae": StageDefaults(lr=5e-4, batch_size=16, minutes=40.0),
     "unet": StageDefaults(lr=5e-4, batch_size=32, minutes=50.0),
 }
+# Stable Diffusion 1.x's schedule. clip_sample must be off: latents have unit std, and samplers
+# built with ``from_config`` (DDIM) would otherwise clip their x0 predictions to [-1, 1].
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                        beta_end=0.012, prediction_type="epsilon")
+                        beta_end=0.012, prediction_type="epsilon", clip_sample=False, steps_offset=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,7 +280,7 @@ def prepare_run(run: StageRun, resume: bool, extra: dict) -> None:
 
 
 def train_loop(run: StageRun, step_fn, args: argparse.Namespace, stage: str, extra: dict) -> None:
-    """Run ``step_fn(step, lr_mult) -> dict of floats`` (first key "loss") until ``--steps`` or
+    """Run ``step_fn(step) -> dict of floats`` (first key "loss") until ``--steps`` or
     the stage's ``--minutes`` are used up; checkpoint every ``--ckpt-minutes`` and at the end,
     then append the logged rows to ``loss.csv``."""
     budget = 60.0 * args.minutes
@@ -293,7 +295,7 @@ def train_loop(run: StageRun, step_fn, args: argparse.Namespace, stage: str, ext
         mult = lr_multiplier(run.step, run.elapsed / budget)
         for group in run.optimizer.param_groups:
             group["lr"] = args.lr * mult
-        logs = step_fn(run.step, mult)
+        logs = step_fn(run.step)
         run.step += 1
         run.elapsed += time.time() - t0
         window.append(logs["loss"])
@@ -425,7 +427,7 @@ def train_probe(args: argparse.Namespace, size: ArchSizes) -> None:
     prepare_run(run, args.resume, extra)
     print(f"probe: {parameter_count(net) / 1e6:.3f} M parameters", flush=True)
 
-    def step_fn(step: int, _mult: float) -> dict:
+    def step_fn(step: int) -> dict:
         net.train()
         gen = generator(args.seed, "probe", step)
         idx = epoch_batch(len(train), args.batch_size, step, args.seed, "probe")
@@ -502,7 +504,7 @@ def train_vae(args: argparse.Namespace, size: ArchSizes) -> None:
     prepare_run(run, args.resume, extra)
     print(f"vae: {parameter_count(vae) / 1e6:.3f} M parameters", flush=True)
 
-    def step_fn(step: int, _mult: float) -> dict:
+    def step_fn(step: int) -> dict:
         vae.train()
         gen = generator(args.seed, "vae", step)
         idx = epoch_batch(len(train), args.batch_size, step, args.seed, "vae")
@@ -613,7 +615,7 @@ def train_unet(args: argparse.Namespace, size: ArchSizes) -> None:
     print(f"unet: {parameter_count(unet) / 1e6:.3f} M parameters, latents {tuple(lat.mean.shape[1:])}, "
           f"scaling_factor {lat.scaling_factor:.4f}", flush=True)
 
-    def step_fn(step: int, _mult: float) -> dict:
+    def step_fn(step: int) -> dict:
         unet.train()
         gen = generator(args.seed, "unet", step)
         idx = epoch_batch(len(train), args.batch_size, step, args.seed, "unet")
