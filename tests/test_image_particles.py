@@ -5,19 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from scorestudio.cli import parse_args, run
-from tests.tiny_models import make_tiny_embedded, make_tiny_probe
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny")
-    return make_tiny_embedded(base / "prior"), make_tiny_probe(base / "probe")
 
 
 def launch(tmp_path, tiny, method, *overrides, tag="run"):

@@ -13,7 +13,6 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import scorestudio.systems.dreamfusion  # noqa: E402,F401  (registers "dreamfusion")
 from scorestudio.cli import parse_args, run  # noqa: E402
 from scorestudio.data.cameras import CameraDistribution, cameras_from_angles, get_rays  # noqa: E402
 from scorestudio.export.mesh import ExportConfig, extract_meshes, mesh_report, save_mesh  # noqa: E402
@@ -21,50 +20,18 @@ from scorestudio.renderers.nerf import ParticleGeometry, VolumeRenderer  # noqa:
 from scorestudio.renderers.nerf.volume import ray_sphere_interval  # noqa: E402
 from scorestudio.systems.dreamfusion import DreamFusionSystem, particle_cameras  # noqa: E402
 from scorestudio.utils.run import RunContext  # noqa: E402
-from tests.tiny_models import make_tiny_embedded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "dreamfusion-embedded.yaml")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors gain nothing from intra-op threads on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny random embedded prior and a tiny random probe (config.json + probe.safetensors)."""
-    from safetensors.torch import save_file
-
-    from scorestudio.data.cameras import VIEW_NAMES
-    from scorestudio.data.procedural import ALL_SHAPES, COLOR_NAMES, KINDS
-    from scorestudio.priors.embedded_arch import ProbeConfig, ProbeNet
-    from scorestudio.utils.io import write_json
-
-    root = tmp_path_factory.mktemp("tiny_nerf")
-    prior = make_tiny_embedded(root / "prior")
-    probe_cfg = ProbeConfig(resolution=32, channels=(8, 16), feature_dim=16, norm_num_groups=4,
-                            shapes=ALL_SHAPES, colors=COLOR_NAMES, kinds=KINDS, views=VIEW_NAMES)
-    torch.manual_seed(0)
-    probe = root / "probe"
-    probe.mkdir()
-    write_json(probe / "config.json", probe_cfg.to_dict())
-    save_file({k: v.contiguous() for k, v in ProbeNet(probe_cfg).state_dict().items()}, str(probe / "probe.safetensors"))
-    return {"prior": str(prior), "probe": str(probe)}
-
-
 def small_system_cfg(tiny, n_particles=2, **extra) -> dict:
-    cfg = {"n_particles": n_particles, "prior": {"pretrained_model_name_or_path": tiny["prior"]},
+    cfg = {"n_particles": n_particles, "prior": {"pretrained_model_name_or_path": tiny[0]},
            "prompt_processor": {"prompt": "a red cube"}, "resolutions": [12],
            "renderer": {"num_samples_per_ray": 12},
            "geometry": {"grid": {"resolution": 12, "n_features": 4}, "hidden_dim": 8},
            "material": {"ambient_only_steps": 0, "albedo_prob": 0.0, "lambertian_prob": 0.5, "textureless_prob": 0.5},
-           "background": {"type": "mlp"}, "probe_path": tiny["probe"],
+           "background": {"type": "mlp"}, "probe_path": tiny[1],
            "loss": {"lambda_sparsity": 1.0, "lambda_orient": 1.0, "lambda_opaque": 0.1, "lambda_tv": 0.1}}
     cfg.update(extra)
     return cfg
@@ -233,8 +200,8 @@ def test_exported_sphere_has_the_right_radius_and_files_load(tmp_path):
 
 
 def cli_train(tmp_path, tiny, tag, *overrides):
-    small = [f"system.prior.pretrained_model_name_or_path={tiny['prior']}", f"system.probe_path={tiny['probe']}",
-             f"system.guidance.repulsion.feature_net_path={tiny['probe']}", "system.guidance.repulsion.gamma=1.0",
+    small = [f"system.prior.pretrained_model_name_or_path={tiny[0]}", f"system.probe_path={tiny[1]}",
+             f"system.guidance.repulsion.feature_net_path={tiny[1]}", "system.guidance.repulsion.gamma=1.0",
              "system.n_particles=2", "system.resolutions=[12,16]", "system.resolution_milestones=[2]",
              "system.renderer.num_samples_per_ray=12", "system.geometry.grid.resolution=12",
              "system.geometry.grid.n_features=4", "system.material.ambient_only_steps=1",

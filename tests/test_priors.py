@@ -20,16 +20,6 @@ TEXT_SHAPE = {"stable-diffusion": (77, 32), "deepfloyd-if": (77, 24), "embedded"
 SPACE_SHAPE = {"stable-diffusion": (4, 8), "deepfloyd-if": (3, 16), "embedded": (4, 4)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU spinning OpenMP
-    threads make these tests several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_priors")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import scorestudio.guidance.dreamsampler  # noqa: F401  (registers "dreamsampler")
 from scorestudio.cli import parse_args, run
 from scorestudio.data.procedural import ProceduralDataset
 from scorestudio.metrics.image_quality import psnr
@@ -21,15 +20,8 @@ from scorestudio.utils.config import ConfigError
 from scorestudio.utils.images import load_image, save_image
 from scorestudio.utils.run import RunContext
 from tests.test_svg import mae255, resvg
-from tests.tiny_models import make_tiny_embedded, make_tiny_probe
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny")
-    return make_tiny_embedded(base / "prior"), make_tiny_probe(base / "probe")
 
 
 def launch(tmp_path, tiny, config, *overrides, tag="run"):
