@@ -2,7 +2,7 @@
 # Train the embedded prior and its probe, stage after stage, resuming whatever a previous run of
 # this script left in runs/prior-train/ (rerunning it after an interruption continues; rerunning it
 # after it finished only re-evaluates and re-exports). Budgets are each stage's wall-clock minutes
-# of training, summed over resumed runs: VAE 40 + UNet 50 = 90, probe 10.
+# of training, summed over resumed runs: VAE 40 + UNet 42 = 82, probe 17.
 #
 #   nohup bash scripts/train_embedded_prior.sh > runs/prior-train/nohup.out 2>&1 &
 #
@@ -23,8 +23,8 @@ stage() {
     PYTHONPATH=. "$PYTHON" -m scorestudio.priors.train --out "$OUT" --work-dir "$WORK" --resume "$@" 2>&1 | tee -a "$LOG"
 }
 
-stage --stage probe --minutes 10
+stage --stage probe --minutes 17
 stage --stage vae --minutes 40
-stage --stage unet --minutes 50 --batch-size 32 --lr 5e-4
+stage --stage unet --minutes 42 --batch-size 32 --lr 5e-4
 echo "== $(date -Is) done" | tee -a "$LOG"
 cp "$LOG" "$OUT/training_log.txt"

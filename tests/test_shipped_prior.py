@@ -1,0 +1,58 @@
+"""The shipped embedded prior and probe: load offline, encode text, sample deterministically."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+from scorestudio.priors.embedded import DEFAULT_WEIGHTS, EmbeddedPrior
+from scorestudio.sample import ddim_sample
+
+
+@pytest.fixture(scope="module")
+def prior():
+    """Loaded with every network connection refused: the prior must not need a hub."""
+    original = socket.socket.connect
+
+    def refuse(self, *args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    socket.socket.connect = refuse
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("HF_HUB_OFFLINE", "1")
+            yield EmbeddedPrior({})
+    finally:
+        socket.socket.connect = original
+
+
+def test_shipped_weights_are_in_the_package():
+    for rel in ("vae/config.json", "unet/config.json", "scheduler/scheduler_config.json",
+                "text_encoder.json", "probe/probe.safetensors", "MODEL_CARD.md"):
+        assert (DEFAULT_WEIGHTS / rel).is_file(), rel
+
+
+def test_shapes(prior):
+    assert prior.image_size == 64 and prior.latent_size == 8 and prior.latent_channels == 4
+    assert prior.encode_text(["a red cube", ""]).shape == (2, 32, 384)
+    z = prior.encode_images(torch.rand(2, 3, 64, 64))
+    assert z.shape == (2, 4, 8, 8)
+    assert prior.decode_latents(z).shape == (2, 3, 64, 64)
+
+
+def test_four_step_ddim_is_deterministic_per_seed(prior):
+    a = ddim_sample(prior, ["a red cube", "a blue star icon"], steps=4, cfg=7.5, seed=0)
+    b = ddim_sample(prior, ["a red cube", "a blue star icon"], steps=4, cfg=7.5, seed=0)
+    c = ddim_sample(prior, ["a red cube", "a blue star icon"], steps=4, cfg=7.5, seed=1)
+    assert a.shape == (2, 3, 64, 64) and torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_probe_names_a_generated_image():
+    from scorestudio.data.procedural import ProceduralDataset
+    from scorestudio.metrics.probe import load_probe
+
+    images = ProceduralDataset(split="test").render("cube", "red", 4, torch.Generator().manual_seed(0))
+    rows = load_probe().classify(images)
+    assert [r["color"] for r in rows] == ["red"] * 4
