@@ -9,6 +9,7 @@ with and without repulsion.
 
     python benchmarks/bench_guidance_tradeoff.py                      # the full sweep
     python benchmarks/bench_guidance_tradeoff.py --seeds 1 --steps 50 # a quick look
+    python benchmarks/bench_guidance_tradeoff.py --device cuda --shard 0/4 --out /tmp/s0.json  # see sharding.py
 
 Writes benchmarks/results/guidance_tradeoff.json and guidance_tradeoff.png.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import sharding
 from scorestudio.metrics.attributes import probe_report
 from scorestudio.metrics.probe import load_probe
 from scorestudio.sample import ddim_sample
@@ -36,14 +38,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def distill(method: str, prompt: str, seed: int, gamma: float, n: int, steps: int, probe) -> dict:
+def distill(method: str, prompt: str, seed: int, gamma: float, n: int, steps: int, probe,
+            device: torch.device) -> dict:
     """One image-particles run; returns probe metrics and the mean time per step."""
     cfg = load_config(ROOT / "configs" / f"image-particles-{method}.yaml",
                       [f"system.prompt_processor.prompt={prompt}", f"system.n_particles={n}",
                        f"system.guidance.repulsion.gamma={gamma}"])
     torch.manual_seed(seed)   # library-initialised modules (VSD's LoRA) draw from the global RNG
     with tempfile.TemporaryDirectory() as tmp:
-        system = ImageParticlesSystem(cfg.system, run=RunContext(Path(tmp), seed))
+        system = ImageParticlesSystem(cfg.system, run=RunContext(Path(tmp), seed)).to(device)
     optimizer = system.configure_optimizers()
     start = time.perf_counter()
     for step in range(steps):
@@ -51,6 +54,8 @@ def distill(method: str, prompt: str, seed: int, gamma: float, n: int, steps: in
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     step_time = (time.perf_counter() - start) / steps
     images = system.decoded()
     return {**probe_report(images, prompt, probe), "step_time_s": step_time}
@@ -91,6 +96,58 @@ def plot(rows: list[dict], methods: list[str], gammas: list[float], path: Path) 
     plt.close(fig)
 
 
+def summarize(rows: list[dict]) -> dict:
+    """Per method: means per γ, whether diversity rises with γ, "a cube" colours, repulsion overhead."""
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "ancestral"))
+    gammas = sorted({r["gamma"] for r in rows if r["method"] != "ancestral"})
+    summary = {}
+    for method in methods:
+        per_gamma = {g: {k: mean_over(rows, k, method=method, gamma=g)
+                         for k in ("diversity", "quality", "distinct_colors", "distinct_shapes", "step_time_s")}
+                     for g in gammas}
+        diversities = [per_gamma[g]["diversity"] for g in gammas]
+        cube_colors = {g: mean_over(rows, "distinct_colors", method=method, gamma=g, prompt="a cube") for g in gammas}
+        base_time = per_gamma[gammas[0]]["step_time_s"]
+        repulsive = gammas[1:] or [float("nan")]   # a shard may hold γ = 0 only
+        rep_time = statistics.fmean(per_gamma.get(g, {}).get("step_time_s", float("nan")) for g in repulsive)
+        summary[method] = {
+            "per_gamma": per_gamma,
+            "diversity_monotone": all(b >= a for a, b in zip(diversities, diversities[1:])),
+            "cube_distinct_colors": cube_colors,
+            "cube_colors_ratio_best": max(cube_colors.get(g, float("nan")) for g in repulsive)
+            / max(cube_colors[gammas[0]], 1e-9),
+            "repulsion_overhead": rep_time / base_time - 1.0,
+        }
+    summary["ancestral"] = {k: mean_over(rows, k, method="ancestral")
+                            for k in ("diversity", "quality", "distinct_colors", "distinct_shapes")}
+    return summary
+
+
+def run_jobs(args: argparse.Namespace) -> list[dict]:
+    """The rows of this shard's runs (distillation and DDIM ancestral reference)."""
+    device = sharding.device(args)
+    torch.set_num_threads(args.threads)
+    probe = load_probe().to(device)
+    # Seeds outermost: a shard cut short still holds whole seeds of every method, prompt and γ.
+    jobs = [(m, p, s, g) for s in range(args.seeds) for m in args.methods for p in args.prompts for g in args.gammas]
+    jobs += [("ancestral", p, s, None) for s in range(args.seeds) for p in args.prompts]
+    prior = None
+
+    def run_one(job: tuple) -> dict:
+        nonlocal prior
+        method, prompt, seed, gamma = job
+        if method == "ancestral":
+            if prior is None:
+                from scorestudio.priors.embedded import EmbeddedPrior
+
+                prior = EmbeddedPrior({}).to(device)
+            res = ancestral(prior, prompt, seed, args.n, probe)
+        else:
+            res = distill(method, prompt, seed, gamma, args.n, args.steps, probe, device)
+        return {"method": method, "prompt": prompt, "seed": seed, "gamma": gamma, **res}
+
+    return sharding.run_shard(jobs, run_one, args)
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", nargs="+", default=["a cube", "a red object", "an icon"])
@@ -100,49 +157,23 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--out", default=str(RESULTS / "guidance_tradeoff.json"))
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    sharding.add_arguments(parser)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    probe = load_probe()
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
-    rows = []
-    jobs = [(m, p, s, g) for m in args.methods for p in args.prompts for s in range(args.seeds) for g in args.gammas]
-    for method, prompt, seed, gamma in tqdm(jobs, desc="runs"):
-        res = distill(method, prompt, seed, gamma, args.n, args.steps, probe)
-        rows.append({"method": method, "prompt": prompt, "seed": seed, "gamma": gamma, **res})
-    from scorestudio.priors.embedded import EmbeddedPrior
-
-    prior = EmbeddedPrior({})
-    for prompt in args.prompts:
-        for seed in range(args.seeds):
-            res = ancestral(prior, prompt, seed, args.n, probe)
-            rows.append({"method": "ancestral", "prompt": prompt, "seed": seed, "gamma": None, **res})
-
-    summary = {}
-    for method in args.methods:
-        per_gamma = {g: {k: mean_over(rows, k, method=method, gamma=g)
-                         for k in ("diversity", "quality", "distinct_colors", "distinct_shapes", "step_time_s")}
-                     for g in args.gammas}
-        diversities = [per_gamma[g]["diversity"] for g in args.gammas]
-        cube_colors = {g: mean_over(rows, "distinct_colors", method=method, gamma=g, prompt="a cube") for g in args.gammas}
-        base_time = per_gamma[args.gammas[0]]["step_time_s"]
-        rep_time = statistics.fmean(per_gamma[g]["step_time_s"] for g in args.gammas[1:])
-        summary[method] = {
-            "per_gamma": per_gamma,
-            "diversity_monotone": all(b >= a for a, b in zip(diversities, diversities[1:])),
-            "cube_distinct_colors": cube_colors,
-            "cube_colors_ratio_best": max(cube_colors[g] for g in args.gammas[1:]) / max(cube_colors[args.gammas[0]], 1e-9),
-            "repulsion_overhead": rep_time / base_time - 1.0,
-        }
-    summary["ancestral"] = {k: mean_over(rows, k, method="ancestral")
-                            for k in ("diversity", "quality", "distinct_colors", "distinct_shapes")}
+    rows = sharding.merged(args.merge) if args.merge else run_jobs(args)
+    summary = summarize(rows)
+    methods = [m for m in summary if m != "ancestral"]
     result = {"args": vars(args), "summary": summary, "rows": rows}
     out_path.write_text(json.dumps(result, indent=2))
-    plot(rows, args.methods, args.gammas, out_path.with_suffix(".png"))
+    if methods:
+        plot(rows, methods, sorted({r["gamma"] for r in rows if r["method"] != "ancestral"}),
+             out_path.with_suffix(".png"))
 
     print(f"\n{'method':10s} {'γ':>5s} {'diversity':>10s} {'quality':>8s} {'colours':>8s} {'shapes':>7s} {'s/step':>7s}")
-    for method in args.methods:
+    for method in methods:
         for g, v in summary[method]["per_gamma"].items():
             print(f"{method:10s} {g:5g} {v['diversity']:10.3f} {v['quality']:8.3f} {v['distinct_colors']:8.2f} "
                   f"{v['distinct_shapes']:7.2f} {v['step_time_s']:7.3f}")

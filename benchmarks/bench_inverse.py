@@ -12,6 +12,7 @@ rotated when its PSNR to the rotated ground truth beats its PSNR to the upright 
     python benchmarks/bench_inverse.py                                        # everything (slow)
     python benchmarks/bench_inverse.py --images 5 --steps 100 --tasks box-inpaint phase-retrieval
     python benchmarks/bench_inverse.py --folder photos/ --tasks sr4 --methods rlsd-g0 latent-red-diff
+    python benchmarks/bench_inverse.py --device cuda --shard 0/4 --out /tmp/inv0.json   # see sharding.py
 
 Methods: rlsd-g0 (NonRepuls-RLSD), rlsd, rlsd-nonaug, hybrid (first N − 1 particles interact) and
 latent-red-diff. The γ of the repulsive ones is the task config's, or ``--gamma`` (default 50)
@@ -30,6 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
+import sharding
 import torch
 from omegaconf import OmegaConf
 
@@ -100,9 +102,13 @@ def solve_one(prior, cfg, solver_cfg: dict, source: dict, args: argparse.Namespa
     if "resolution" in data["operator_cfg"]:      # random-inpaint: draw the mask at the prior's size
         data["operator_cfg"]["resolution"] = prior.image_size
     problem = build_problem(data, prior.image_size)
+    problem.operator.to(prior.device)
     start = time.perf_counter()
-    solver = InverseSolver(solver_cfg, prior, problem.operator, problem.y, args.particles, seed=args.seed)
+    solver = InverseSolver(solver_cfg, prior, problem.operator, problem.y.to(prior.device), args.particles,
+                           seed=args.seed)
     images = solver.run(args.steps)
+    if prior.device.type == "cuda":
+        torch.cuda.synchronize(prior.device)
     row = {"time_s": time.perf_counter() - start, **evaluate(images, problem, probe)}
     if problem.operator.name == "phase-retrieval":
         rotated = is_rotated(images, problem.ground_truth)
@@ -149,6 +155,34 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def run_jobs(args: argparse.Namespace) -> list[dict]:
+    """The rows of this shard's (task, method, image) solves."""
+    from scorestudio.metrics.probe import load_probe
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = sharding.device(args)
+    probe = load_probe(args.probe).to(device)
+    base = task_config(args.tasks[0], args)
+    prior = find(base.system.prior_type, kind="priors")(OmegaConf.to_container(base.system.prior),
+                                                        path="system.prior").to(device)
+    configs = {task: task_config(task, args) for task in args.tasks}
+    # Images outermost: a shard cut short still compares every task and method on the same images.
+    jobs = [(task, method, index) for index in range(len(sources(args))) for task in args.tasks
+            for method in args.methods]
+
+    def run_one(job: tuple) -> dict:
+        task, method, index = job
+        source = sources(args)[index]
+        solver_cfg = method_solver_config(configs[task], method, args.gamma)
+        row = solve_one(prior, configs[task], solver_cfg, source, args, probe)
+        print(f"{task:15s} {method:15s} image {index:3d}: " +
+              " ".join(f"{k}={row[k]:.3f}" for k in COLUMNS if k in row), flush=True)
+        return {"task": task, "method": method, "gamma": solver_cfg["repulsion"]["gamma"],
+                "image": source["image"] or f"procedural-test-{source['procedural_index']}", **row}
+
+    return sharding.run_shard(jobs, run_one, args)
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20, help="M held-out images (or the first M of --folder)")
@@ -163,27 +197,9 @@ def main() -> None:
     parser.add_argument("--probe", default=None, help="probe folder for metrics and repulsion (default: shipped)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default=str(RESULTS / "inverse.json"))
+    sharding.add_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from scorestudio.metrics.probe import load_probe
-
-    probe = load_probe(args.probe)
-    base = task_config(args.tasks[0], args)
-    prior = find(base.system.prior_type, kind="priors")(OmegaConf.to_container(base.system.prior), path="system.prior")
-
-    rows = []
-    for task in args.tasks:
-        cfg = task_config(task, args)
-        for method in args.methods:
-            solver_cfg = method_solver_config(cfg, method, args.gamma)
-            for index, source in enumerate(sources(args)):
-                row = solve_one(prior, cfg, solver_cfg, source, args, probe)
-                rows.append({"task": task, "method": method, "gamma": solver_cfg["repulsion"]["gamma"],
-                             "image": source["image"] or f"procedural-test-{source['procedural_index']}", **row})
-                print(f"{task:15s} {method:15s} image {index:3d}: " +
-                      " ".join(f"{k}={row[k]:.3f}" for k in COLUMNS if k in row), flush=True)
-
+    rows = sharding.merged(args.merge) if args.merge else run_jobs(args)
     summary = summarize_rows(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,9 @@ alternate step by step so that a busy machine slows both alike.
 
     python benchmarks/bench_nerf.py                 # all rows, 3 timed steps each
     python benchmarks/bench_nerf.py --steps 1 --threads 1
+    python benchmarks/bench_nerf.py --device cuda --out benchmarks/results/nerf_cuda.json
 
-Prints a table and writes benchmarks/results/nerf.json.
+Prints a table and writes benchmarks/results/nerf.json (or ``--out``).
 """
 
 from __future__ import annotations
@@ -84,24 +85,34 @@ def prepare_prior(kind: str, folder: Path) -> tuple[str, str, str]:
     return str(folder), str(folder / "probe"), what
 
 
+DEVICE = torch.device("cpu")   # set by --device
+
+
 def build(overrides: list[str], seed: int, workdir: Path) -> tuple[DreamFusionSystem, torch.optim.Optimizer]:
     cfg = load_config(CONFIG, overrides)
-    system = DreamFusionSystem(cfg.system, run=RunContext(workdir, seed))
+    system = DreamFusionSystem(cfg.system, run=RunContext(workdir, seed)).to(DEVICE)
     return system, system.configure_optimizers()
+
+
+def now() -> float:
+    """perf_counter after the device's queued work (CUDA kernels run asynchronously)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return time.perf_counter()
 
 
 def timed_step(system: DreamFusionSystem, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
     """Seconds spent in each phase of one training step."""
-    t0 = time.perf_counter()
+    t0 = now()
     cameras, out = system.render_step(step)
-    t1 = time.perf_counter()
+    t1 = now()
     losses = system.step_losses(cameras, out, step)
-    t2 = time.perf_counter()
+    t2 = now()
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
-    t3 = time.perf_counter()
+    t3 = now()
     optimizer.step()
-    t4 = time.perf_counter()
+    t4 = now()
     times = dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)))
     return {**times, "total": t4 - t0}
 
@@ -136,7 +147,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--prior", choices=["auto", "trained", "random", "tiny"], default="auto")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    parser.add_argument("--out", default=str(RESULTS / "nerf.json"))
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -165,12 +180,14 @@ def main() -> None:
         seq = f" {r['sequential_total']:8.3f} {r['batched_over_sequential']:6.2f}" if r["particles"] == 4 else ""
         print(f"{r['encoding']:9} {r['particles']:>2} {'yes' if r['repulsion'] else 'no':>4} {r['resolution']:>4} "
               f"{r['shading']:10} " + " ".join(f"{r[p]:9.3f}" for p in (*PHASES, "total")) + seq)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"prior": prior_desc, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out = {"prior": prior_desc, "device": str(DEVICE) if DEVICE.type == "cpu" else torch.cuda.get_device_name(DEVICE),
+           "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
            "machine": platform.processor() or platform.machine(), "timed_steps": args.steps,
            "hashgrid_cpu_settings": CPU_HASHGRID, "rows": rows}
-    (RESULTS / "nerf.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'nerf.json'}")
+    out_path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Text-to-SVG: "a yellow star icon" with 4 particles (fraction classified star, ye
     python benchmarks/bench_svg_restoration.py --icons 3 --steps 200 --skip-text-to-svg
     python benchmarks/bench_svg_restoration.py --prior tiny/ --probe tiny-probe/ --icons 1 --steps 3 \\
         --t2s-steps 3 --t2s-seeds 1                                           # smoke run
+    python benchmarks/bench_svg_restoration.py --device cuda --shard 0/4 --out /tmp/svg0.json   # see sharding.py
 
 Writes ``benchmarks/results/svg_restoration.json`` (arguments, summary, per-run rows) and
 ``svg_restoration.md`` (the tables), or next to ``--out``.
@@ -27,14 +28,13 @@ import argparse
 import json
 import logging
 import statistics
-import time
 from pathlib import Path
 
+import sharding
 import torch
 
 import scorestudio.guidance.dreamsampler  # noqa: F401  (registers "dreamsampler")
 import scorestudio.systems.svg_systems  # noqa: F401  (registers "text-to-svg", "svg-restoration")
-from scorestudio.cli import parse_args, run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -46,65 +46,73 @@ RESTORATION_COLUMNS = ("psnr_mean", "ssim_mean", "psnr_measurement", "consistenc
                        "probe_shape_agreement", "probe_color_agreement", "time_s")
 
 
-def launch(config: str, args: argparse.Namespace, tag: str, *overrides: str) -> dict:
-    """One run of ``config`` through the command line's ``run``; returns its metrics.json."""
-    argv = ["--config", str(ROOT / "configs" / config), "--train", f"exp_root_dir={args.work_dir}", f"tag={tag}",
-            "use_timestamp=false", "trainer.enable_progress_bar=false", "checkpoint.every_n_train_steps=0",
-            *overrides]
-    if args.prior:
-        argv.append(f"system.prior.pretrained_model_name_or_path={args.prior}")
-    if args.probe:
-        argv += [f"system.probe_path={args.probe}", f"system.guidance.repulsion.feature_net_path={args.probe}"]
-    start = time.perf_counter()
-    ctx = run(*parse_args(argv))
-    return {**json.loads(ctx.metrics_path.read_text()), "time_s": time.perf_counter() - start}
+def jobs(args: argparse.Namespace) -> list[tuple]:
+    """Every run: ("restore", task, icon, distillation), ("star", seed), ("icon", γ, seed)."""
+    out = []
+    if not args.skip_text_to_svg:   # the few text-to-SVG runs first, so that a cut-short shard has them
+        out.append(("star", args.seed))
+        out += [("icon", gamma, seed) for gamma in (0.0, args.gamma) for seed in range(args.seed, args.seed + args.t2s_seeds)]
+    if not args.skip_restoration:   # icons outermost: every icon has both operators and both methods
+        out += [("restore", task, index, distillation) for index in range(args.icons) for task in args.operators
+                for distillation in (True, False)]
+    return out
 
 
-def restoration_rows(args: argparse.Namespace) -> list[dict]:
-    rows = []
-    for task in args.operators:
-        for index in range(args.icons):
-            for distillation in (True, False):
-                tag = f"{task}-icon{index}-{'ds' if distillation else 'dc-only'}"
-                metrics = launch("svg-restoration.yaml", args, tag, *OPERATORS[task], f"data.procedural_index={index}",
-                                 f"system.distillation={str(distillation).lower()}", f"trainer.max_steps={args.steps}",
-                                 f"system.paths.num_paths={args.paths}", f"seed={args.seed}")
-                row = {"task": task, "icon": index, "distillation": distillation,
-                       **{k: metrics[k] for k in RESTORATION_COLUMNS}, "classes": metrics.get("classes")}
-                rows.append(row)
-                print(f"{tag:28s} " + " ".join(f"{k}={row[k]:.3f}" for k in RESTORATION_COLUMNS), flush=True)
-    return rows
+def run_job(job: tuple, args: argparse.Namespace) -> dict:
+    """One run's row (``kind`` = the job's first element)."""
+    if job[0] == "restore":
+        _, task, index, distillation = job
+        tag = f"{task}-icon{index}-{'ds' if distillation else 'dc-only'}"
+        metrics = sharding.launch("svg-restoration.yaml", args, tag, *OPERATORS[task], f"data.procedural_index={index}",
+                         f"system.distillation={str(distillation).lower()}", f"trainer.max_steps={args.steps}",
+                         f"system.paths.num_paths={args.paths}", f"seed={args.seed}")
+        row = {"kind": "restore", "task": task, "icon": index, "distillation": distillation,
+               **{k: metrics[k] for k in RESTORATION_COLUMNS}, "classes": metrics.get("classes")}
+        print(f"{tag:28s} " + " ".join(f"{k}={row[k]:.3f}" for k in RESTORATION_COLUMNS), flush=True)
+        return row
+    common = [f"trainer.max_steps={args.t2s_steps}", "system.n_particles=4", f"system.paths.num_paths={args.paths}"]
+    if job[0] == "star":
+        metrics = sharding.launch("text-to-svg.yaml", args, "star", *common, "system.prompt_processor.prompt=a yellow star icon",
+                         f"seed={job[1]}")
+        return {"kind": "star", "seed": job[1], "classes": metrics.get("classes", []), "quality": metrics.get("quality")}
+    _, gamma, seed = job
+    metrics = sharding.launch("text-to-svg.yaml", args, f"icon-g{gamma:g}-seed{seed}", *common, f"seed={seed}",
+                     "system.prompt_processor.prompt=an icon", f"system.guidance.repulsion.gamma={gamma}")
+    return {"kind": "icon", "gamma": gamma, "seed": seed,
+            **{k: metrics[k] for k in ("distinct_shapes", "distinct_colors", "diversity")}}
 
 
 def summarize_restoration(rows: list[dict]) -> dict:
     """Per task: means over icons for "dreamsampler", "data-only" and the "baseline" measurement."""
     summary: dict = {}
+    rows = [r for r in rows if r["kind"] == "restore"]
     for task in dict.fromkeys(r["task"] for r in rows):
         entry = {}
         for distillation, name in ((True, "dreamsampler"), (False, "data-only")):
             group = [r for r in rows if r["task"] == task and r["distillation"] is distillation]
-            entry[name] = {k: statistics.fmean(r[k] for r in group) for k in RESTORATION_COLUMNS}
-            entry[name]["icons"] = len(group)
-        entry["baseline"] = {"psnr_mean": entry["dreamsampler"]["psnr_measurement"]}
+            if group:   # a shard may hold one of the two
+                entry[name] = {k: statistics.fmean(r[k] for r in group) for k in RESTORATION_COLUMNS}
+                entry[name]["icons"] = len(group)
+        measured = [r["psnr_measurement"] for r in rows if r["task"] == task]
+        entry["baseline"] = {"psnr_mean": statistics.fmean(measured)}
         summary[task] = entry
     return summary
 
 
-def text_to_svg_checks(args: argparse.Namespace) -> dict:
+def text_to_svg_checks(rows: list[dict]) -> dict | None:
     """Star fidelity (4 particles) and "an icon" diversity with/without repulsion over seeds."""
-    common = [f"trainer.max_steps={args.t2s_steps}", "system.n_particles=4", f"system.paths.num_paths={args.paths}"]
-    star = launch("text-to-svg.yaml", args, "star", *common, "system.prompt_processor.prompt=a yellow star icon",
-                  f"seed={args.seed}")
-    classes = star.get("classes", [])
-    out = {"star": {"star": sum(c["shape"] == "star" for c in classes) / max(1, len(classes)),
-                    "yellow": sum(c["color"] == "yellow" for c in classes) / max(1, len(classes)),
-                    "star_and_yellow": sum(c["shape"] == "star" and c["color"] == "yellow" for c in classes)
-                    / max(1, len(classes)),
-                    "quality": star.get("quality"), "classes": classes}}
-    for gamma in (0.0, args.gamma):
-        runs = [launch("text-to-svg.yaml", args, f"icon-g{gamma:g}-seed{seed}", *common, f"seed={seed}",
-                       "system.prompt_processor.prompt=an icon", f"system.guidance.repulsion.gamma={gamma}")
-                for seed in range(args.seed, args.seed + args.t2s_seeds)]
+    stars = [r for r in rows if r["kind"] == "star"]
+    if not stars:
+        return None
+    classes = stars[0]["classes"]
+    n = max(1, len(classes))
+    out = {"star": {"star": sum(c["shape"] == "star" for c in classes) / n,
+                    "yellow": sum(c["color"] == "yellow" for c in classes) / n,
+                    "star_and_yellow": sum(c["shape"] == "star" and c["color"] == "yellow" for c in classes) / n,
+                    "quality": stars[0]["quality"], "classes": classes}}
+    icons = [r for r in rows if r["kind"] == "icon"]
+    for gamma in sorted({r["gamma"] for r in icons}):
+        runs = [r for r in icons if r["gamma"] == gamma]
         out[f"an_icon_gamma{gamma:g}"] = {
             "distinct_shapes": statistics.fmean(r["distinct_shapes"] for r in runs),
             "distinct_colors": statistics.fmean(r["distinct_colors"] for r in runs),
@@ -119,6 +127,8 @@ def markdown(summary: dict, t2s: dict | None) -> str:
         lines.append(f"| {task} | baseline ({'blurry input' if task == 'blur' else 'bicubic'}) | "
                      f"{entry['baseline']['psnr_mean']:.2f} | | | | | |")
         for name in ("data-only", "dreamsampler"):
+            if name not in entry:
+                continue
             e = entry[name]
             lines.append(f"| {task} | {name} | {e['psnr_mean']:.2f} | {e['ssim_mean']:.3f} | "
                          f"{e['consistency_mean']:.4f} | {e['probe_shape_agreement']:.2f} | "
@@ -153,14 +163,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--work-dir", default=str(ROOT / "outputs" / "bench-svg-restoration"), help="run folders")
     parser.add_argument("--out", default=str(RESULTS / "svg_restoration.json"))
+    sharding.add_arguments(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
-    rows = [] if args.skip_restoration else restoration_rows(args)
-    summary = summarize_restoration(rows) if rows else {}
-    t2s = None if args.skip_text_to_svg else text_to_svg_checks(args)
+    rows = (sharding.merged(args.merge) if args.merge
+            else sharding.run_shard(jobs(args), lambda job: run_job(job, args), args))
+    summary = summarize_restoration(rows)
+    t2s = text_to_svg_checks(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "summary": summary, "text_to_svg": t2s, "rows": rows}, indent=2))

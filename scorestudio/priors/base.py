@@ -20,7 +20,7 @@ Inputs and outputs of every method are float32; a float16 prior casts internally
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -30,6 +30,8 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from scorestudio.priors.loading import load_component, resolve_dtype
+from scorestudio.priors.text_embeddings import COMMAND as TEXT_EMBEDDINGS_COMMAND
+from scorestudio.priors.text_embeddings import default_file, load_text_embeddings
 from scorestudio.utils.base import BaseModule
 from scorestudio.utils.config import ConfigError
 
@@ -116,6 +118,9 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         # Tokens per prompt = L of the text embeddings [B, L, D]; None = the model's own length
         # (77 for Stable Diffusion's CLIP and for IF; the embedded prior's text_encoder.json).
         text_max_length: Optional[int] = None
+        # File of precomputed text embeddings (scorestudio.priors.text_embeddings): prompts come
+        # from it and the text encoder model is never loaded. Default: $SCORESTUDIO_TEXT_EMBEDDINGS.
+        text_embeddings: Optional[str] = field(default_factory=default_file)
 
     cfg: Config
     unet: nn.Module
@@ -140,6 +145,8 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         self.requires_grad_(False)
         self.eval()
         self._text_cache: dict[str, Tensor] = {}
+        if self.cfg.text_embeddings:
+            self._text_cache = load_text_embeddings(self.cfg.text_embeddings, self.text_max_length)
         self.register_state_dict_post_hook(_drop_frozen_parameters)
         self.register_load_state_dict_pre_hook(_restore_frozen_parameters)
 
@@ -175,6 +182,11 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         """Text embeddings ``[B, L, D]`` of distinct ``prompts``, without the cache."""
         raise NotImplementedError
 
+    @property
+    def loads_text_encoder(self) -> bool:
+        """False when prompts come from a precomputed file: subclasses then set ``text_encoder = None``."""
+        return not self.cfg.text_embeddings
+
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> Tensor:
         """Text embeddings ``[B, L, D]`` float32 for ``prompts`` (B = len(prompts)).
@@ -188,6 +200,10 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         if bad:
             raise ValueError(f"encode_text: prompts must be strings ('' for unconditional), got {bad!r}")
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing and self.text_encoder is None:
+            raise ConfigError(f"prompts {missing} are not in the text embeddings file {self.cfg.text_embeddings} "
+                              f"and the text encoder is not loaded: add them with `{TEXT_EMBEDDINGS_COMMAND}`, "
+                              f"or unset {self.config_key('text_embeddings')}")
         if missing:
             embeddings = self.encode_uncached(missing).to(torch.float32)
             self._text_cache.update(zip(missing, embeddings))

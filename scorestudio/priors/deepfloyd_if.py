@@ -36,7 +36,8 @@ class DeepFloydIFPrior(DiffusionPrior):
 
         self.unet = self.load(UNet2DConditionModel, source, "unet", dtype=self.torch_dtype)
         self.tokenizer = self.load(AutoTokenizer, source, "tokenizer")
-        self.text_encoder = self.load(T5EncoderModel, source, "text_encoder", dtype=self.torch_dtype)
+        self.text_encoder = (self.load(T5EncoderModel, source, "text_encoder", dtype=self.torch_dtype)
+                             if self.loads_text_encoder else None)
         self.text_max_length: int = self.cfg.text_max_length or int(self.tokenizer.model_max_length)
         self.image_size: int = int(self.unet.config.sample_size)
 

@@ -61,6 +61,11 @@ class MiniLMTextEncoder(EvalOnlyMixin, nn.Module):
     @classmethod
     def from_spec(cls, folder: str | Path) -> MiniLMTextEncoder:
         """The encoder described by ``folder/text_encoder.json``."""
+        return cls(max_length=cls.read_spec(folder))
+
+    @classmethod
+    def read_spec(cls, folder: str | Path) -> int:
+        """Tokens per prompt from ``folder/text_encoder.json`` (checks the encoder it names)."""
         path = Path(folder) / TEXT_ENCODER_FILE
         if not path.is_file():
             raise PriorWeightsNotFound(f"{path} is missing: an embedded prior folder names its text "
@@ -69,7 +74,7 @@ class MiniLMTextEncoder(EvalOnlyMixin, nn.Module):
         if spec.get("source") != cls.source:
             raise ConfigError(f"{path}: unknown text encoder source {spec.get('source')!r}; "
                               f"the embedded prior supports {cls.source!r}")
-        return cls(max_length=int(spec["max_length"]))
+        return int(spec["max_length"])
 
 
 @register("embedded")
@@ -92,8 +97,8 @@ class EmbeddedPrior(LatentDiffusionPrior):
         return str(folder)
 
     def load_text_encoder(self, source: str) -> None:
-        self.text_encoder = MiniLMTextEncoder.from_spec(source)
-        self.text_max_length: int = self.text_encoder.max_length
+        self.text_encoder = MiniLMTextEncoder.from_spec(source) if self.loads_text_encoder else None
+        self.text_max_length: int = MiniLMTextEncoder.read_spec(source)
         if self.cfg.text_max_length not in (None, self.text_max_length):
             raise ConfigError(f"{self.config_key('text_max_length')}={self.cfg.text_max_length}: this "
                               f"embedded prior was trained with {self.text_max_length} tokens per prompt")

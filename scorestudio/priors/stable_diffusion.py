@@ -30,7 +30,8 @@ class StableDiffusionPrior(LatentDiffusionPrior):
         from transformers import CLIPTextModel, CLIPTokenizer
 
         self.tokenizer = self.load(CLIPTokenizer, source, "tokenizer")
-        self.text_encoder = self.load(CLIPTextModel, source, "text_encoder", dtype=self.torch_dtype)
+        self.text_encoder = (self.load(CLIPTextModel, source, "text_encoder", dtype=self.torch_dtype)
+                             if self.loads_text_encoder else None)
         self.text_max_length: int = self.cfg.text_max_length or int(self.tokenizer.model_max_length)
 
     def encode_uncached(self, prompts: list[str]) -> Tensor:

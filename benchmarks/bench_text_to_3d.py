@@ -1,0 +1,127 @@
+"""Text-to-3D on the embedded prior: quality and diversity of NeRF particles, judged by the probe.
+
+Runs ``configs/dreamfusion-embedded.yaml`` (the ``make demo`` job: 4 NeRF particles, SDS + RSD
+repulsion) through ``launch.py``'s ``run`` and reads the probe metrics of the test orbit
+(24 frames per particle):
+
+- quality: "a red cube" and "a blue sphere" — per particle the fraction of frames classified as
+  the prompted shape and colour (target ≥ 0.8 for every particle);
+- diversity: "a cube", 4 particles, seeds 0..S−1, with repulsion (γ = ``--gamma``) and without —
+  the number of distinct colours among the particles (majority vote over each particle's frames).
+
+    python benchmarks/bench_text_to_3d.py                               # 2 + 2·3 runs
+    python benchmarks/bench_text_to_3d.py --steps 100 --seeds 1         # a quick look
+    python benchmarks/bench_text_to_3d.py --device cuda --shard 0/4 --out /tmp/t0.json   # see sharding.py
+
+Writes ``benchmarks/results/text_to_3d.json`` (arguments, summary, per-run rows) and ``text_to_3d.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+from pathlib import Path
+
+import sharding
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CONFIG = "dreamfusion-embedded.yaml"
+QUALITY_PROMPTS = ("a red cube", "a blue sphere")
+
+
+def jobs(args: argparse.Namespace) -> list[tuple]:
+    """("quality", prompt, seed) and ("diversity", γ, seed) runs."""
+    out = [("quality", prompt, args.seed) for prompt in QUALITY_PROMPTS]
+    return out + [("diversity", gamma, seed) for gamma in (0.0, args.gamma) for seed in range(args.seeds)]
+
+
+def run_job(job: tuple, args: argparse.Namespace) -> dict:
+    kind, value, seed = job
+    prompt = value if kind == "quality" else "a cube"
+    overrides = [f"system.prompt_processor.prompt={prompt}", f"seed={seed}", "system.export.after_test=false"]
+    if args.steps:
+        overrides.append(f"trainer.max_steps={args.steps}")
+    if kind == "diversity":
+        overrides.append(f"system.guidance.repulsion.gamma={value}")
+    tag = f"{kind}-{prompt.replace(' ', '_')}-{value if kind == 'diversity' else ''}-seed{seed}"
+    metrics = sharding.launch(CONFIG, args, tag, *overrides)
+    n = sum(1 for k in metrics if k.endswith("/shape_fraction"))
+    row = {"kind": kind, "prompt": prompt, "seed": seed, "gamma": value if kind == "diversity" else None,
+           "time_s": metrics["time_s"], "diversity": metrics.get("diversity"),
+           "distinct_colors": metrics.get("distinct_majority_colors"),
+           "distinct_shapes": metrics.get("distinct_majority_shapes"),
+           "shape_fraction": [metrics.get(f"particle{i}/shape_fraction") for i in range(n)],
+           "color_fraction": [metrics.get(f"particle{i}/color_fraction") for i in range(n)],
+           "majority_color": [metrics.get(f"particle{i}/majority_color") for i in range(n)],
+           "majority_shape": [metrics.get(f"particle{i}/majority_shape") for i in range(n)]}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def summarize(rows: list[dict]) -> dict:
+    summary: dict = {"quality": {}, "diversity": {}}
+    for row in rows:
+        if row["kind"] == "quality":
+            fractions = [f for f in row["shape_fraction"] + row["color_fraction"] if f is not None]
+            summary["quality"][row["prompt"]] = {
+                "min_shape_fraction": min(f for f in row["shape_fraction"] if f is not None),
+                "min_color_fraction": min(f for f in row["color_fraction"] if f is not None),
+                "every_particle_80": bool(fractions) and min(fractions) >= 0.8, "time_s": row["time_s"]}
+    for gamma in sorted({r["gamma"] for r in rows if r["kind"] == "diversity"}):
+        group = [r for r in rows if r["kind"] == "diversity" and r["gamma"] == gamma]
+        summary["diversity"][f"gamma{gamma:g}"] = {
+            "distinct_colors": statistics.fmean(r["distinct_colors"] for r in group),
+            "distinct_shapes": statistics.fmean(r["distinct_shapes"] for r in group),
+            "diversity": statistics.fmean(r["diversity"] for r in group), "seeds": len(group),
+            "time_s": statistics.fmean(r["time_s"] for r in group)}
+    return summary
+
+
+def markdown(summary: dict) -> str:
+    lines = ["| prompt | min shape fraction | min colour fraction | all particles ≥ 0.8 | s / run |", "|---|---|---|---|---|"]
+    for prompt, e in summary["quality"].items():
+        lines.append(f"| {prompt} | {e['min_shape_fraction']:.2f} | {e['min_color_fraction']:.2f} | "
+                     f"{e['every_particle_80']} | {e['time_s']:.0f} |")
+    lines += ["", "| \"a cube\", 4 particles | distinct colours | distinct shapes | diversity | seeds |",
+              "|---|---|---|---|---|"]
+    for key, e in summary["diversity"].items():
+        lines.append(f"| γ = {key.removeprefix('gamma')} | {e['distinct_colors']:.2f} | {e['distinct_shapes']:.2f} | "
+                     f"{e['diversity']:.3f} | {e['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the diversity check")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the quality runs")
+    parser.add_argument("--gamma", type=float, default=10.0, help="repulsion γ of the diversity check")
+    parser.add_argument("--prior", default=None, help="prior folder (default: the shipped embedded prior)")
+    parser.add_argument("--probe", default=None, help="probe folder for the metrics (default: shipped)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--work-dir", default=str(ROOT / "outputs" / "bench-text-to-3d"), help="run folders")
+    parser.add_argument("--out", default=str(RESULTS / "text_to_3d.json"))
+    sharding.add_arguments(parser)
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    rows = (sharding.merged(args.merge) if args.merge
+            else sharding.run_shard(jobs(args), lambda job: run_job(job, args), args))
+    summary = summarize(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "summary": summary, "rows": rows}, indent=2))
+    table = markdown(summary)
+    out.with_suffix(".md").write_text(table)
+    print("\n" + table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
