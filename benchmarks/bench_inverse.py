@@ -14,8 +14,8 @@ rotated when its PSNR to the rotated ground truth beats its PSNR to the upright 
     python benchmarks/bench_inverse.py --folder photos/ --tasks sr4 --methods rlsd-g0 latent-red-diff
     python benchmarks/bench_inverse.py --device cuda --shard 0/4 --out /tmp/inv0.json   # see sharding.py
 
-Methods: rlsd-g0 (NonRepuls-RLSD), rlsd, rlsd-nonaug, hybrid (first N − 1 particles interact) and
-latent-red-diff. The γ of the repulsive ones is the task config's, or ``--gamma`` (default 50)
+Methods: rlsd-g0 (NonRepuls-RLSD), rlsd, rlsd-nonaug (and rlsd-nonaug-g0 without repulsion),
+hybrid (first N − 1 particles interact) and latent-red-diff. The γ of the repulsive ones is the task config's, or ``--gamma`` (default 50)
 where the config has γ = 0 (SR, deblurring, HDR: no repulsion in the paper).
 
 Writes ``benchmarks/results/inverse.json`` (arguments, summary, per-image rows), ``inverse.csv``
@@ -55,6 +55,7 @@ METHODS = {  # benchmark method: (solver method, with repulsion)
     "rlsd-g0": ("rlsd", False),
     "rlsd": ("rlsd", True),
     "rlsd-nonaug": ("rlsd-nonaug", True),
+    "rlsd-nonaug-g0": ("rlsd-nonaug", False),   # the phase-retrieval comparison's "without repulsion"
     "hybrid": ("hybrid", True),
     "latent-red-diff": ("latent-red-diff", False),
 }

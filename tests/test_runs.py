@@ -121,3 +121,19 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
     res = subprocess.run([*cmd[:-1], "system_type=toy-particle"], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 2 and "Did you mean 'toy-particles'" in res.stderr
+
+
+def test_save_animation_formats(tmp_path, monkeypatch):
+    """GIF round trip (frame count and pixels); MP4 without imageio-ffmpeg is one clear error."""
+    import imageio.v3 as iio
+
+    from scorestudio.utils import images
+
+    frames = torch.stack([torch.full((3, 8, 8), v) for v in (0.0, 0.5, 1.0)])
+    gif = iio.imread(images.save_animation(frames, tmp_path / "a.gif"), index=None)
+    assert gif.shape[0] == 3 and abs(int(gif[1, 0, 0, 0]) - 128) <= 1
+    monkeypatch.setattr(images, "mp4_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs imageio-ffmpeg"):
+        images.save_animation(frames, tmp_path / "a.mp4")
+    with pytest.raises(ValueError, match=".gif or .mp4"):
+        images.save_animation(frames, tmp_path / "a.tif")

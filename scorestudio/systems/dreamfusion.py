@@ -247,13 +247,16 @@ class DreamFusionSystem(DistillationSystem):
         save_grid(images, self.save_path(f"it{self.trained_steps}-val.png"))
 
     def test_step(self, batch, batch_idx):
-        from scorestudio.utils.images import image_grid, save_animation
+        from scorestudio.utils.images import image_grid, mp4_available, save_animation
 
         e, n = self.cfg.evaluation, self.cfg.n_particles
         step = self.trained_steps
         frames = self.render_views(orbit_cameras(e.n_views, e.elevation, e.distance, e.fovy), e.resolution)
+        formats = ("gif", "mp4") if mp4_available() else ("gif",)
+        if len(formats) == 1:
+            warnings.warn("imageio-ffmpeg is not installed: orbits are written as GIF only (pip install imageio-ffmpeg for MP4)")
         for i in range(n):
-            for ext in ("gif", "mp4"):
+            for ext in formats:
                 save_animation(frames[i], self.save_path(f"it{step}-test/particle{i}.{ext}"), fps=e.fps)
         side_by_side = torch.stack([image_grid(frames[:, t], ncol=n) for t in range(frames.shape[1])])
         save_animation(side_by_side, self.save_path(f"it{step}-test/all.gif"), fps=e.fps)

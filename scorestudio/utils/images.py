@@ -65,6 +65,13 @@ def load_image(path: str | os.PathLike) -> Tensor:
     return image[:3].clamp(0, 1)
 
 
+def mp4_available() -> bool:
+    """Whether MP4 can be written (the optional imageio-ffmpeg package is installed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
+
+
 def save_animation(frames: Sequence[Tensor] | Tensor, path: str | os.PathLike, fps: int = 12) -> Path:
     """Write frames ``[T, 3, H, W]`` in [0, 1] as a looping GIF, or as H.264 MP4 (imageio-ffmpeg)
     when the path ends in .mp4."""
@@ -72,9 +79,14 @@ def save_animation(frames: Sequence[Tensor] | Tensor, path: str | os.PathLike, f
     import imageio.v3 as iio
 
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise ValueError(f"{path}: animations are written as .gif or .mp4")
+    if suffix == ".mp4" and not mp4_available():   # imageio would pick another plugin and fail obscurely
+        raise RuntimeError(f"{path}: writing MP4 needs imageio-ffmpeg (pip install imageio-ffmpeg); GIF needs nothing")
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = [to_uint8(f) for f in frames]
-    if path.suffix.lower() == ".gif":
+    if suffix == ".gif":
         iio.imwrite(path, np.stack(arrays), duration=1000 / fps, loop=0)
         return path
     with iio2.get_writer(path, fps=fps, codec="libx264", macro_block_size=1, quality=8) as writer:
