@@ -113,6 +113,31 @@ def test_x_step_without_prior_is_least_squares(tiny, operator):
         assert torch.allclose(solver.x.detach()[observed], solver.y.expand_as(solver.x)[observed], atol=1e-3)
 
 
+@pytest.mark.parametrize("operator", ["box-inpaint", "gaussian-blur", "super-resolution"])
+def test_exact_x_step_solves_the_normal_equations(tiny, operator):
+    """x_step=exact: the gradient of ‖y − A(x)‖² + ρ̃‖x − D̃(z)‖² vanishes at the CG solution; for
+    a mask it is the closed form (y + ρ̃·D̃)/(1 + ρ̃) on observed pixels and D̃ on hidden ones; the
+    step then clamps x to [−1, 1]."""
+    solver = make_solver(tiny, operator=operator, rho=0.075, x_step="exact", cg_iterations=100)
+    with torch.no_grad():
+        target = solver.decoded(solver.z)
+    x = solver.exact_x(target).requires_grad_(True)
+    loss = (solver.y - solver.operator(x)).pow(2).sum() + 0.075 * (x - target).pow(2).sum()
+    grad = torch.autograd.grad(loss, x)[0]
+    assert grad.abs().max() < 1e-4 * max(1.0, float(target.abs().max()))
+    if operator == "box-inpaint":
+        mask = solver.operator.mask_for(target).expand_as(target).bool()
+        expected = torch.where(mask, (solver.operator.pseudo_inverse(solver.y) + 0.075 * target) / 1.075, target)
+        torch.testing.assert_close(x.detach(), expected, atol=1e-5, rtol=0)
+    solver.x_step()
+    torch.testing.assert_close(solver.x.detach(), x.detach().clamp(-1, 1), atol=1e-5, rtol=0)
+
+
+def test_exact_x_step_needs_a_linear_operator(tiny):
+    with pytest.raises(ConfigError, match="x_step=exact needs a linear operator"):
+        make_solver(tiny, operator="phase-retrieval", x_step="exact")
+
+
 # ------------------------------------------------------------------------------ repulsion
 
 
