@@ -16,6 +16,7 @@ declare_lazy("scorestudio.priors.deepfloyd_if", "deepfloyd-if")
 declare_lazy("scorestudio.priors.prompt_processor", "prompt-processor")
 declare_lazy("scorestudio.guidance.sds", "sds")
 declare_lazy("scorestudio.guidance.nfsd", "nfsd")
+declare_lazy("scorestudio.guidance.lmc_sds", "lmc-sds")
 declare_lazy("scorestudio.systems.image_particles", "image-particles")
 declare_lazy("scorestudio.guidance.vsd", "vsd")
 declare_lazy("scorestudio.data.operators", "box-inpaint", "random-inpaint", "mask-inpaint", "super-resolution",

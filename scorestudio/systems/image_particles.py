@@ -5,6 +5,10 @@ from its own seed and optimised with Adam (lr 0.03, 500 steps) by any guidance, 
 repulsion between particles. At the end the decoded particles are classified by the probe:
 diversity (1 − mean pairwise cosine similarity of probe features), the number of distinct
 shapes/colours, and quality (mean probe probability of the attributes the prompt names).
+
+Options for optimisation-based synthesis (LMC-SDS §5.1): ``init: grey`` starts every particle at
+the encoding of a uniform grey image instead of noise, and ``prompts`` gives each particle its
+own prompt (many prompts distilled in one batched run).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 
 from scorestudio.systems.base import OptimizerConfig
 from scorestudio.systems.distillation import DistillationSystem
+from scorestudio.utils.config import ConfigError
 from scorestudio.utils.registry import register
 
 
@@ -25,21 +30,51 @@ class ImageParticlesSystem(DistillationSystem):
     class Config(DistillationSystem.Config):
         n_particles: int = 8
         init_std: float = 1.0                # latents start at N(0, init_std² I), one stream per particle
+        init: str = "random"                 # "random": N(0, init_std² I); "grey": the latent of a grey image
+        grey_level: float = 0.5              # pixel value of the "grey" init, in [0, 1]
+        prompts: Optional[list] = None       # one prompt per particle (len n_particles); None: the prompt processor's
         probe_path: Optional[str] = None     # probe for the final metrics; None = the shipped one
         optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="Adam", args={"lr": 0.03}))
 
     def configure(self) -> None:
         cfg = self.cfg
         self.build_distillation(rgb_as_latents=True)
+        if cfg.prompts is not None and len(cfg.prompts) != cfg.n_particles:
+            raise ConfigError(f"system.prompts has {len(cfg.prompts)} prompts for {cfg.n_particles} particles: "
+                              "give one per particle (or set system.n_particles to match)")
+        self.latents = torch.nn.Parameter(self.initial_latents())      # [N, C, h, w]
+
+    def initial_latents(self) -> torch.Tensor:
+        """``[N, C, h, w]``: noise from each particle's own stream, or the grey image's latent."""
+        cfg = self.cfg
         shape = (self.prior.latent_channels, self.prior.latent_size, self.prior.latent_size)
-        init = torch.stack([torch.randn(shape, generator=self.generator("init", i)) * cfg.init_std
-                            for i in range(cfg.n_particles)])
-        self.latents = torch.nn.Parameter(init)      # [N, C, h, w]
+        if cfg.init == "random":
+            return torch.stack([torch.randn(shape, generator=self.generator("init", i)) * cfg.init_std
+                                for i in range(cfg.n_particles)])
+        if cfg.init == "grey":
+            size = self.prior.image_size
+            grey = torch.full((1, 3, size, size), float(cfg.grey_level), device=self.prior.device)
+            with torch.no_grad():
+                z = self.prior.encode_images(grey).cpu()
+            return z.expand(cfg.n_particles, *shape).clone()
+        raise ConfigError(f"system.init={cfg.init!r}: use 'random' or 'grey'")
+
+    def prompt_batch(self):
+        """Text conditioning of the N particles: per-particle ``prompts`` or the processor's prompt."""
+        n = self.cfg.n_particles
+        if self.cfg.prompts is None:
+            return self.prompt_processor(self.prior, batch_size=n)
+        from scorestudio.priors.prompt_processor import PromptBatch
+
+        prompts = [str(p) for p in self.cfg.prompts]
+        cond = self.prior.encode_text(prompts)
+        uncond = self.prior.encode_text([self.prompt_processor.cfg.negative_prompt]).expand_as(cond)
+        return PromptBatch(cond=cond, uncond=uncond, prompts=prompts)
 
     def distill_step(self, step: int) -> dict[str, torch.Tensor]:
         """Guidance outputs for all particles at ``step``; ``"loss"`` is what to minimise."""
         n = self.cfg.n_particles
-        prompts = self.prompt_processor(self.prior, batch_size=n)
+        prompts = self.prompt_batch()
         out = self.guidance(self.prior, self.latents, prompts, torch.arange(n, device=self.device),
                             step, seed=self.seed)
         out["loss"] = sum(v for k, v in out.items() if k.startswith("loss_"))
@@ -78,4 +113,12 @@ class ImageParticlesSystem(DistillationSystem):
         from scorestudio.metrics.probe import load_probe
 
         probe = load_probe(self.cfg.probe_path).to(images.device)
-        return probe_report(images, self.prompt_processor.cfg.prompt, probe)
+        report = probe_report(images, self.prompt_processor.cfg.prompt, probe)
+        if self.cfg.prompts is not None:   # quality of each particle w.r.t. its own prompt
+            from scorestudio.metrics.attributes import attribute_probabilities, prompt_attributes
+
+            logits = probe(images)
+            quality = [attribute_probabilities({k: v[i:i + 1] for k, v in logits.items()},
+                                               prompt_attributes(str(p))) for i, p in enumerate(self.cfg.prompts)]
+            report["quality"] = float(torch.cat(quality).nanmean())
+        return report

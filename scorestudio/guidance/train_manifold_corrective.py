@@ -1,0 +1,269 @@
+"""Train b̂ψ, LMC-SDS's learned manifold corrective, on triplets (z, ẑ_t, t) of a prior.
+
+    python -m scorestudio.guidance.train_manifold_corrective --minutes 22 --resume \
+        [--out scorestudio/priors/weights/embedded/manifold_corrective] [--work-dir runs/manifold-corrective]
+
+Triplets (paper §4, "Implementation details"): z a clean latent of a procedural image, t ~ U(0.02,
+0.98)·T, ε ~ N(0, I), and ẑ_t = (z_t − σ_t ε̂_∅(z_t, t)) / α_t the prior's unconditional one-step
+denoised estimate. b̂ψ(z, t) is fitted to ẑ_t with the normalised loss L_k (Eq. 10,
+:func:`~scorestudio.guidance.manifold_corrective.normalized_corrective_loss`). Triplets are made
+on the fly (one UNet forward per triplet costs ~3 ms on 2 cores, ten times the b̂ψ update), so
+every step sees fresh (t, ε) and a resumed run repeats exactly what an uninterrupted one does.
+
+Latents come from the prior trainer's caches (:mod:`scorestudio.priors.train`): the rendered
+images (``--cache-dir``) and, for the embedded prior, its VAE posterior moments of them
+(``--prior-work-dir``/unet/latents-*.pt, shared with the UNet stage). Other priors (a Stable
+Diffusion folder, ``--prior-type stable-diffusion --prior-path DIR``) encode the images with
+their own VAE once into ``--work-dir``.
+
+Evaluation: L_k on held-out triplets (the test split's latents with fixed t and ε per image) for
+the trained b̂ψ — as shipped, in fp16 — and for the identity baseline b̂(z, t) = z; the relative
+improvement must be ≥ 30%. Written to ``WORK/metrics.json``, ``OUT/metrics.json`` and the log.
+Resumable like the prior stages: ``--resume`` continues ``WORK/ckpt.pt``; ``--minutes`` is the
+training budget summed over resumed runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # shared cores: see scorestudio.priors.train
+
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from scorestudio.guidance.lmc_sds import denoised_estimate  # noqa: E402
+from scorestudio.guidance.manifold_corrective import (FOLDER_NAME, CorrectiveConfig, ManifoldCorrective,  # noqa: E402
+                                                      load_corrective, normalized_corrective_loss,
+                                                      parameter_count, save_corrective)
+from scorestudio.priors.train import (EMA, WORK_DIR, LatentCache, StageRun, epoch_batch, image_cache,  # noqa: E402
+                                      latent_cache, prepare_run, seeded_init, train_loop)
+from scorestudio.utils.io import atomic_open, write_json  # noqa: E402
+from scorestudio.utils.seeding import generator  # noqa: E402
+
+EMBEDDED_WEIGHTS = Path(__file__).resolve().parents[1] / "priors" / "weights" / "embedded"
+DEFAULT_OUT = EMBEDDED_WEIGHTS / FOLDER_NAME
+DEFAULT_WORK = Path("runs/manifold-corrective")
+ACCEPT_IMPROVEMENT = 0.30   # L_k at least 30% below the identity baseline on held-out triplets
+EMA_DECAY = 0.995           # ~200-step average: the run is only ~1-2k steps long
+T_BINS = 5                  # held-out L_k also reported per fifth of [t_lo, t_hi]
+
+
+# --------------------------------------------------------------------------------------------
+# Latents and triplets.
+# --------------------------------------------------------------------------------------------
+
+
+def load_prior(args: argparse.Namespace):
+    from scorestudio import find
+
+    return find(args.prior_type, kind="priors")({"pretrained_model_name_or_path": str(args.prior_path)})
+
+
+def latents_for(args: argparse.Namespace, prior, split: str, n_images: int) -> LatentCache:
+    """Latent moments of the first ``n_images`` procedural images of ``split``.
+
+    Embedded prior: :func:`scorestudio.priors.train.latent_cache` (posterior mean and std under
+    its VAE, shared with the UNet stage). Any other prior: ``prior.encode_images`` (posterior
+    mean × scaling factor), cached once in the work dir with std 0 and scaling factor 1.
+    """
+    images = image_cache(args.cache_dir, split, n_images, prior.image_size if args.prior_type == "embedded"
+                         else args.resolution, args.seed, args.chunk)
+    if args.prior_type == "embedded":
+        return latent_cache(argparse.Namespace(work_dir=args.prior_work_dir), Path(args.prior_path) / "vae",
+                            images, f"latents-{split}")
+    path = args.work_dir / f"latents-{args.prior_type}-{split}-{n_images}.pt"
+    if not path.is_file():
+        means = []
+        with torch.no_grad():
+            for i in range(0, len(images), 32):
+                x = images.floats(torch.arange(i, min(i + 32, len(images)))).to(prior.device)
+                means.append(prior.encode_images(x).cpu())
+        mean = torch.cat(means)
+        with atomic_open(path, "wb") as handle:
+            torch.save({"mean": mean}, handle)
+    mean = torch.load(path)["mean"]
+    return LatentCache(mean=mean, std=torch.zeros_like(mean), scaling_factor=1.0, captions=[], states=torch.empty(0))
+
+
+def make_triplets(prior, z: Tensor, frac: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(ẑ_t ``[N, C, h, w]``, integer t ``[N]``) for clean latents ``z`` and t/T fractions ``frac`` ``[N]``.
+
+    ẑ_t is the prior's *unconditional* estimate, as in SDS's projection term that L_lmc replaces.
+    """
+    t = (frac * prior.num_train_timesteps).long().clamp(0, prior.num_train_timesteps - 1).to(prior.device)
+    eps = torch.randn(z.shape, generator=gen).to(prior.device)
+    z = z.to(prior.device)
+    noisy = prior.add_noise(z, eps, t)
+    empty = prior.encode_text([""]).expand(len(z), -1, -1)
+    with torch.no_grad():
+        z_hat = denoised_estimate(prior, noisy, prior.predict_noise(noisy, t, empty), t)
+    return z_hat, t
+
+
+def sample_latents(lat: LatentCache, idx: Tensor, gen: torch.Generator | None) -> Tensor:
+    """Scaled latents ``[len(idx), C, h, w]``: a posterior sample (training) or the mean (``gen`` None)."""
+    mean = lat.mean[idx]
+    if gen is None:
+        return mean * lat.scaling_factor
+    return (mean + lat.std[idx] * torch.randn(mean.shape, generator=gen)) * lat.scaling_factor
+
+
+@torch.no_grad()
+def evaluate(net: torch.nn.Module, prior, lat: LatentCache, args: argparse.Namespace,
+             batch_size: int = 128) -> dict:
+    """Held-out L_k of ``net`` and of the identity b̂(z, t) = z on the posterior means of ``lat``,
+    with t and ε fixed per image (stream "corrective-val"), overall and per t bin."""
+    net.eval()
+    lo, hi = args.t_range
+    n = len(lat.mean)
+    per_net, per_id, fracs = [], [], []
+    for i in range(0, n, batch_size):
+        idx = torch.arange(i, min(i + batch_size, n))
+        gen = generator(args.seed, "corrective-val", i)
+        frac = lo + (hi - lo) * torch.rand(len(idx), generator=gen)
+        z = sample_latents(lat, idx, None).to(prior.device)
+        z_hat, t = make_triplets(prior, z, frac, gen)
+        pred = net(z, t.float() / prior.num_train_timesteps)
+        per_net.append(normalized_corrective_loss(pred, z_hat, reduction="none").cpu())
+        per_id.append(normalized_corrective_loss(z, z_hat, reduction="none").cpu())
+        fracs.append(t.float().cpu() / prior.num_train_timesteps)
+    ln, li, fr = torch.cat(per_net), torch.cat(per_id), torch.cat(fracs)
+    bins = []
+    edges = torch.linspace(lo, hi, T_BINS + 1)
+    for b in range(T_BINS):
+        mask = (fr >= edges[b]) & ((fr < edges[b + 1]) if b < T_BINS - 1 else (fr <= edges[b + 1] + 1e-6))
+        if mask.any():
+            bins.append({"t_from": round(float(edges[b]), 3), "t_to": round(float(edges[b + 1]), 3),
+                         "n": int(mask.sum()), "lk": float(ln[mask].mean()), "lk_identity": float(li[mask].mean()),
+                         "improvement": float(1 - ln[mask].mean() / li[mask].mean())})
+    improvement = float(1 - ln.mean() / li.mean())
+    return {"heldout_lk": float(ln.mean()), "heldout_lk_identity": float(li.mean()),
+            "improvement_vs_identity": improvement, "accepted": improvement >= ACCEPT_IMPROVEMENT,
+            "acceptance_threshold": ACCEPT_IMPROVEMENT, "n_heldout": n, "per_t_bin": bins}
+
+
+# --------------------------------------------------------------------------------------------
+# Training.
+# --------------------------------------------------------------------------------------------
+
+
+def _portable(path: Path) -> str:
+    """``path`` relative to the repository when inside it (shipped configs hold no machine paths)."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        return str(Path(path).resolve().relative_to(repo))
+    except ValueError:
+        return str(path)
+
+
+def train(args: argparse.Namespace) -> dict:
+    start = time.time()
+    prior = load_prior(args)
+    prior.to(args.device)
+    train_lat = latents_for(args, prior, "train", args.cache_images)
+    cfg = CorrectiveConfig(latent_channels=prior.latent_channels, channels=list(args.channels),
+                           time_frequencies=args.time_frequencies)
+    if train_lat.mean.shape[1] != cfg.latent_channels:
+        raise SystemExit(f"latents have {train_lat.mean.shape[1]} channels but the prior's UNet takes "
+                         f"{cfg.latent_channels}")
+    net = seeded_init(args.seed, lambda: ManifoldCorrective(cfg)).to(args.device)
+    run = StageRun(args.work_dir, net, torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4),
+                   ema=EMA(net, EMA_DECAY))
+    extra = {"stage": "manifold-corrective", "prior_type": args.prior_type, "batch_size": args.batch_size,
+             "lr": args.lr, "seed": args.seed, "cache_images": args.cache_images, "channels": list(args.channels),
+             "time_frequencies": args.time_frequencies, "t_range": list(args.t_range)}
+    prepare_run(run, args.resume, extra)
+    print(f"b̂ψ: {parameter_count(net):,} parameters {cfg.to_dict()}, {len(train_lat.mean)} training latents "
+          f"{tuple(train_lat.mean.shape[1:])}, t ~ U{tuple(args.t_range)}·T, prior {args.prior_path}", flush=True)
+    lo, hi = args.t_range
+
+    def step_fn(step: int) -> dict:
+        net.train()
+        gen = generator(args.seed, "corrective", step)
+        idx = epoch_batch(len(train_lat.mean), args.batch_size, step, args.seed, "corrective")
+        z = sample_latents(train_lat, idx, gen).to(args.device)
+        frac = lo + (hi - lo) * torch.rand(len(idx), generator=gen)
+        z_hat, t = make_triplets(prior, z, frac, gen)
+        loss = normalized_corrective_loss(net(z, t.float() / prior.num_train_timesteps), z_hat)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        run.optimizer.step()
+        run.ema.update(net, step)
+        with torch.no_grad():   # the identity baseline on the same batch: the log shows the ratio
+            identity = normalized_corrective_loss(z, z_hat).item()
+        return {"loss": loss.item(), "loss_identity": identity, "ratio": loss.item() / max(identity, 1e-12)}
+
+    train_loop(run, step_fn, args, "corrective", extra)
+    run.ema.copy_to(net)   # export (and evaluate) the EMA weights
+    net.cpu()
+    trained = {"steps": run.step, "minutes": round(run.elapsed / 60, 2), "parameters": parameter_count(net),
+               "prior": _portable(args.prior_path), "prior_type": args.prior_type, "batch_size": args.batch_size,
+               "lr": args.lr, "t_range": list(args.t_range), "seed": args.seed}
+    save_corrective(net, args.out, dtype=torch.float16 if args.fp16 else torch.float32,
+                    extra={"trained": trained})
+    shipped = load_corrective(args.out, latent_channels=prior.latent_channels, device=args.device)  # what ships
+    test_lat = latents_for(args, prior, "test", args.test_images)
+    metrics = {**evaluate(shipped, prior, test_lat, args), **trained,
+               "total_minutes": round((time.time() - start) / 60, 2)}
+    write_json(args.work_dir / "metrics.json", metrics)
+    write_json(Path(args.out) / "metrics.json", metrics)
+    verdict = "PASS" if metrics["accepted"] else "FAIL"
+    print(f"[corrective] held-out L_k {metrics['heldout_lk']:.5f} vs identity {metrics['heldout_lk_identity']:.5f}: "
+          f"{100 * metrics['improvement_vs_identity']:.1f}% lower ({verdict}, "
+          f"needs >= {100 * ACCEPT_IMPROVEMENT:.0f}%)",
+          flush=True)
+    for b in metrics["per_t_bin"]:
+        print(f"[corrective]   t/T in [{b['t_from']:.2f}, {b['t_to']:.2f}]: L_k {b['lk']:.5f} vs identity "
+              f"{b['lk_identity']:.5f} ({100 * b['improvement']:.1f}% lower, n={b['n']})", flush=True)
+    print(f"[corrective] wrote {args.out} and {args.work_dir / 'metrics.json'} "
+          f"({metrics['total_minutes']:.1f} min in total)", flush=True)
+    return metrics
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train LMC-SDS's manifold corrective b̂ψ for a prior.")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="weights folder (config.json + model.safetensors)")
+    p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="checkpoint, loss.csv, metrics.json")
+    p.add_argument("--prior-type", default="embedded", help="registered prior (embedded, stable-diffusion, ...)")
+    p.add_argument("--prior-path", type=Path, default=EMBEDDED_WEIGHTS, help="the prior's weights folder")
+    p.add_argument("--prior-work-dir", type=Path, default=WORK_DIR,
+                   help="the prior trainer's work dir: embedded latent caches in <it>/unet/ (shared)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="rendered images (default PRIOR_WORK_DIR/cache)")
+    p.add_argument("--resolution", type=int, default=64,
+                   help="render size for non-embedded priors (they resize to their own image size)")
+    p.add_argument("--minutes", type=float, default=22.0, help="training wall-clock budget, summed over resumed runs")
+    p.add_argument("--steps", type=int, default=None, help="stop at this total step count")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128], help="filters per U-Net level")
+    p.add_argument("--time-frequencies", type=int, default=6)
+    p.add_argument("--t-range", type=float, nargs=2, default=[0.02, 0.98], help="t/T ~ U(lo, hi)")
+    p.add_argument("--cache-images", type=int, default=16384, help="training images (the prior's cache)")
+    p.add_argument("--test-images", type=int, default=1024, help="held-out images (test split)")
+    p.add_argument("--chunk", type=int, default=256, help="images per cache file (as the prior's cache)")
+    p.add_argument("--ckpt-minutes", type=float, default=3.0)
+    p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True, help="store fp16 weights")
+    p.add_argument("--resume", action="store_true", help="continue from WORK/ckpt.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    args.device = torch.device(args.device)
+    args.cache_dir = args.cache_dir or args.prior_work_dir / "cache"
+    torch.set_num_threads(args.threads)
+    print(f"== manifold corrective: lr {args.lr:g}, batch {args.batch_size}, budget {args.minutes:g} min, "
+          f"threads {args.threads}, device {args.device}", flush=True)
+    return train(args)
+
+
+if __name__ == "__main__":
+    main()
