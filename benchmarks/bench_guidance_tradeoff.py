@@ -9,6 +9,7 @@ with and without repulsion.
 
     python benchmarks/bench_guidance_tradeoff.py                      # the full sweep
     python benchmarks/bench_guidance_tradeoff.py --seeds 1 --steps 50 # a quick look
+    python benchmarks/bench_guidance_tradeoff.py --prompts "a cube" --seeds 1 --steps 40 --gammas 0 20  # repulsion overhead
     python benchmarks/bench_guidance_tradeoff.py --device cuda --shard 0/4 --out /tmp/s0.json  # see sharding.py
 
 Writes benchmarks/results/guidance_tradeoff.json and guidance_tradeoff.png.
@@ -36,6 +37,7 @@ from scorestudio.utils.run import RunContext
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+WARMUP_STEPS = 5   # steps before the per-step timer starts
 
 
 def distill(method: str, prompt: str, seed: int, gamma: float, n: int, steps: int, probe,
@@ -48,15 +50,19 @@ def distill(method: str, prompt: str, seed: int, gamma: float, n: int, steps: in
     with tempfile.TemporaryDirectory() as tmp:
         system = ImageParticlesSystem(cfg.system, run=RunContext(Path(tmp), seed)).to(device)
     optimizer = system.configure_optimizers()
-    start = time.perf_counter()
+    warmup = min(WARMUP_STEPS, steps - 1)   # untimed: lazy loads (probe, LoRA) and allocator warm-up
     for step in range(steps):
+        if step == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
         out = system.distill_step(step)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    step_time = (time.perf_counter() - start) / steps
+    step_time = (time.perf_counter() - start) / (steps - warmup)
     images = system.decoded()
     return {**probe_report(images, prompt, probe), "step_time_s": step_time}
 
