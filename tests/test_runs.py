@@ -89,10 +89,17 @@ def test_kill_then_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_ctrl_c_saves_a_checkpoint(tmp_path):
-    proc = _spawn(tmp_path, "interrupted", "trainer.max_steps=100000", "checkpoint.every_n_train_steps=100000")
-    log = tmp_path / "toy-particles" / "interrupted" / "cmd.txt"
-    _wait_for(log, proc)
-    time.sleep(3.0)  # let it train a while without any periodic checkpoint
+    proc = _spawn(tmp_path, "interrupted", "trainer.max_steps=100000", "checkpoint.every_n_train_steps=100000",
+                  "trainer.log_every_n_steps=1")
+    root = tmp_path / "toy-particles" / "interrupted"
+    start = time.time()
+    # Interrupt during training, not during start-up imports (slow in a fresh clone): wait for
+    # the CSV logger's first flush of training metrics.
+    while not list(root.glob("csv_logs/**/metrics.csv")):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - start < 120, "training never started"
+        time.sleep(0.05)
+    time.sleep(1.0)  # let it train a while without any periodic checkpoint
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     ckpt = tmp_path / "toy-particles" / "interrupted" / "ckpts" / "last.ckpt"
