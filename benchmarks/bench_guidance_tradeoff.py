@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import sharding
 from scorestudio.metrics.attributes import probe_report

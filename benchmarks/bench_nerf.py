@@ -33,6 +33,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import sharding  # noqa: E402
 import torch  # noqa: E402
 
 from scorestudio.systems.dreamfusion import DreamFusionSystem  # noqa: E402
@@ -151,7 +152,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "nerf.json"))
     args = parser.parse_args()
     global DEVICE
-    DEVICE = torch.device(args.device)
+    DEVICE = sharding.device(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import statistics
 from pathlib import Path
 
 import sharding
-import torch
 
 import scorestudio.guidance.dreamsampler  # noqa: F401  (registers "dreamsampler")
 import scorestudio.systems.svg_systems  # noqa: F401  (registers "text-to-svg", "svg-restoration")
@@ -158,16 +156,11 @@ def main() -> None:
     parser.add_argument("--skip-restoration", action="store_true")
     parser.add_argument("--skip-text-to-svg", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--prior", default=None, help="prior folder (default: the shipped embedded prior)")
-    parser.add_argument("--probe", default=None, help="probe folder for metrics and repulsion (default: shipped)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--work-dir", default=str(ROOT / "outputs" / "bench-svg-restoration"), help="run folders")
+    sharding.add_launch_arguments(parser, ROOT / "outputs" / "bench-svg-restoration")
     parser.add_argument("--out", default=str(RESULTS / "svg_restoration.json"))
     sharding.add_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    sharding.configure_launches(args)
 
     rows = (sharding.merged(args.merge) if args.merge
             else sharding.run_shard(jobs(args), lambda job: run_job(job, args), args))

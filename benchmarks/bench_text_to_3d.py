@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import statistics
 from pathlib import Path
 
@@ -99,18 +98,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the diversity check")
     parser.add_argument("--seed", type=int, default=0, help="seed of the quality runs")
     parser.add_argument("--gamma", type=float, default=10.0, help="repulsion γ of the diversity check")
-    parser.add_argument("--prior", default=None, help="prior folder (default: the shipped embedded prior)")
-    parser.add_argument("--probe", default=None, help="probe folder for the metrics (default: shipped)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--work-dir", default=str(ROOT / "outputs" / "bench-text-to-3d"), help="run folders")
+    sharding.add_launch_arguments(parser, ROOT / "outputs" / "bench-text-to-3d")
     parser.add_argument("--out", default=str(RESULTS / "text_to_3d.json"))
     sharding.add_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    sharding.configure_launches(args)
     rows = (sharding.merged(args.merge) if args.merge
             else sharding.run_shard(jobs(args), lambda job: run_job(job, args), args))
     summary = summarize(rows)

@@ -33,6 +33,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="summarize the rows of these finished shard files instead of running")
 
 
+def add_launch_arguments(parser: argparse.ArgumentParser, work_dir: Path) -> None:
+    """The options :func:`launch` reads: ``--prior``, ``--probe``, ``--threads``, ``--work-dir``."""
+    parser.add_argument("--prior", default=None, help="prior folder (default: the shipped embedded prior)")
+    parser.add_argument("--probe", default=None, help="probe folder for metrics and repulsion (default: shipped)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--work-dir", default=str(work_dir), help="run folders")
+
+
+def configure_launches(args: argparse.Namespace) -> None:
+    """Threads from ``--threads``; Lightning's per-run banners silenced (many runs in one process)."""
+    import logging
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+
 def device(args: argparse.Namespace) -> torch.device:
     """``--device``, checked: a CUDA device that is not there is an error, not a silent CPU run."""
     dev = torch.device(args.device)

@@ -39,8 +39,8 @@ from scorestudio.guidance.lmc_sds import denoised_estimate  # noqa: E402
 from scorestudio.guidance.manifold_corrective import (FOLDER_NAME, CorrectiveConfig, ManifoldCorrective,  # noqa: E402
                                                       load_corrective, normalized_corrective_loss,
                                                       parameter_count, save_corrective)
-from scorestudio.priors.train import (EMA, WORK_DIR, LatentCache, StageRun, epoch_batch, image_cache,  # noqa: E402
-                                      latent_cache, prepare_run, seeded_init, train_loop)
+from scorestudio.priors.train import (EMA, WORK_DIR, LatentCache, StageRun, add_run_arguments, epoch_batch,  # noqa: E402
+                                      image_cache, latent_cache, prepare_run, seeded_init, train_loop)
 from scorestudio.utils.io import atomic_open, write_json  # noqa: E402
 from scorestudio.utils.seeding import generator  # noqa: E402
 
@@ -243,15 +243,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128], help="filters per U-Net level")
     p.add_argument("--time-frequencies", type=int, default=6)
     p.add_argument("--t-range", type=float, nargs=2, default=[0.02, 0.98], help="t/T ~ U(lo, hi)")
-    p.add_argument("--cache-images", type=int, default=16384, help="training images (the prior's cache)")
-    p.add_argument("--test-images", type=int, default=1024, help="held-out images (test split)")
-    p.add_argument("--chunk", type=int, default=256, help="images per cache file (as the prior's cache)")
-    p.add_argument("--ckpt-minutes", type=float, default=3.0)
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True, help="store fp16 weights")
     p.add_argument("--resume", action="store_true", help="continue from WORK/ckpt.pt")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    add_run_arguments(p)   # cache sizes, checkpoint period, seed, threads, device: as the prior trainer
     return p.parse_args(argv)
 
 

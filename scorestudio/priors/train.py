@@ -666,6 +666,18 @@ def export_unet(unet: UNet2DConditionModel, scheduler: DDPMScheduler, out: Path)
 # --------------------------------------------------------------------------------------------
 
 
+def add_run_arguments(p: argparse.ArgumentParser, device_help: str = "training device") -> None:
+    """Options every training command over the procedural caches shares (this one and
+    ``scorestudio.guidance.train_manifold_corrective``)."""
+    p.add_argument("--cache-images", type=int, default=16384, help="training images rendered once")
+    p.add_argument("--test-images", type=int, default=1024, help="held-out images for the metrics")
+    p.add_argument("--chunk", type=int, default=256, help="images per cache file")
+    p.add_argument("--ckpt-minutes", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help=device_help)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train the embedded prior and its probe.")
     p.add_argument("--stage", choices=(*STAGES, "all"), required=True)
@@ -678,14 +690,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
     p.add_argument("--size", choices=tuple(SIZES), default="default", help="architecture preset")
-    p.add_argument("--cache-images", type=int, default=16384, help="training images rendered once")
-    p.add_argument("--test-images", type=int, default=1024, help="held-out images for the metrics")
     p.add_argument("--cache-dir", type=Path, default=None, help="rendered images (default WORK_DIR/cache)")
-    p.add_argument("--chunk", type=int, default=256, help="images per cache file")
-    p.add_argument("--ckpt-minutes", type=float, default=3.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu", help="training device; evaluation and export run on cpu")
+    add_run_arguments(p, device_help="training device; evaluation and export run on cpu")
     return p.parse_args(argv)
 
 
