@@ -10,6 +10,7 @@ with and without repulsion.
     python benchmarks/bench_guidance_tradeoff.py                      # the full sweep
     python benchmarks/bench_guidance_tradeoff.py --seeds 1 --steps 50 # a quick look
     python benchmarks/bench_guidance_tradeoff.py --prompts "a cube" --seeds 1 --steps 40 --gammas 0 20  # repulsion overhead
+    python benchmarks/bench_guidance_tradeoff.py --features latent_probe ...   # repulsion on the distilled latent probe
     python benchmarks/bench_guidance_tradeoff.py --device cuda --shard 0/4 --out /tmp/s0.json  # see sharding.py
 
 Writes benchmarks/results/guidance_tradeoff.json and guidance_tradeoff.png.
@@ -40,11 +41,16 @@ WARMUP_STEPS = 5   # steps before the per-step timer starts
 
 
 def distill(method: str, prompt: str, seed: int, gamma: float, n: int, steps: int, probe,
-            device: torch.device) -> dict:
-    """One image-particles run; returns probe metrics and the mean time per step."""
-    cfg = load_config(ROOT / "configs" / f"image-particles-{method}.yaml",
-                      [f"system.prompt_processor.prompt={prompt}", f"system.n_particles={n}",
-                       f"system.guidance.repulsion.gamma={gamma}"])
+            device: torch.device, features: str | None = None) -> dict:
+    """One image-particles run; returns probe metrics and the mean time per step.
+
+    ``features``: the repulsion's feature map (``None``: the config's).
+    """
+    overrides = [f"system.prompt_processor.prompt={prompt}", f"system.n_particles={n}",
+                 f"system.guidance.repulsion.gamma={gamma}"]
+    if features:
+        overrides.append(f"system.guidance.repulsion.features={features}")
+    cfg = load_config(ROOT / "configs" / f"image-particles-{method}.yaml", overrides)
     torch.manual_seed(seed)   # library-initialised modules (VSD's LoRA) draw from the global RNG
     with tempfile.TemporaryDirectory() as tmp:
         system = ImageParticlesSystem(cfg.system, run=RunContext(Path(tmp), seed)).to(device)
@@ -148,7 +154,7 @@ def run_jobs(args: argparse.Namespace) -> list[dict]:
                 prior = EmbeddedPrior({}).to(device)
             res = ancestral(prior, prompt, seed, args.n, probe)
         else:
-            res = distill(method, prompt, seed, gamma, args.n, args.steps, probe, device)
+            res = distill(method, prompt, seed, gamma, args.n, args.steps, probe, device, args.features)
         return {"method": method, "prompt": prompt, "seed": seed, "gamma": gamma, **res}
 
     return sharding.run_shard(jobs, run_one, args)
@@ -161,6 +167,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--features", default=None, choices=["latent", "pixel", "probe", "latent_probe", "dinov2"],
+                        help="repulsion feature map (default: the configs')")
     parser.add_argument("--out", default=str(RESULTS / "guidance_tradeoff.json"))
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     sharding.add_arguments(parser)

@@ -51,8 +51,8 @@ def jobs(args: argparse.Namespace) -> list[tuple]:
         out.append(("star", args.seed))
         out += [("icon", gamma, seed) for gamma in (0.0, args.gamma) for seed in range(args.seed, args.seed + args.t2s_seeds)]
     if not args.skip_restoration:   # icons outermost: every icon has both operators and both methods
-        out += [("restore", task, index, distillation) for index in range(args.icons) for task in args.operators
-                for distillation in (True, False)]
+        out += [("restore", task, index, method == "dreamsampler") for index in range(args.icons)
+                for task in args.operators for method in args.methods]
     return out
 
 
@@ -63,7 +63,8 @@ def run_job(job: tuple, args: argparse.Namespace) -> dict:
         tag = f"{task}-icon{index}-{'ds' if distillation else 'dc-only'}"
         metrics = sharding.launch("svg-restoration.yaml", args, tag, *OPERATORS[task], f"data.procedural_index={index}",
                          f"system.distillation={str(distillation).lower()}", f"trainer.max_steps={args.steps}",
-                         f"system.paths.num_paths={args.paths}", f"seed={args.seed}")
+                         f"system.paths.num_paths={args.paths}", f"seed={args.seed}",
+                         *(args.ds_overrides if distillation else []))
         row = {"kind": "restore", "task": task, "icon": index, "distillation": distillation,
                **{k: metrics[k] for k in RESTORATION_COLUMNS}, "classes": metrics.get("classes")}
         print(f"{tag:28s} " + " ".join(f"{k}={row[k]:.3f}" for k in RESTORATION_COLUMNS), flush=True)
@@ -150,6 +151,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="optimisation steps per restoration")
     parser.add_argument("--operators", nargs="+", default=list(OPERATORS), choices=list(OPERATORS))
     parser.add_argument("--paths", type=int, default=48, help="paths per SVG")
+    parser.add_argument("--methods", nargs="+", default=["dreamsampler", "data-only"],
+                        choices=["dreamsampler", "data-only"], help="restorations with and without distillation")
+    parser.add_argument("--ds-overrides", nargs="*", default=[],
+                        help="extra config overrides of the DreamSampler runs, e.g. system.guidance.guidance_scale=20")
     parser.add_argument("--t2s-steps", type=int, default=500, help="steps of the text-to-SVG runs")
     parser.add_argument("--t2s-seeds", type=int, default=3, help="seeds of the \"an icon\" diversity check")
     parser.add_argument("--gamma", type=float, default=20.0, help="repulsion γ of the diversity check")

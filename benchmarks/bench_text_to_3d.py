@@ -33,8 +33,10 @@ QUALITY_PROMPTS = ("a red cube", "a blue sphere")
 
 def jobs(args: argparse.Namespace) -> list[tuple]:
     """("quality", prompt, seed) and ("diversity", γ, seed) runs."""
-    out = [("quality", prompt, args.seed) for prompt in QUALITY_PROMPTS]
-    return out + [("diversity", gamma, seed) for gamma in (0.0, args.gamma) for seed in range(args.seeds)]
+    out = [("quality", prompt, args.seed) for prompt in args.quality_prompts] if "quality" in args.checks else []
+    if "diversity" in args.checks:
+        out += [("diversity", gamma, seed) for gamma in (0.0, args.gamma) for seed in range(args.seeds)]
+    return out
 
 
 def run_job(job: tuple, args: argparse.Namespace) -> dict:
@@ -43,12 +45,13 @@ def run_job(job: tuple, args: argparse.Namespace) -> dict:
     overrides = [f"system.prompt_processor.prompt={prompt}", f"seed={seed}", "system.export.after_test=false"]
     if args.steps:
         overrides.append(f"trainer.max_steps={args.steps}")
-    if kind == "diversity":
-        overrides.append(f"system.guidance.repulsion.gamma={value}")
+    gamma = value if kind == "diversity" else args.quality_gamma   # None: the config's γ
+    if gamma is not None:
+        overrides.append(f"system.guidance.repulsion.gamma={gamma}")
     tag = f"{kind}-{prompt.replace(' ', '_')}-{value if kind == 'diversity' else ''}-seed{seed}"
     metrics = sharding.launch(CONFIG, args, tag, *overrides)
     n = sum(1 for k in metrics if k.endswith("/shape_fraction"))
-    row = {"kind": kind, "prompt": prompt, "seed": seed, "gamma": value if kind == "diversity" else None,
+    row = {"kind": kind, "prompt": prompt, "seed": seed, "gamma": gamma,
            "time_s": metrics["time_s"], "diversity": metrics.get("diversity"),
            "distinct_colors": metrics.get("distinct_majority_colors"),
            "distinct_shapes": metrics.get("distinct_majority_shapes"),
@@ -98,6 +101,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the diversity check")
     parser.add_argument("--seed", type=int, default=0, help="seed of the quality runs")
     parser.add_argument("--gamma", type=float, default=10.0, help="repulsion γ of the diversity check")
+    parser.add_argument("--checks", nargs="+", default=["quality", "diversity"], choices=["quality", "diversity"])
+    parser.add_argument("--quality-prompts", nargs="+", default=list(QUALITY_PROMPTS))
+    parser.add_argument("--quality-gamma", type=float, default=None,
+                        help="repulsion γ of the quality runs (default: the config's)")
     sharding.add_launch_arguments(parser, ROOT / "outputs" / "bench-text-to-3d")
     parser.add_argument("--out", default=str(RESULTS / "text_to_3d.json"))
     sharding.add_arguments(parser)

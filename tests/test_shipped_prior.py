@@ -30,7 +30,7 @@ def prior():
 
 def test_shipped_weights_are_in_the_package():
     for rel in ("vae/config.json", "unet/config.json", "scheduler/scheduler_config.json",
-                "text_encoder.json", "probe/probe.safetensors", "MODEL_CARD.md"):
+                "text_encoder.json", "probe/probe.safetensors", "latent_probe/probe.safetensors", "MODEL_CARD.md"):
         assert (DEFAULT_WEIGHTS / rel).is_file(), rel
 
 

@@ -187,3 +187,20 @@ def test_data_term_alone_sharpens_a_blurred_circle(tmp_path, tiny):
     print(f"PSNR gain over the blurry input: {gain:.1f} dB")
     assert gain > 5.0, gain
     assert json.loads(ctx.metrics_path.read_text())["consistency_mean"] < 0.03
+
+
+def test_distillation_weight_schedule_scales_the_distillation_loss(tmp_path, tiny):
+    """``distillation_weight: [0, 2, 0, 10]``: twice the unweighted DreamSampler loss at step 0, none at step 10."""
+    from scorestudio.systems.svg_systems import SvgRestorationSystem
+
+    def system(weight):
+        cfg = {"prior": {"pretrained_model_name_or_path": str(tiny[0])}, "probe_path": str(tiny[1]),
+               "guidance": {"num_steps": 10}, "paths": {"num_paths": 4}, "distillation_weight": weight}
+        data = {"procedural_index": 0, "resolution": 32}
+        return SvgRestorationSystem(cfg, run=RunContext(tmp_path, seed=0), data=data)
+
+    plain, scheduled = system(1.0), system([0, 2.0, 0.0, 10])
+    first, weighted = plain.losses(0), scheduled.losses(0)
+    assert torch.allclose(weighted["loss_dreamsampler"], 2 * first["loss_dreamsampler"])
+    assert torch.allclose(weighted["loss_dc"], first["loss_dc"])
+    assert scheduled.losses(10)["loss_dreamsampler"].item() == 0.0

@@ -63,6 +63,17 @@ def load_prior(args: argparse.Namespace):
     return find(args.prior_type, kind="priors")({"pretrained_model_name_or_path": str(args.prior_path)})
 
 
+def add_prior_arguments(p: argparse.ArgumentParser) -> None:
+    """Which prior's latents to train on (this command and ``scorestudio.metrics.train_latent_probe``)."""
+    p.add_argument("--prior-type", default="embedded", help="registered prior (embedded, stable-diffusion, ...)")
+    p.add_argument("--prior-path", type=Path, default=EMBEDDED_WEIGHTS, help="the prior's weights folder")
+    p.add_argument("--prior-work-dir", type=Path, default=WORK_DIR,
+                   help="the prior trainer's work dir: embedded latent caches in <it>/unet/ (shared)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="rendered images (default PRIOR_WORK_DIR/cache)")
+    p.add_argument("--resolution", type=int, default=64,
+                   help="render size for non-embedded priors (they resize to their own image size)")
+
+
 def latents_for(args: argparse.Namespace, prior, split: str, n_images: int) -> LatentCache:
     """Latent moments of the first ``n_images`` procedural images of ``split``.
 
@@ -229,13 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train LMC-SDS's manifold corrective b̂ψ for a prior.")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="weights folder (config.json + model.safetensors)")
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="checkpoint, loss.csv, metrics.json")
-    p.add_argument("--prior-type", default="embedded", help="registered prior (embedded, stable-diffusion, ...)")
-    p.add_argument("--prior-path", type=Path, default=EMBEDDED_WEIGHTS, help="the prior's weights folder")
-    p.add_argument("--prior-work-dir", type=Path, default=WORK_DIR,
-                   help="the prior trainer's work dir: embedded latent caches in <it>/unet/ (shared)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="rendered images (default PRIOR_WORK_DIR/cache)")
-    p.add_argument("--resolution", type=int, default=64,
-                   help="render size for non-embedded priors (they resize to their own image size)")
+    add_prior_arguments(p)
     p.add_argument("--minutes", type=float, default=22.0, help="training wall-clock budget, summed over resumed runs")
     p.add_argument("--steps", type=int, default=None, help="stop at this total step count")
     p.add_argument("--batch-size", type=int, default=128)

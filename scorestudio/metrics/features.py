@@ -4,6 +4,8 @@
 images ``[N, 3, H, W]`` in [0, 1], differentiable w.r.t. the images:
 
 - "probe": the embedded prior's probe CNN (shipped, offline; the default);
+- "latent_probe": the probe distilled onto the embedded prior's latents: ``features(latents)``
+  for latents ``[N, 4, 8, 8]`` instead of images, so the repulsion needs no decoder pass;
 - "dinov2": DINOv2's CLS token through transformers, from a local folder the user provides.
 """
 
@@ -41,10 +43,15 @@ class DinoV2Features(nn.Module):
 
 def load_feature_network(kind: str = "probe", path: Optional[str] = None) -> nn.Module:
     """A frozen feature network by name; clear errors when weights are missing."""
-    if kind == "probe":
-        from scorestudio.metrics.probe import load_probe
+    if kind in ("probe", "latent_probe"):
+        from scorestudio.metrics.probe import DEFAULT_LATENT_PROBE_DIR, load_probe
 
-        net = load_probe(path)
+        net = load_probe(path if path or kind == "probe" else DEFAULT_LATENT_PROBE_DIR)
+        wanted = "latent" if kind == "latent_probe" else "image"
+        if net.cfg.space != wanted:
+            other = "latent_probe" if kind == "probe" else "probe"
+            raise ValueError(f"features={kind!r} needs a probe of {wanted} inputs but the one at {path} reads "
+                             f"{net.cfg.space} inputs: use features={other!r} with this folder")
     elif kind == "dinov2":
         if not path or not Path(path).expanduser().is_dir():
             raise FileNotFoundError(
@@ -52,6 +59,6 @@ def load_feature_network(kind: str = "probe", path: Optional[str] = None) -> nn.
                 "on a machine with network and pass system.guidance.repulsion.feature_net_path=FOLDER")
         net = DinoV2Features(str(Path(path).expanduser()))
     else:
-        raise ValueError(f"unknown feature network {kind!r}: use 'probe' or 'dinov2'")
+        raise ValueError(f"unknown feature network {kind!r}: use 'probe', 'latent_probe' or 'dinov2'")
     net.requires_grad_(False)
     return net.eval()

@@ -22,7 +22,11 @@ from torch import Tensor
 
 from scorestudio.priors.embedded_arch import ProbeConfig, ProbeNet
 
-DEFAULT_PROBE_DIR = Path(__file__).resolve().parents[1] / "priors" / "weights" / "embedded" / "probe"
+EMBEDDED_WEIGHTS = Path(__file__).resolve().parents[1] / "priors" / "weights" / "embedded"
+DEFAULT_PROBE_DIR = EMBEDDED_WEIGHTS / "probe"
+# The probe's features distilled onto the embedded prior's latents (no decoder in the loop):
+# see scorestudio.metrics.train_latent_probe.
+DEFAULT_LATENT_PROBE_DIR = EMBEDDED_WEIGHTS / "latent_probe"
 HEADS = ("shape", "color", "kind", "view")
 
 
@@ -66,7 +70,8 @@ def load_probe(folder: str | Path | None = None, device: str | torch.device = "c
     config, weights = folder / "config.json", folder / "probe.safetensors"
     if not (config.is_file() and weights.is_file()):
         raise FileNotFoundError(f"no probe in {folder} (expected config.json and probe.safetensors): train it "
-                                "with `python -m scorestudio.priors.train --stage probe`")
+                                "with `python -m scorestudio.priors.train --stage probe` (image probe) or "
+                                "`python -m scorestudio.metrics.train_latent_probe` (latent probe)")
     probe = Probe(ProbeConfig.from_dict(json.loads(config.read_text())))
     probe.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
     probe.requires_grad_(False)

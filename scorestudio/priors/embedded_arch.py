@@ -140,6 +140,11 @@ class ProbeConfig:
     colors: tuple[str, ...]
     kinds: tuple[str, ...]
     views: tuple[str, ...]
+    # "image": RGB [N, 3, H, W] in [0, 1] (resized to ``resolution``); "latent": a prior's
+    # model-space latents [N, in_channels, resolution, resolution], used as they are (the
+    # distilled latent probe of :mod:`scorestudio.metrics.train_latent_probe`).
+    space: str = "image"
+    in_channels: int = 3
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -157,8 +162,10 @@ class ProbeNet(nn.Module):
 
     def __init__(self, cfg: ProbeConfig) -> None:
         super().__init__()
+        if cfg.space not in ("image", "latent"):
+            raise ValueError(f"probe space {cfg.space!r}: use 'image' or 'latent'")
         self.cfg = cfg
-        layers, c_in = [], 3
+        layers, c_in = [], cfg.in_channels
         for c in cfg.channels:
             layers += [_conv_block(c_in, c, 2, cfg.norm_num_groups), _conv_block(c, c, 1, cfg.norm_num_groups)]
             c_in = c
@@ -173,11 +180,18 @@ class ProbeNet(nn.Module):
 
     def features(self, images: Tensor) -> Tensor:
         """Penultimate features ``[N, feature_dim]`` of images ``[N, 3, H, W]`` in [0, 1]
-        (resized to the probe resolution if needed); differentiable w.r.t. the images."""
+        (resized to the probe resolution if needed) or, for a latent probe, of latents ``[N, C, r, r]``;
+        differentiable w.r.t. the input."""
         r = self.cfg.resolution
-        if images.shape[-2:] != (r, r):
-            images = F.interpolate(images, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
-        h = self.body(images * 2 - 1)
+        if self.cfg.space == "latent":
+            if images.shape[1:] != (self.cfg.in_channels, r, r):
+                raise ValueError(f"this latent probe takes latents [N, {self.cfg.in_channels}, {r}, {r}], got "
+                                 f"{list(images.shape)}: it was distilled for another prior's latent space")
+            h = self.body(images)
+        else:
+            if images.shape[-2:] != (r, r):
+                images = F.interpolate(images, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
+            h = self.body(images * 2 - 1)
         return self.neck(h.mean(dim=(2, 3)))
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:

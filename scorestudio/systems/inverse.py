@@ -189,7 +189,7 @@ class InverseSolver(nn.Module):
         if self.method.hybrid and rep.kernel.interacting is None:
             rep = dataclasses.replace(rep, kernel=dataclasses.replace(rep.kernel, interacting=self.n_particles - 1))
         guidance = BaseGuidance({"repulsion": rep}, path=path)
-        if rep.features in ("probe", "dinov2") and (rep.gamma.start_value or rep.gamma.end_value):
+        if rep.features in ("probe", "latent_probe", "dinov2") and (rep.gamma.start_value or rep.gamma.end_value):
             guidance.feature_network(self.prior)   # fail now, not at the first step, if weights are missing
         return guidance
 

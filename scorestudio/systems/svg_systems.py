@@ -44,7 +44,7 @@ from scorestudio.renderers.svg import RasterizerConfig, SvgScene, circle_points,
 from scorestudio.renderers.svg.rasterizer import control_points
 from scorestudio.systems.base import OptimizerConfig
 from scorestudio.systems.distillation import DistillationSystem
-from scorestudio.utils.config import ConfigError, parse_structured
+from scorestudio.utils.config import ConfigError, ScheduledFloat, parse_structured, schedulable
 from scorestudio.utils.registry import register
 from scorestudio.utils.seeding import generator, per_particle_rand
 
@@ -486,6 +486,10 @@ class SvgRestorationSystem(SvgDistillationSystem):
         canvas_size: Optional[int] = None  # px; None = the input size (blur) or scale × it (super-resolution)
         lambda_dc: float = 1.0             # λ of the data-consistency term
         distillation: bool = True          # False: data term (+ Xing) only, the paper's ablation (no prior needed)
+        # Weight of the distillation loss, scheduled: the prior resolves what the measurement leaves
+        # open early on, and a weak prior (the embedded one's VAE caps its images near 30 dB) must
+        # not pull the end result away from the data.
+        distillation_weight: ScheduledFloat = schedulable(1.0)
         guidance_type: str = "dreamsampler"
 
     def configure(self) -> None:
@@ -515,7 +519,9 @@ class SvgRestorationSystem(SvgDistillationSystem):
         scene, images = self.render()
         out = {"loss_dc": self.data_term(images), **self.regularisers(scene), "images": images}
         if self.cfg.distillation:
-            out.update(self.distillation(images, step))
+            weight = self.cfg.distillation_weight.at(step)
+            out.update({k: weight * v if k.startswith("loss_") else v
+                        for k, v in self.distillation(images, step).items()})
         return out
 
     def test_step(self, batch, batch_idx):
