@@ -162,7 +162,7 @@ def evaluate(net: torch.nn.Module, prior, lat: LatentCache, args: argparse.Names
 # --------------------------------------------------------------------------------------------
 
 
-def _portable(path: Path) -> str:
+def repo_relative(path: Path) -> str:
     """``path`` relative to the repository when inside it (shipped configs hold no machine paths)."""
     repo = Path(__file__).resolve().parents[2]
     try:
@@ -213,7 +213,7 @@ def train(args: argparse.Namespace) -> dict:
     run.ema.copy_to(net)   # export (and evaluate) the EMA weights
     net.cpu()
     trained = {"steps": run.step, "minutes": round(run.elapsed / 60, 2), "parameters": parameter_count(net),
-               "prior": _portable(args.prior_path), "prior_type": args.prior_type, "batch_size": args.batch_size,
+               "prior": repo_relative(args.prior_path), "prior_type": args.prior_type, "batch_size": args.batch_size,
                "lr": args.lr, "t_range": list(args.t_range), "seed": args.seed}
     save_corrective(net, args.out, dtype=torch.float16 if args.fp16 else torch.float32,
                     extra={"trained": trained})
@@ -254,13 +254,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def setup_run(args: argparse.Namespace, name: str) -> None:
+    """Device, cache folder and threads of a trainer over a prior's latents (this one and
+    ``scorestudio.metrics.train_latent_probe``); prints its banner."""
     args.device = torch.device(args.device)
     args.cache_dir = args.cache_dir or args.prior_work_dir / "cache"
     torch.set_num_threads(args.threads)
-    print(f"== manifold corrective: lr {args.lr:g}, batch {args.batch_size}, budget {args.minutes:g} min, "
+    print(f"== {name}: lr {args.lr:g}, batch {args.batch_size}, budget {args.minutes:g} min, "
           f"threads {args.threads}, device {args.device}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    setup_run(args, "manifold corrective")
     return train(args)
 
 

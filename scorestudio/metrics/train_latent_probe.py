@@ -41,8 +41,8 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from scorestudio.guidance.repulsion import repulsion_gradient  # noqa: E402
-from scorestudio.guidance.train_manifold_corrective import (_portable, add_prior_arguments, latents_for,  # noqa: E402
-                                                            load_prior, sample_latents)
+from scorestudio.guidance.train_manifold_corrective import (add_prior_arguments, latents_for, load_prior,  # noqa: E402
+                                                            repo_relative, sample_latents, setup_run)
 from scorestudio.metrics.probe import DEFAULT_LATENT_PROBE_DIR, Probe, load_probe  # noqa: E402
 from scorestudio.priors.embedded_arch import ProbeConfig, parameter_count  # noqa: E402
 from scorestudio.priors.train import (EMA, StageRun, add_run_arguments, epoch_batch, export_probe,  # noqa: E402
@@ -195,7 +195,7 @@ def train(args: argparse.Namespace) -> dict:
     shipped = load_probe(args.out)   # evaluate what ships (fp16 weights)
     metrics = {**evaluate(shipped, teacher.cpu(), prior.to("cpu"), test, var, args), "steps": run.step,
                "minutes": round(run.elapsed / 60, 2), "parameters": parameter_count(shipped),
-               "prior": _portable(args.prior_path), "total_minutes": round((time.time() - start) / 60, 2)}
+               "prior": repo_relative(args.prior_path), "total_minutes": round((time.time() - start) / 60, 2)}
     write_json(args.work_dir / "metrics.json", metrics)
     write_json(Path(args.out) / "metrics.json", metrics)
     print(f"[latent-probe] held-out feature R² {metrics['feature_r2']:.3f}, colour agreement "
@@ -229,11 +229,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    args.device = torch.device(args.device)
-    args.cache_dir = args.cache_dir or args.prior_work_dir / "cache"
-    torch.set_num_threads(args.threads)
-    print(f"== latent probe: lr {args.lr:g}, batch {args.batch_size}, budget {args.minutes:g} min, "
-          f"threads {args.threads}, device {args.device}", flush=True)
+    setup_run(args, "latent probe")
     return train(args)
 
 
