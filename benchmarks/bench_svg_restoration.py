@@ -9,8 +9,9 @@ rasterization against the sharp ground truth, the same for the baseline (bicubic
 the measurement; for blur the blurry image itself), the measurement residual, and the fraction
 of restorations the probe classifies as the ground truth's shape and colour.
 
-Text-to-SVG: "a yellow star icon" with 4 particles (fraction classified star, yellow, both), and
-"an icon" with and without repulsion over 3 seeds (distinct probe shapes among the particles).
+Text-to-SVG: "a yellow star icon" with 4 particles (fraction classified star, yellow, both) and
+"an icon" with and without repulsion (distinct probe shapes among the particles), each over
+``--t2s-seeds`` seeds.
 
     python benchmarks/bench_svg_restoration.py                                # everything (slow)
     python benchmarks/bench_svg_restoration.py --icons 3 --steps 200 --skip-text-to-svg
@@ -48,8 +49,9 @@ def jobs(args: argparse.Namespace) -> list[tuple]:
     """Every run: ("restore", task, icon, distillation), ("star", seed), ("icon", γ, seed)."""
     out = []
     if not args.skip_text_to_svg:   # the few text-to-SVG runs first, so that a cut-short shard has them
-        out.append(("star", args.seed))
-        out += [("icon", gamma, seed) for gamma in (0.0, args.gamma) for seed in range(args.seed, args.seed + args.t2s_seeds)]
+        seeds = range(args.seed, args.seed + args.t2s_seeds)
+        out += [("star", seed) for seed in seeds]
+        out += [("icon", gamma, seed) for gamma in (0.0, args.gamma) for seed in seeds]
     if not args.skip_restoration:   # icons outermost: every icon has both operators and both methods
         out += [("restore", task, index, method == "dreamsampler") for index in range(args.icons)
                 for task in args.operators for method in args.methods]
@@ -99,16 +101,21 @@ def summarize_restoration(rows: list[dict]) -> dict:
 
 
 def text_to_svg_checks(rows: list[dict]) -> dict | None:
-    """Star fidelity (4 particles) and "an icon" diversity with/without repulsion over seeds."""
+    """Star fidelity (4 particles, fractions averaged over seeds) and "an icon" diversity with/without
+    repulsion over seeds."""
     stars = [r for r in rows if r["kind"] == "star"]
     if not stars:
         return None
-    classes = stars[0]["classes"]
-    n = max(1, len(classes))
-    out = {"star": {"star": sum(c["shape"] == "star" for c in classes) / n,
-                    "yellow": sum(c["color"] == "yellow" for c in classes) / n,
-                    "star_and_yellow": sum(c["shape"] == "star" and c["color"] == "yellow" for c in classes) / n,
-                    "quality": stars[0]["quality"], "classes": classes}}
+
+    def fraction(test) -> float:
+        return statistics.fmean(sum(map(test, r["classes"])) / max(1, len(r["classes"])) for r in stars)
+
+    out = {"star": {"star": fraction(lambda c: c["shape"] == "star"),
+                    "yellow": fraction(lambda c: c["color"] == "yellow"),
+                    "star_and_yellow": fraction(lambda c: c["shape"] == "star" and c["color"] == "yellow"),
+                    "star_and_yellow_per_seed": [sum(c["shape"] == "star" and c["color"] == "yellow"
+                                                     for c in r["classes"]) / max(1, len(r["classes"])) for r in stars],
+                    "quality": statistics.fmean(r["quality"] for r in stars), "seeds": len(stars)}}
     icons = [r for r in rows if r["kind"] == "icon"]
     for gamma in sorted({r["gamma"] for r in icons}):
         runs = [r for r in icons if r["gamma"] == gamma]
@@ -135,8 +142,9 @@ def markdown(summary: dict, t2s: dict | None) -> str:
     if t2s:
         s = t2s["star"]
         lines += ["", "| text-to-svg check | value |", "|---|---|",
-                  f"| \"a yellow star icon\": star / yellow / both | {s['star']:.2f} / {s['yellow']:.2f} / "
-                  f"{s['star_and_yellow']:.2f} |"]
+                  f"| \"a yellow star icon\": star / yellow / both ({s['seeds']} seeds; both per seed "
+                  f"{', '.join(f'{v:.2f}' for v in s['star_and_yellow_per_seed'])}) | {s['star']:.2f} / "
+                  f"{s['yellow']:.2f} / {s['star_and_yellow']:.2f} |"]
         for key, e in t2s.items():
             if key.startswith("an_icon"):
                 lines.append(f"| \"an icon\" γ = {key.removeprefix('an_icon_gamma')}: distinct shapes / colours, "
@@ -156,7 +164,7 @@ def main() -> None:
     parser.add_argument("--ds-overrides", nargs="*", default=[],
                         help="extra config overrides of the DreamSampler runs, e.g. system.guidance.guidance_scale=20")
     parser.add_argument("--t2s-steps", type=int, default=500, help="steps of the text-to-SVG runs")
-    parser.add_argument("--t2s-seeds", type=int, default=3, help="seeds of the \"an icon\" diversity check")
+    parser.add_argument("--t2s-seeds", type=int, default=3, help="seeds of the text-to-SVG checks")
     parser.add_argument("--gamma", type=float, default=20.0, help="repulsion γ of the diversity check")
     parser.add_argument("--skip-restoration", action="store_true")
     parser.add_argument("--skip-text-to-svg", action="store_true")
