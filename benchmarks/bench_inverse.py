@@ -135,14 +135,14 @@ def summarize_rows(rows: list[dict]) -> dict:
 
 
 def markdown_table(summary: dict, particles: int) -> str:
-    lines = [f"| task | method | γ | PSNR mean | PSNR best-of-{particles} | SSIM mean | SSIM best-of-{particles} | "
-             "residual | diversity | s / image | both PR modes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| task | method | γ | images | PSNR mean | PSNR best-of-{particles} | SSIM mean | "
+             f"SSIM best-of-{particles} | residual | diversity | s / image | both PR modes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for task, methods in summary.items():
         for method, e in methods.items():
             modes = f"{e['images_with_both_modes']}/{e['images']}" if "images_with_both_modes" in e else ""
             gamma = e["gamma"] if isinstance(e["gamma"], list) else f"{e['gamma']:g}"   # a number or a schedule
-            lines.append(f"| {task} | {method} | {gamma} | {e['psnr_mean']:.2f} | {e['psnr_best']:.2f} | "
+            lines.append(f"| {task} | {method} | {gamma} | {e['images']} | {e['psnr_mean']:.2f} | {e['psnr_best']:.2f} | "
                          f"{e['ssim_mean']:.3f} | {e['ssim_best']:.3f} | {e['consistency_mean']:.4f} | "
                          f"{e.get('diversity', float('nan')):.3f} | {e['time_s']:.1f} | {modes} |")
     return "\n".join(lines) + "\n"

@@ -71,7 +71,9 @@ def run_job(job: tuple, args: argparse.Namespace) -> dict:
                **{k: metrics[k] for k in RESTORATION_COLUMNS}, "classes": metrics.get("classes")}
         print(f"{tag:28s} " + " ".join(f"{k}={row[k]:.3f}" for k in RESTORATION_COLUMNS), flush=True)
         return row
-    common = [f"trainer.max_steps={args.t2s_steps}", "system.n_particles=4", f"system.paths.num_paths={args.paths}"]
+    common = [f"trainer.max_steps={args.t2s_steps}", "system.n_particles=4"]
+    if args.t2s_paths:
+        common.append(f"system.paths.num_paths={args.t2s_paths}")
     if job[0] == "star":
         metrics = sharding.launch("text-to-svg.yaml", args, "star", *common, "system.prompt_processor.prompt=a yellow star icon",
                          f"seed={job[1]}")
@@ -158,7 +160,8 @@ def main() -> None:
     parser.add_argument("--icons", type=int, default=10, help="M held-out icons per operator")
     parser.add_argument("--steps", type=int, default=1000, help="optimisation steps per restoration")
     parser.add_argument("--operators", nargs="+", default=list(OPERATORS), choices=list(OPERATORS))
-    parser.add_argument("--paths", type=int, default=48, help="paths per SVG")
+    parser.add_argument("--paths", type=int, default=48, help="paths per restored SVG")
+    parser.add_argument("--t2s-paths", type=int, default=None, help="paths per text-to-SVG particle (default: the config's)")
     parser.add_argument("--methods", nargs="+", default=["dreamsampler", "data-only"],
                         choices=["dreamsampler", "data-only"], help="restorations with and without distillation")
     parser.add_argument("--ds-overrides", nargs="*", default=[],
