@@ -86,13 +86,19 @@ def run_shard(jobs: Sequence[tuple], run_one: Callable[[tuple], dict], args: arg
 
 
 def merged(files: Sequence[str], key: str = "rows") -> list:
-    """The concatenated ``key`` lists of the shard files (missing files are an error)."""
-    out = []
+    """The concatenated ``key`` lists of the shard files (missing files are an error); a job found
+    in several files (a shard extended into a new file) counts once, from the first file."""
+    out, seen = [], set()
     for name in files:
         path = Path(name)
         if not path.is_file():
             raise SystemExit(f"--merge: {path} not found")
-        out += json.loads(path.read_text()).get(key) or []
+        for row in json.loads(path.read_text()).get(key) or []:
+            job = json.dumps(row.get("job"))
+            if "job" in row and job in seen:
+                continue
+            seen.add(job)
+            out.append(row)
     return out
 
 

@@ -41,5 +41,8 @@ def test_run_shard_resumes_and_merge(tmp_path):
     other = tmp_path / "t.json"
     other.write_text(json.dumps({"rows": [{"value": 99}]}))
     assert [r["value"] for r in sharding.merged([str(out), str(other)])] == [0, 10, 20, 30, 99]
+    extended = tmp_path / "u.json"   # a shard continued into a new file repeats jobs: counted once
+    extended.write_text(json.dumps({"rows": [{"job": [1], "value": -1}, {"job": [4], "value": 40}]}))
+    assert [r["value"] for r in sharding.merged([str(out), str(extended)])] == [0, 10, 20, 30, 40]
     with pytest.raises(SystemExit, match="not found"):
         sharding.merged([str(tmp_path / "missing.json")])
