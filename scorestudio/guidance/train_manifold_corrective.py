@@ -63,8 +63,13 @@ def load_prior(args: argparse.Namespace):
     return find(args.prior_type, kind="priors")({"pretrained_model_name_or_path": str(args.prior_path)})
 
 
-def add_prior_arguments(p: argparse.ArgumentParser) -> None:
-    """Which prior's latents to train on (this command and ``scorestudio.metrics.train_latent_probe``)."""
+def add_trainer_arguments(p: argparse.ArgumentParser, out: Path, out_help: str, work_dir: Path, work_help: str,
+                          minutes: float, batch_size: int, lr: float) -> None:
+    """Options every trainer over a prior's latents shares (this one and
+    ``scorestudio.metrics.train_latent_probe``), with its own defaults: output and work folders,
+    which prior, budget, batch, learning rate, resumption, and the prior trainer's run options."""
+    p.add_argument("--out", type=Path, default=out, help=out_help)
+    p.add_argument("--work-dir", type=Path, default=work_dir, help=work_help)
     p.add_argument("--prior-type", default="embedded", help="registered prior (embedded, stable-diffusion, ...)")
     p.add_argument("--prior-path", type=Path, default=EMBEDDED_WEIGHTS, help="the prior's weights folder")
     p.add_argument("--prior-work-dir", type=Path, default=WORK_DIR,
@@ -72,6 +77,12 @@ def add_prior_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="rendered images (default PRIOR_WORK_DIR/cache)")
     p.add_argument("--resolution", type=int, default=64,
                    help="render size for non-embedded priors (they resize to their own image size)")
+    p.add_argument("--minutes", type=float, default=minutes, help="training wall-clock budget, summed over resumed runs")
+    p.add_argument("--steps", type=int, default=None, help="stop at this total step count")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--resume", action="store_true", help="continue from WORK/ckpt.pt")
+    add_run_arguments(p)   # cache sizes, checkpoint period, seed, threads, device: as the prior trainer
 
 
 def latents_for(args: argparse.Namespace, prior, split: str, n_images: int) -> LatentCache:
@@ -238,19 +249,12 @@ def train(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train LMC-SDS's manifold corrective b̂ψ for a prior.")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="weights folder (config.json + model.safetensors)")
-    p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="checkpoint, loss.csv, metrics.json")
-    add_prior_arguments(p)
-    p.add_argument("--minutes", type=float, default=22.0, help="training wall-clock budget, summed over resumed runs")
-    p.add_argument("--steps", type=int, default=None, help="stop at this total step count")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    add_trainer_arguments(p, DEFAULT_OUT, "weights folder (config.json + model.safetensors)", DEFAULT_WORK,
+                          "checkpoint, loss.csv, metrics.json", minutes=22.0, batch_size=128, lr=1e-3)
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128], help="filters per U-Net level")
     p.add_argument("--time-frequencies", type=int, default=6)
     p.add_argument("--t-range", type=float, nargs=2, default=[0.02, 0.98], help="t/T ~ U(lo, hi)")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True, help="store fp16 weights")
-    p.add_argument("--resume", action="store_true", help="continue from WORK/ckpt.pt")
-    add_run_arguments(p)   # cache sizes, checkpoint period, seed, threads, device: as the prior trainer
     return p.parse_args(argv)
 
 

@@ -41,12 +41,11 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from scorestudio.guidance.repulsion import repulsion_gradient  # noqa: E402
-from scorestudio.guidance.train_manifold_corrective import (add_prior_arguments, latents_for, load_prior,  # noqa: E402
+from scorestudio.guidance.train_manifold_corrective import (add_trainer_arguments, latents_for, load_prior,  # noqa: E402
                                                             repo_relative, sample_latents, setup_run)
 from scorestudio.metrics.probe import DEFAULT_LATENT_PROBE_DIR, Probe, load_probe  # noqa: E402
 from scorestudio.priors.embedded_arch import ProbeConfig, parameter_count  # noqa: E402
-from scorestudio.priors.train import (EMA, StageRun, add_run_arguments, epoch_batch, export_probe,  # noqa: E402
-                                      prepare_run, seeded_init, train_loop)
+from scorestudio.priors.train import EMA, StageRun, epoch_batch, export_probe, prepare_run, seeded_init, train_loop  # noqa: E402,E501
 from scorestudio.utils.io import atomic_open, write_json  # noqa: E402
 from scorestudio.utils.seeding import generator  # noqa: E402
 
@@ -207,23 +206,16 @@ def train(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Distil the probe onto a prior's latents (cheap repulsion features).")
-    p.add_argument("--out", type=Path, default=DEFAULT_LATENT_PROBE_DIR, help="weights folder")
-    p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="pool, checkpoint, loss.csv, metrics.json")
+    add_trainer_arguments(p, DEFAULT_LATENT_PROBE_DIR, "weights folder", DEFAULT_WORK,
+                          "pool, checkpoint, loss.csv, metrics.json", minutes=12.0, batch_size=256, lr=2e-3)
     p.add_argument("--probe", type=Path, default=None, help="the image probe to distil (default: shipped)")
-    add_prior_arguments(p)
     p.add_argument("--pool-size", type=int, default=32768, help="training pairs (decoded once)")
     p.add_argument("--test-pool-size", type=int, default=4096, help="held-out pairs from the test split")
     p.add_argument("--pool-chunk", type=int, default=1024, help="pairs per pool file (the unit of resumption)")
     p.add_argument("--gauss-fraction", type=float, default=0.15, help="share of N(0, I) latents in the pool")
     p.add_argument("--blend-fraction", type=float, default=0.15, help="share of two-image blends in the pool")
     p.add_argument("--eval-ensembles", type=int, default=16, help="ensembles per t in the gradient-cosine check")
-    p.add_argument("--minutes", type=float, default=12.0, help="training wall-clock budget, summed over resumed runs")
-    p.add_argument("--steps", type=int, default=None, help="stop at this total step count")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--channels", type=int, nargs="+", default=[128, 256], help="filters per stride-2 stage")
-    p.add_argument("--resume", action="store_true", help="continue from WORK/ckpt.pt")
-    add_run_arguments(p)
     return p.parse_args(argv)
 
 

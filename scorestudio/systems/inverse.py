@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from scorestudio.data.operators import Operator, build_operator
-from scorestudio.guidance.base import BaseGuidance, GuidanceCall, RepulsionConfig
+from scorestudio.guidance.base import NETWORK_FEATURES, BaseGuidance, GuidanceCall, RepulsionConfig
 from scorestudio.priors.base import DiffusionPrior, resize_square
 from scorestudio.systems.base import BaseSystem
 from scorestudio.utils.config import ConfigError, parse_structured
@@ -189,7 +189,7 @@ class InverseSolver(nn.Module):
         if self.method.hybrid and rep.kernel.interacting is None:
             rep = dataclasses.replace(rep, kernel=dataclasses.replace(rep.kernel, interacting=self.n_particles - 1))
         guidance = BaseGuidance({"repulsion": rep}, path=path)
-        if rep.features in ("probe", "latent_probe", "dinov2") and (rep.gamma.start_value or rep.gamma.end_value):
+        if rep.features in NETWORK_FEATURES and (rep.gamma.start_value or rep.gamma.end_value):
             guidance.feature_network(self.prior)   # fail now, not at the first step, if weights are missing
         return guidance
 

@@ -487,7 +487,7 @@ class SvgRestorationSystem(SvgDistillationSystem):
         lambda_dc: float = 1.0             # λ of the data-consistency term
         distillation: bool = True          # False: data term (+ Xing) only, the paper's ablation (no prior needed)
         # Weight of the distillation loss, scheduled: the prior resolves what the measurement leaves
-        # open early on, and a weak prior (the embedded one's VAE caps its images near 30 dB) must
+        # open early on, and a weak prior (the embedded one's VAE caps its images near 31 dB) must
         # not pull the end result away from the data.
         distillation_weight: ScheduledFloat = schedulable(1.0)
         guidance_type: str = "dreamsampler"
