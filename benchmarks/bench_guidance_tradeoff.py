@@ -134,14 +134,18 @@ def summarize(rows: list[dict]) -> dict:
     return summary
 
 
+def sweep_jobs(args: argparse.Namespace) -> list[tuple]:
+    """(method, prompt, seed, γ) of the requested sweep, plus the DDIM ancestral reference runs."""
+    # Seeds outermost: a shard cut short still holds whole seeds of every method, prompt and γ.
+    jobs = [(m, p, s, g) for s in range(args.seeds) for m in args.methods for p in args.prompts for g in args.gammas]
+    return jobs + [("ancestral", p, s, None) for s in range(args.seeds) for p in args.prompts]
+
+
 def run_jobs(args: argparse.Namespace) -> list[dict]:
     """The rows of this shard's runs (distillation and DDIM ancestral reference)."""
     device = sharding.device(args)
     torch.set_num_threads(args.threads)
     probe = load_probe().to(device)
-    # Seeds outermost: a shard cut short still holds whole seeds of every method, prompt and γ.
-    jobs = [(m, p, s, g) for s in range(args.seeds) for m in args.methods for p in args.prompts for g in args.gammas]
-    jobs += [("ancestral", p, s, None) for s in range(args.seeds) for p in args.prompts]
     prior = None
 
     def run_one(job: tuple) -> dict:
@@ -157,7 +161,7 @@ def run_jobs(args: argparse.Namespace) -> list[dict]:
             res = distill(method, prompt, seed, gamma, args.n, args.steps, probe, device, args.features)
         return {"method": method, "prompt": prompt, "seed": seed, "gamma": gamma, **res}
 
-    return sharding.run_shard(jobs, run_one, args)
+    return sharding.run_shard(sweep_jobs(args), run_one, args)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -176,7 +180,8 @@ def main() -> None:
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
-    rows = sharding.merged(args.merge) if args.merge else run_jobs(args)
+    # --merge summarises the requested sweep (prompts × methods × γ × seeds) out of the files.
+    rows = sharding.merged(args.merge, jobs=sweep_jobs(args)) if args.merge else run_jobs(args)
     summary = summarize(rows)
     methods = [m for m in summary if m != "ancestral"]
     result = {"args": vars(args), "summary": summary, "rows": rows}

@@ -11,6 +11,8 @@ repulsion) through ``launch.py``'s ``run`` and reads the probe metrics of the te
 
     python benchmarks/bench_text_to_3d.py                               # 2 + 2·3 runs
     python benchmarks/bench_text_to_3d.py --steps 100 --seeds 1         # a quick look
+    python benchmarks/bench_text_to_3d.py --checks quality --quality-seeds 0 1 2 \
+        --overrides system.loss.lambda_sparsity=2 --work-dir outputs/t3d-sparsity   # a variant over seeds
     python benchmarks/bench_text_to_3d.py --device cuda --shard 0/4 --out /tmp/t0.json   # see sharding.py
 
 Writes ``benchmarks/results/text_to_3d.json`` (arguments, summary, per-run rows) and ``text_to_3d.md``.
@@ -33,7 +35,8 @@ QUALITY_PROMPTS = ("a red cube", "a blue sphere")
 
 def jobs(args: argparse.Namespace) -> list[tuple]:
     """("quality", prompt, seed) and ("diversity", γ, seed) runs."""
-    out = [("quality", prompt, args.seed) for prompt in args.quality_prompts] if "quality" in args.checks else []
+    out = ([("quality", prompt, seed) for seed in args.quality_seeds for prompt in args.quality_prompts]
+           if "quality" in args.checks else [])
     if "diversity" in args.checks:
         out += [("diversity", gamma, seed) for gamma in (0.0, args.gamma) for seed in range(args.seeds)]
     return out
@@ -65,13 +68,15 @@ def run_job(job: tuple, args: argparse.Namespace) -> dict:
 
 def summarize(rows: list[dict]) -> dict:
     summary: dict = {"quality": {}, "diversity": {}}
-    for row in rows:
-        if row["kind"] == "quality":
-            fractions = [f for f in row["shape_fraction"] + row["color_fraction"] if f is not None]
-            summary["quality"][row["prompt"]] = {
-                "min_shape_fraction": min(f for f in row["shape_fraction"] if f is not None),
-                "min_color_fraction": min(f for f in row["color_fraction"] if f is not None),
-                "every_particle_80": bool(fractions) and min(fractions) >= 0.8, "time_s": row["time_s"]}
+    for prompt in dict.fromkeys(r["prompt"] for r in rows if r["kind"] == "quality"):
+        group = [r for r in rows if r["kind"] == "quality" and r["prompt"] == prompt]
+        shapes = [f for r in group for f in r["shape_fraction"]]
+        colors = [f for r in group for f in r["color_fraction"]]
+        summary["quality"][prompt] = {
+            "min_shape_fraction": min(shapes), "min_color_fraction": min(colors),
+            "particles_80": sum(min(s, c) >= 0.8 for s, c in zip(shapes, colors)), "particles": len(shapes),
+            "every_particle_80": min(shapes + colors) >= 0.8, "seeds": len(group),
+            "time_s": statistics.fmean(r["time_s"] for r in group)}
     for gamma in sorted({r["gamma"] for r in rows if r["kind"] == "diversity"}):
         group = [r for r in rows if r["kind"] == "diversity" and r["gamma"] == gamma]
         summary["diversity"][f"gamma{gamma:g}"] = {
@@ -83,10 +88,11 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| prompt | min shape fraction | min colour fraction | all particles ≥ 0.8 | s / run |", "|---|---|---|---|---|"]
+    lines = ["| prompt | seeds | min shape fraction | min colour fraction | particles ≥ 0.8 | s / run |",
+             "|---|---|---|---|---|---|"]
     for prompt, e in summary["quality"].items():
-        lines.append(f"| {prompt} | {e['min_shape_fraction']:.2f} | {e['min_color_fraction']:.2f} | "
-                     f"{e['every_particle_80']} | {e['time_s']:.0f} |")
+        lines.append(f"| {prompt} | {e['seeds']} | {e['min_shape_fraction']:.2f} | {e['min_color_fraction']:.2f} | "
+                     f"{e['particles_80']}/{e['particles']} | {e['time_s']:.0f} |")
     lines += ["", "| \"a cube\", 4 particles | distinct colours | distinct shapes | diversity | seeds |",
               "|---|---|---|---|---|"]
     for key, e in summary["diversity"].items():
@@ -99,7 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the diversity check")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the quality runs")
+    parser.add_argument("--quality-seeds", type=int, nargs="+", default=[0], help="seeds of the quality runs")
     parser.add_argument("--gamma", type=float, default=10.0, help="repulsion γ of the diversity check")
     parser.add_argument("--checks", nargs="+", default=["quality", "diversity"], choices=["quality", "diversity"])
     parser.add_argument("--quality-prompts", nargs="+", default=list(QUALITY_PROMPTS))

@@ -16,7 +16,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
 from tqdm import tqdm
@@ -34,11 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser, work_dir: Path) -> None:
-    """The options :func:`launch` reads: ``--prior``, ``--probe``, ``--threads``, ``--work-dir``."""
+    """The options :func:`launch` reads: ``--prior``, ``--probe``, ``--threads``, ``--work-dir``, ``--overrides``."""
     parser.add_argument("--prior", default=None, help="prior folder (default: the shipped embedded prior)")
     parser.add_argument("--probe", default=None, help="probe folder for metrics and repulsion (default: shipped)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--work-dir", default=str(work_dir), help="run folders")
+    parser.add_argument("--overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run (give each variant its own --work-dir)")
 
 
 def configure_launches(args: argparse.Namespace) -> None:
@@ -85,9 +87,11 @@ def run_shard(jobs: Sequence[tuple], run_one: Callable[[tuple], dict], args: arg
     return rows
 
 
-def merged(files: Sequence[str], key: str = "rows") -> list:
+def merged(files: Sequence[str], key: str = "rows", jobs: Optional[Sequence[tuple]] = None) -> list:
     """The concatenated ``key`` lists of the shard files (missing files are an error); a job found
-    in several files (a shard extended into a new file) counts once, from the first file."""
+    in several files (a shard extended into a new file) counts once, from the first file. With
+    ``jobs``, only the rows of those jobs are kept (a balanced sweep out of larger shard files)."""
+    wanted = None if jobs is None else {json.dumps(list(job)) for job in jobs}
     out, seen = [], set()
     for name in files:
         path = Path(name)
@@ -95,7 +99,7 @@ def merged(files: Sequence[str], key: str = "rows") -> list:
             raise SystemExit(f"--merge: {path} not found")
         for row in json.loads(path.read_text()).get(key) or []:
             job = json.dumps(row.get("job"))
-            if "job" in row and job in seen:
+            if ("job" in row and job in seen) or (wanted is not None and job not in wanted):
                 continue
             seen.add(job)
             out.append(row)
@@ -113,7 +117,7 @@ def launch(config: str, args: argparse.Namespace, tag: str, *overrides: str) -> 
     root = Path(__file__).resolve().parents[1]
     argv = ["--config", str(root / "configs" / config), "--train", f"exp_root_dir={args.work_dir}", f"tag={tag}",
             "use_timestamp=false", "trainer.enable_progress_bar=false", "checkpoint.every_n_train_steps=0",
-            *overrides]
+            *overrides, *args.overrides]
     if args.prior:
         argv.append(f"system.prior.pretrained_model_name_or_path={args.prior}")
     if args.probe:

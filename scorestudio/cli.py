@@ -142,7 +142,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
 
     parsed = to_plain(exp)
     parsed["system"] = to_plain(system.cfg)
-    run_ctx.prepare(parsed, argv=["launch.py", *sys.argv[1:]] if sys.argv else None)
+    run_ctx.prepare(parsed, argv=["launch.py", *sys.argv[1:]] if sys.argv else None, mode=args.mode)
     print(f"[scorestudio] run folder: {run_ctx.root}")
 
     trainer = make_trainer(exp, run_ctx, accelerator, devices)

@@ -48,6 +48,17 @@ def test_run_folder_layout_and_metrics(tmp_path):
     assert (run(args, extra).root / "ckpts/last.ckpt").is_file()
 
 
+def test_test_mode_keeps_the_training_config(tmp_path):
+    """--test with overrides on a finished run writes parsed-test.yaml, not over parsed.yaml."""
+    ctx = train(tmp_path, "trainer.max_steps=10")
+    before = (ctx.root / "configs/parsed.yaml").read_text()
+    args, extra = parse_args(["--config", str(ctx.root / "configs/parsed.yaml"), "--test",
+                              f"resume={ctx.root / 'ckpts/last.ckpt'}", "system.kernel.bandwidth_mode=per_row"])
+    run(args, extra)
+    assert (ctx.root / "configs/parsed.yaml").read_text() == before
+    assert yaml.safe_load((ctx.root / "configs/parsed-test.yaml").read_text())["system"]["kernel"]["bandwidth_mode"] == "per_row"
+
+
 def test_resume_equals_uninterrupted_run(tmp_path):
     train(tmp_path, "trainer.max_steps=40", tag="full")
     train(tmp_path, "trainer.max_steps=20", tag="part")

@@ -2,6 +2,7 @@
 
     <exp_root_dir>/<name>/<tag>@<YYYYMMDD-HHMMSS>/
         configs/parsed.yaml   fully resolved config, re-runnable with --config
+        configs/parsed-<mode>.yaml   the config of a later --test / --validate / --export
         ckpts/last.ckpt       written atomically, resumable with resume=...
         save/                 images, videos, meshes, SVGs
         metrics.json          final scalar metrics of the run
@@ -92,13 +93,17 @@ class RunContext:
     def metrics_path(self) -> Path:
         return self.root / "metrics.json"
 
-    def prepare(self, parsed_config: Any = None, argv: Optional[list[str]] = None) -> None:
+    def prepare(self, parsed_config: Any = None, argv: Optional[list[str]] = None, mode: str = "train") -> None:
+        """Creates the folders, writes the resolved config and appends the command line. A run
+        resumed for --test / --export writes ``parsed-<mode>.yaml``: its overrides must not
+        replace the record of how the weights were trained."""
         for sub in ("configs", "ckpts", "save"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         if parsed_config is not None:
             from scorestudio.utils.config import dump_config
 
-            dump_config(parsed_config, self.root / "configs" / "parsed.yaml")
+            name = "parsed.yaml" if mode == "train" else f"parsed-{mode}.yaml"
+            dump_config(parsed_config, self.root / "configs" / name)
         argv = sys.argv if argv is None else argv
         with open(self.root / "cmd.txt", "a") as handle:
             handle.write(shlex.join(["python", *argv]) + "\n")
