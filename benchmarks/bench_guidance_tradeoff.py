@@ -137,7 +137,7 @@ def summarize(rows: list[dict]) -> dict:
 def sweep_jobs(args: argparse.Namespace) -> list[tuple]:
     """(method, prompt, seed, γ) of the requested sweep, plus the DDIM ancestral reference runs."""
     # Seeds outermost: a shard cut short still holds whole seeds of every method, prompt and γ.
-    jobs = [(m, p, s, g) for s in range(args.seeds) for m in args.methods for p in args.prompts for g in args.gammas]
+    jobs = [(m, p, s, float(g)) for s in range(args.seeds) for m in args.methods for p in args.prompts for g in args.gammas]
     return jobs + [("ancestral", p, s, None) for s in range(args.seeds) for p in args.prompts]
 
 
