@@ -6,7 +6,7 @@ repulsion) through ``launch.py``'s ``run`` and reads the probe metrics of the te
 
 - quality: "a red cube" and "a blue sphere" — per particle the fraction of frames classified as
   the prompted shape and colour (target ≥ 0.8 for every particle);
-- diversity: "a cube", 4 particles, seeds 0..S−1, with repulsion (γ = ``--gamma``) and without —
+- diversity: "a cube", 4 particles, seeds 0..S−1, for each γ of ``--gammas`` (0 = no repulsion) —
   the number of distinct colours among the particles (majority vote over each particle's frames).
 
     python benchmarks/bench_text_to_3d.py                               # 2 + 2·3 runs
@@ -38,7 +38,7 @@ def jobs(args: argparse.Namespace) -> list[tuple]:
     out = ([("quality", prompt, seed) for seed in args.quality_seeds for prompt in args.quality_prompts]
            if "quality" in args.checks else [])
     if "diversity" in args.checks:
-        out += [("diversity", gamma, seed) for gamma in (0.0, args.gamma) for seed in range(args.seeds)]
+        out += [("diversity", gamma, seed) for gamma in args.gammas for seed in range(args.seeds)]
     return out
 
 
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the diversity check")
     parser.add_argument("--quality-seeds", type=int, nargs="+", default=[0], help="seeds of the quality runs")
-    parser.add_argument("--gamma", type=float, default=10.0, help="repulsion γ of the diversity check")
+    parser.add_argument("--gammas", type=float, nargs="+", default=[0.0, 10.0], help="repulsion γ of the diversity check")
     parser.add_argument("--checks", nargs="+", default=["quality", "diversity"], choices=["quality", "diversity"])
     parser.add_argument("--quality-prompts", nargs="+", default=list(QUALITY_PROMPTS))
     parser.add_argument("--quality-gamma", type=float, default=None,
