@@ -41,15 +41,13 @@ WARMUP_STEPS = 5   # steps before the per-step timer starts
 
 
 def distill(method: str, prompt: str, seed: int, gamma: float, n: int, steps: int, probe,
-            device: torch.device, features: str | None = None) -> dict:
+            device: torch.device, extra: list[str] = ()) -> dict:
     """One image-particles run; returns probe metrics and the mean time per step.
 
-    ``features``: the repulsion's feature map (``None``: the config's).
+    ``extra``: further config overrides (``KEY=VALUE``), e.g. the repulsion's feature map.
     """
     overrides = [f"system.prompt_processor.prompt={prompt}", f"system.n_particles={n}",
-                 f"system.guidance.repulsion.gamma={gamma}"]
-    if features:
-        overrides.append(f"system.guidance.repulsion.features={features}")
+                 f"system.guidance.repulsion.gamma={gamma}", *extra]
     cfg = load_config(ROOT / "configs" / f"image-particles-{method}.yaml", overrides)
     torch.manual_seed(seed)   # library-initialised modules (VSD's LoRA) draw from the global RNG
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,6 +132,12 @@ def summarize(rows: list[dict]) -> dict:
     return summary
 
 
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """The config overrides of every run: ``--features`` and ``--overrides``."""
+    features = [f"system.guidance.repulsion.features={args.features}"] if args.features else []
+    return features + args.overrides
+
+
 def sweep_jobs(args: argparse.Namespace) -> list[tuple]:
     """(method, prompt, seed, γ) of the requested sweep, plus the DDIM ancestral reference runs."""
     # Seeds outermost: a shard cut short still holds whole seeds of every method, prompt and γ.
@@ -158,7 +162,7 @@ def run_jobs(args: argparse.Namespace) -> list[dict]:
                 prior = EmbeddedPrior({}).to(device)
             res = ancestral(prior, prompt, seed, args.n, probe)
         else:
-            res = distill(method, prompt, seed, gamma, args.n, args.steps, probe, device, args.features)
+            res = distill(method, prompt, seed, gamma, args.n, args.steps, probe, device, run_overrides(args))
         return {"method": method, "prompt": prompt, "seed": seed, "gamma": gamma, **res}
 
     return sharding.run_shard(sweep_jobs(args), run_one, args)
@@ -173,6 +177,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--features", default=None, choices=["latent", "pixel", "probe", "latent_probe", "dinov2"],
                         help="repulsion feature map (default: the configs')")
+    parser.add_argument("--overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run, e.g. system.guidance.repulsion.on=clean")
     parser.add_argument("--out", default=str(RESULTS / "guidance_tradeoff.json"))
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     sharding.add_arguments(parser)

@@ -128,6 +128,26 @@ def test_repulsion_adds_kernel_gradient_on_latents(tiny_embedded):
     assert torch.allclose(g_rep - z.grad, expected, atol=1e-5)
 
 
+def test_repulsion_on_clean_particles(tiny_embedded):
+    """on="clean": the kernel acts on z_0, not on z_t; an unknown value is an error."""
+    prior = tiny_embedded
+    from scorestudio.guidance.base import GuidanceCall
+    from scorestudio.guidance.repulsion import kernel_log_density_grad
+
+    z = latents_for(prior, 3)
+    noisy = torch.randn_like(z)
+    call = GuidanceCall(prior, z, noisy, noisy, torch.full((3,), 500), None, torch.arange(3), 0, 0)
+    rep = {"gamma": 2.0, "features": "latent", "scale": "one"}
+    clean = scorestudio.find("sds")({"rgb_as_latents": True, "repulsion": {**rep, "on": "clean"}})
+    expected = 2.0 * kernel_log_density_grad(z.detach().flatten(1)).view_as(z)
+    assert torch.allclose(clean.repulsion_term(call), expected, atol=1e-6)
+    noisy_rep = scorestudio.find("sds")({"rgb_as_latents": True, "repulsion": rep}).repulsion_term(call)
+    assert not torch.allclose(noisy_rep, expected, atol=1e-3)
+    bad = scorestudio.find("sds")({"rgb_as_latents": True, "repulsion": {**rep, "on": "both"}})
+    with pytest.raises(ValueError, match="repulsion.on"):
+        bad.repulsion_term(call)
+
+
 def test_repulsion_groups_views_of_a_particle(tiny_embedded):
     prior = tiny_embedded
     guidance = scorestudio.find("sds")({"rgb_as_latents": True,

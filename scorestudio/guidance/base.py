@@ -50,6 +50,9 @@ class RepulsionConfig:
     features: str = "probe"
     feature_net_path: Optional[str] = None  # folder of the feature net: (latent_)probe (default: shipped), dinov2 (required)
     scale: str = "sigma"                  # c(t): "sigma" (σ_t), "sigma2" (σ_t²), "one"
+    # Kernel on the noisy particles z_t (RSD/RLSD's derivation: the forward diffusion of the
+    # repulsive distribution) or on the clean particles z_0, where feature differences are content only.
+    on: str = "noisy"                     # "noisy" or "clean"
     t_window: list = field(default_factory=lambda: [0.0, 1.0])  # active only for t/T in [lo, hi]
     kernel: KernelConfig = field(default_factory=KernelConfig)
 
@@ -198,7 +201,8 @@ class BaseGuidance(BaseModule):
 
     # ---- repulsion --------------------------------------------------------------------------
     def repulsion_term(self, call: GuidanceCall) -> Optional[Tensor]:
-        """γ c(t) ∇_{z_t} log Σ_j k(f(z_t^i), f(z_t^j)) per item, or None when inactive.
+        """γ c(t) ∇_{z_t} log Σ_j k(f(z_t^i), f(z_t^j)) per item, or None when inactive
+        (with ``on="clean"`` the kernel sees the clean particles z_0 instead of z_t).
 
         A particle's feature is the concatenation of the features of all its views in the
         batch, so B = particles × views items repel as N particles. One VJP through the
@@ -224,9 +228,12 @@ class BaseGuidance(BaseModule):
         def grouped_features(z_sorted: Tensor) -> Tensor:   # [B, ...] sorted by particle → [N, views · D]
             return feature_fn(z_sorted).reshape(len(particles), views, -1).flatten(1)
 
-        noisy_sorted = call.noisy[order].reshape(len(particles), views, *call.noisy.shape[1:])
+        if rep.on not in ("noisy", "clean"):
+            raise ValueError(f"repulsion.on={rep.on!r}: use 'noisy' (z_t) or 'clean' (z_0)")
+        source = call.noisy if rep.on == "noisy" else call.latents.detach()
+        source_sorted = source[order].reshape(len(particles), views, *source.shape[1:])
         grad_sorted = repulsion_gradient(
-            noisy_sorted, lambda z: grouped_features(z.flatten(0, 1)), **rep.kernel.kwargs())
+            source_sorted, lambda z: grouped_features(z.flatten(0, 1)), **rep.kernel.kwargs())
         grad = torch.empty_like(call.noisy)
         grad[order] = grad_sorted.flatten(0, 1)
         scale = self.time_scale(call.prior, call.t) * active.float()
