@@ -12,7 +12,8 @@ repulsion) through ``launch.py``'s ``run`` and reads the probe metrics of the te
     python benchmarks/bench_text_to_3d.py                               # 2 + 2·3 runs
     python benchmarks/bench_text_to_3d.py --steps 100 --seeds 1         # a quick look
     python benchmarks/bench_text_to_3d.py --checks quality --quality-seeds 0 1 2 \
-        --overrides system.loss.lambda_sparsity=2 --work-dir outputs/t3d-sparsity   # a variant over seeds
+        --overrides system.material.lambertian_prob=0.375 system.material.textureless_prob=0.375 \
+        --work-dir outputs/t3d-textureless      # a variant over seeds (here threestudio's shading mix)
     python benchmarks/bench_text_to_3d.py --device cuda --shard 0/4 --out /tmp/t0.json   # see sharding.py
 
 Writes ``benchmarks/results/text_to_3d.json`` (arguments, summary, per-run rows) and ``text_to_3d.md``.

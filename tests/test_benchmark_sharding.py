@@ -44,5 +44,7 @@ def test_run_shard_resumes_and_merge(tmp_path):
     extended = tmp_path / "u.json"   # a shard continued into a new file repeats jobs: counted once
     extended.write_text(json.dumps({"rows": [{"job": [1], "value": -1}, {"job": [4], "value": 40}]}))
     assert [r["value"] for r in sharding.merged([str(out), str(extended)])] == [0, 10, 20, 30, 40]
+    # a balanced sweep out of larger files: only the rows of the requested jobs
+    assert [r["value"] for r in sharding.merged([str(out), str(extended)], jobs=[(1,), (4,)])] == [10, 40]
     with pytest.raises(SystemExit, match="not found"):
         sharding.merged([str(tmp_path / "missing.json")])
