@@ -11,6 +11,7 @@ Speed (2 CPU cores): one UNet forward with CFG for batches of 4 and 16 latents, 
 encode + backward for a batch of 4 images.
 
     python benchmarks/bench_prior.py [--per-caption 16] [--ambiguous 64]
+    python benchmarks/bench_prior.py --coverage-cfgs 1 2 3 5 7.5 --out benchmarks/results/prior_coverage_by_cfg.json
 
 Writes benchmarks/results/prior.json and prior_samples.png.
 """
@@ -31,6 +32,7 @@ from scorestudio.metrics.probe import load_probe
 from scorestudio.priors.embedded import EmbeddedPrior
 from scorestudio.sample import ddim_sample
 from scorestudio.utils.images import save_grid
+from scorestudio.utils.io import write_json
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -123,10 +125,19 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--cfg", type=float, default=7.5)
+    parser.add_argument("--coverage-cfgs", type=float, nargs="+", default=None, metavar="CFG",
+                        help="only the ambiguous-prompt coverage, at each of these CFG scales")
     parser.add_argument("--out", default=str(RESULTS / "prior.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     prior, probe = EmbeddedPrior({}), load_probe()
+    if args.coverage_cfgs:
+        coverage = {f"{cfg:g}": ambiguous_coverage(prior, probe, args.ambiguous, args.steps, cfg)
+                    for cfg in args.coverage_cfgs}
+        for cfg, res in coverage.items():
+            print(f"CFG {cfg}: " + ", ".join(f"{prompt} {r['distinct']} {r['head']}s" for prompt, r in res.items()))
+        write_json(Path(args.out), {"args": vars(args), "ambiguous_by_cfg": coverage})
+        return
     result = {"args": vars(args), "speed": speed(prior)}
     print(json.dumps(result["speed"], indent=2))
     result["held_out"] = held_out_quality(prior, probe, args.held_out)
