@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 import sharding
+from scorestudio.guidance.base import REPULSION_FEATURES
 from scorestudio.metrics.attributes import probe_report
 from scorestudio.metrics.probe import load_probe
 from scorestudio.sample import ddim_sample
@@ -175,7 +176,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--features", default=None, choices=["latent", "pixel", "probe", "latent_probe", "dinov2"],
+    parser.add_argument("--features", default=None, choices=REPULSION_FEATURES,
                         help="repulsion feature map (default: the configs')")
     parser.add_argument("--overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every run, e.g. system.guidance.repulsion.on=clean")

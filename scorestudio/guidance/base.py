@@ -27,7 +27,7 @@ from torch import Tensor
 from scorestudio.guidance.repulsion import KernelConfig, repulsion_gradient
 from scorestudio.guidance.schedule import timestep_weight
 from scorestudio.utils.base import BaseModule
-from scorestudio.utils.config import ScheduledFloat, schedulable
+from scorestudio.utils.config import ConfigError, ScheduledFloat, schedulable
 from scorestudio.utils.seeding import generator
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 
 NETWORK_FEATURES = ("probe", "latent_probe", "dinov2")   # feature maps that load a network
+REPULSION_FEATURES = ("latent", "pixel", *NETWORK_FEATURES)
 
 
 @dataclass
@@ -94,6 +95,12 @@ class BaseGuidance(BaseModule):
     def configure(self) -> None:
         # A plain dict, so the frozen feature network never enters this module's state dict.
         self._frozen: dict[str, torch.nn.Module] = {}
+        rep = self.cfg.repulsion
+        for key, value, choices in (("features", rep.features, REPULSION_FEATURES),
+                                    ("scale", rep.scale, ("sigma", "sigma2", "one")),
+                                    ("on", rep.on, ("noisy", "clean"))):
+            if value not in choices:   # at build time, not at the first repulsive step
+                raise ConfigError(f"{self.config_path}.repulsion.{key}={value!r}: use one of {', '.join(choices)}")
 
     # ---- to override ------------------------------------------------------------------------
     def attach(self, prior: "DiffusionPrior") -> None:
@@ -228,8 +235,6 @@ class BaseGuidance(BaseModule):
         def grouped_features(z_sorted: Tensor) -> Tensor:   # [B, ...] sorted by particle → [N, views · D]
             return feature_fn(z_sorted).reshape(len(particles), views, -1).flatten(1)
 
-        if rep.on not in ("noisy", "clean"):
-            raise ValueError(f"repulsion.on={rep.on!r}: use 'noisy' (z_t) or 'clean' (z_0)")
         source = call.noisy if rep.on == "noisy" else call.latents.detach()
         source_sorted = source[order].reshape(len(particles), views, *source.shape[1:])
         grad_sorted = repulsion_gradient(
