@@ -9,9 +9,10 @@ rasterization against the sharp ground truth, the same for the baseline (bicubic
 the measurement; for blur the blurry image itself), the measurement residual, and the fraction
 of restorations the probe classifies as the ground truth's shape and colour.
 
-Text-to-SVG: "a yellow star icon" with 4 particles (fraction classified star, yellow, both) and
-"an icon" with and without repulsion (distinct probe shapes among the particles), each over
-``--t2s-seeds`` seeds.
+Text-to-SVG (``--t2s-config``, default ``configs/text-to-svg.yaml``): "a yellow star icon" with 4
+particles (fraction classified star, yellow, both) and "an icon" with and without repulsion
+(distinct probe shapes among the particles), each over ``--t2s-seeds`` seeds; the particles of
+every run are stacked in ``<out>_particles.png``.
 
     python benchmarks/bench_svg_restoration.py                                # everything (slow)
     python benchmarks/bench_svg_restoration.py --icons 3 --steps 200 --skip-text-to-svg
@@ -31,6 +32,7 @@ import statistics
 from pathlib import Path
 
 import sharding
+import torch
 
 import scorestudio.guidance.dreamsampler  # noqa: F401  (registers "dreamsampler")
 import scorestudio.systems.svg_systems  # noqa: F401  (registers "text-to-svg", "svg-restoration")
@@ -58,6 +60,27 @@ def jobs(args: argparse.Namespace) -> list[tuple]:
     return out
 
 
+def t2s_tag(job: tuple) -> str:
+    """Run folder name of a text-to-SVG job."""
+    return f"star-seed{job[1]}" if job[0] == "star" else f"icon-g{job[1]:g}-seed{job[2]}"
+
+
+def particle_sheet(rows: list[dict], work_dir: Path, out: Path) -> Path | None:
+    """Stack the text-to-SVG runs' ``particles.png`` (one row of 4 particles per run, in job order:
+    star seeds, "an icon" γ = 0 seeds, γ = γ seeds) into one picture; None when the run folders are
+    elsewhere (shards run on another machine)."""
+    from scorestudio.utils.images import load_image, save_image
+
+    files = [work_dir / "text-to-svg" / t2s_tag(tuple(r["job"])) / "save" / "particles.png"
+             for r in rows if r["kind"] != "restore"]
+    if not files or not all(f.is_file() for f in files):
+        return None
+    images = [load_image(f) for f in files]
+    gap = torch.ones(3, 4, images[0].shape[-1])
+    save_image(torch.cat([t for image in images for t in (image, gap)][:-1], dim=1), out)
+    return out
+
+
 def run_job(job: tuple, args: argparse.Namespace) -> dict:
     """One run's row (``kind`` = the job's first element)."""
     if job[0] == "restore":
@@ -75,11 +98,11 @@ def run_job(job: tuple, args: argparse.Namespace) -> dict:
     if args.t2s_paths:
         common.append(f"system.paths.num_paths={args.t2s_paths}")
     if job[0] == "star":
-        metrics = sharding.launch("text-to-svg.yaml", args, "star", *common, "system.prompt_processor.prompt=a yellow star icon",
-                         f"seed={job[1]}")
+        metrics = sharding.launch(args.t2s_config, args, t2s_tag(job), *common,
+                                  "system.prompt_processor.prompt=a yellow star icon", f"seed={job[1]}")
         return {"kind": "star", "seed": job[1], "classes": metrics.get("classes", []), "quality": metrics.get("quality")}
     _, gamma, seed = job
-    metrics = sharding.launch("text-to-svg.yaml", args, f"icon-g{gamma:g}-seed{seed}", *common, f"seed={seed}",
+    metrics = sharding.launch(args.t2s_config, args, t2s_tag(job), *common, f"seed={seed}",
                      "system.prompt_processor.prompt=an icon", f"system.guidance.repulsion.gamma={gamma}")
     return {"kind": "icon", "gamma": gamma, "seed": seed,
             **{k: metrics[k] for k in ("distinct_shapes", "distinct_colors", "diversity")}}
@@ -130,7 +153,7 @@ def text_to_svg_checks(rows: list[dict]) -> dict | None:
 
 def markdown(summary: dict, t2s: dict | None) -> str:
     lines = ["| task | method | PSNR | SSIM | residual | probe shape | probe colour | s / run |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"] if summary else []
     for task, entry in summary.items():
         lines.append(f"| {task} | baseline ({'blurry input' if task == 'blur' else 'bicubic'}) | "
                      f"{entry['baseline']['psnr_mean']:.2f} | | | | | |")
@@ -166,6 +189,8 @@ def main() -> None:
                         choices=["dreamsampler", "data-only"], help="restorations with and without distillation")
     parser.add_argument("--ds-overrides", nargs="*", default=[],
                         help="extra config overrides of the DreamSampler runs, e.g. system.guidance.guidance_scale=20")
+    parser.add_argument("--t2s-config", default="text-to-svg.yaml",
+                        help="text-to-SVG config under configs/ (e.g. text-to-svg-scratch.yaml)")
     parser.add_argument("--t2s-steps", type=int, default=500, help="steps of the text-to-SVG runs")
     parser.add_argument("--t2s-seeds", type=int, default=3, help="seeds of the text-to-SVG checks")
     parser.add_argument("--gamma", type=float, default=20.0, help="repulsion γ of the diversity check")
@@ -189,6 +214,10 @@ def main() -> None:
     out.with_suffix(".md").write_text(table)
     print("\n" + table)
     print(f"wrote {out} and {out.with_suffix('.md')}")
+    ordered = sorted(rows, key=lambda r: (r["kind"] != "star", json.dumps(r["job"])))
+    sheet = particle_sheet(ordered, Path(args.work_dir), out.with_name(out.stem + "_particles.png"))
+    if sheet:
+        print(f"wrote {sheet} (rows: star seeds, then \"an icon\" per γ and seed)")
 
 
 if __name__ == "__main__":

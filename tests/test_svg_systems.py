@@ -15,7 +15,9 @@ from scorestudio.cli import parse_args, run
 from scorestudio.data.procedural import ProceduralDataset
 from scorestudio.metrics.image_quality import psnr
 from scorestudio.renderers.svg import SvgScene, circle_scene, polygon_points
-from scorestudio.systems.svg_systems import TextToSvgSystem, load_problem, xing_loss
+from scorestudio.renderers.svg import RasterizerConfig, render
+from scorestudio.systems.svg_systems import (SvgInitConfig, SvgParticles, TextToSvgSystem, fit_error, fit_to_images,
+                                             load_problem, prune_paths, xing_loss)
 from scorestudio.utils.config import ConfigError
 from scorestudio.utils.images import load_image, save_image
 from scorestudio.utils.run import RunContext
@@ -119,6 +121,69 @@ def test_text_to_svg_resume_is_exact(tmp_path, tiny):
     assert full.keys() == resumed.keys()
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
+
+
+def test_fit_to_images_vectorises_icons(tmp_path):
+    """The raster-to-vector stage of the sample initialisation: 32 random circles fitted to
+    two procedural icons come within a few grey levels of them, each particle to its own target."""
+    data = ProceduralDataset(split="test")
+    targets = torch.cat([data.render("star", "yellow", 1, torch.Generator().manual_seed(0)),
+                         data.render("heart", "blue", 1, torch.Generator().manual_seed(1))])
+    svg = SvgParticles(SvgInitConfig(num_paths=32), n_particles=2, canvas=64, seed=0)
+    renderer = RasterizerConfig(samples_per_segment=8)
+    with torch.no_grad():
+        before = psnr(render(svg.scene(), renderer), targets)
+    fit_to_images(svg, targets, steps=150, lr=0.5, color_ratio=0.05, renderer=renderer, xing_weight=0.01)
+    with torch.no_grad():
+        after = psnr(render(svg.scene(), renderer), targets)
+        torch.testing.assert_close(-10 * fit_error(svg, targets, renderer).log10(), after, atol=1e-4, rtol=0)
+    print(f"PSNR before {before.tolist()}, after {after.tolist()}")
+    assert (after > 35).all() and (after > before + 20).all(), (before, after)
+    assert svg.points.grad is None and svg.colors.grad is None                # nothing leaks into the run's step
+
+    # Pruning hides the paths the fit does not need and costs at most P · tolerance of MSE.
+    tolerance = 1e-4
+    before_prune = fit_error(svg, targets, renderer)
+    prune_paths(svg, targets, renderer, tolerance)
+    visible = svg.visible.sum(1)
+    print(f"visible paths after pruning: {visible.tolist()}")
+    assert (visible < 32).all() and (visible >= 3).all()
+    assert (fit_error(svg, targets, renderer) - before_prune < 32 * tolerance).all()
+    hidden = svg.visible == 0
+    assert (svg.scene().fill[..., 3][hidden] == 0).all()
+    loss = render(svg.scene(), renderer).sum()
+    loss.backward()
+    assert (svg.points.grad[hidden] == 0).all() and (svg.colors.grad[hidden] == 0).all()   # frozen
+
+
+def test_sample_initialisation_draws_per_particle_samples_and_survives_resume(tmp_path, tiny):
+    """init_from_sample fits each particle to its own DDIM sample before step 0 (and only then:
+    a resumed run equals the uninterrupted one); particle i's sample does not depend on N."""
+    common = ("text-to-svg.yaml", "system.paths.num_paths=6", "system.init_from_sample.enabled=true",
+              "system.init_from_sample.ddim_steps=3", "system.init_from_sample.fit_steps=5",
+              "checkpoint.every_n_train_steps=2", "system.n_particles=2")
+
+    def final(ctx):
+        state = torch.load(ctx.ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        return {k: v for k, v in state.items() if k.startswith("svg.")}
+
+    full_ctx = launch(tmp_path, tiny, *common, "trainer.max_steps=4", tag="full")
+    metrics = json.loads(full_ctx.metrics_path.read_text())
+    assert len(metrics["init_fit_psnr"]) == 2 and (full_ctx.save_dir / "init_samples.png").is_file()
+    part = launch(tmp_path, tiny, *common, "trainer.max_steps=2", tag="part")
+    resumed = final(launch(tmp_path, tiny, *common, "trainer.max_steps=4", f"resume={part.ckpt_dir / 'last.ckpt'}",
+                           tag="part"))
+    full = final(full_ctx)
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+
+    def samples(n):
+        system = system_for(tmp_path, tiny, n_particles=n, init_from_sample={"enabled": True, "ddim_steps": 3})
+        return system.prompt_samples()
+
+    two, three = samples(2), samples(3)
+    assert two.shape == (2, 3, 64, 64) and torch.equal(two, three[:2])
+    assert not torch.equal(three[0], three[1])
 
 
 # ------------------------------------------------------------------------------ svg-restoration

@@ -13,7 +13,8 @@ Shared (:class:`SvgDistillationSystem`), following VectorFusion / DreamSampler's
 
 - initialisation, keyed per particle by (seed, "svg-init", i): P circles of 4 cubic segments,
   radius 20 px at a 600 px canvas (scaled to the canvas), random centres, random RGB fill,
-  opacity ~ U[0.7, 1];
+  opacity ~ U[0.7, 1]; text-to-svg may then fit them to a DDIM sample of the prompt and prune the
+  paths the fit does not need (VectorFusion's sample → vectorise → fine-tune pipeline);
 - Adam with betas (0.9, 0.9); the control points' lr warms up linearly (0.02 → 0.2 at 600 px,
   as fractions of the peak here) and decays with a cosine to its end value; colours use the point
   lr × 1/20, the (optional, learnable) background × 1/200; colours are clamped to [0, 1] after
@@ -88,10 +89,13 @@ class SvgParticles(nn.Module):
             self.background = nn.Parameter(background)
         else:
             self.register_buffer("background", background)
+        # 0 = a pruned path: fully transparent, so it neither shows nor receives gradient.
+        self.register_buffer("visible", torch.ones(n_particles, p))
 
     def scene(self) -> SvgScene:
         """The current scenes (differentiable w.r.t. the parameters)."""
-        return SvgScene(self.points, self.colors, self.canvas, self.canvas, background=self.background)
+        colors = torch.cat([self.colors[..., :3], self.colors[..., 3:] * self.visible[..., None]], -1)
+        return SvgScene(self.points, colors, self.canvas, self.canvas, background=self.background)
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -304,9 +308,67 @@ class SvgDistillationSystem(DistillationSystem):
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class SampleInitConfig:
+    """VectorFusion's raster-then-vector start (Jain et al. 2023, §4.2): before distillation, each
+    particle's paths are fitted (MSE through the rasterizer) to its own DDIM sample of the prompt."""
+
+    enabled: bool = False
+    ddim_steps: int = 50             # DDIM steps of the samples
+    guidance_scale: float = 7.5      # CFG s of the samples
+    fit_steps: int = 300             # Adam steps of the fit, before step 0 of the run
+    fit_lr: float = 0.5              # point lr of the fit, px/step (colours: × lr.color_ratio)
+    prune_tolerance: float = 1e-4    # hide paths whose removal raises the fit's MSE less than this (0 = keep all)
+
+
+def fit_error(svg: SvgParticles, targets: Tensor, renderer: RasterizerConfig) -> Tensor:
+    """Mean squared error ``[N]`` of each particle's rendering to ``targets [N, 3, H, W]`` in [0, 1]."""
+    return (render(svg.scene(), renderer) - targets).pow(2).flatten(1).mean(1)
+
+
+def fit_to_images(svg: SvgParticles, targets: Tensor, steps: int, lr: float, color_ratio: float,
+                  renderer: RasterizerConfig, xing_weight: float) -> None:
+    """Fit the particles' paths to ``targets [N, 3, H, W]`` (the canvas size) by Adam (VectorFusion's
+    betas) on the mean squared error plus the Xing loss."""
+    from tqdm.auto import tqdm
+
+    optimizer = torch.optim.Adam([{"params": [svg.points], "lr": lr},
+                                  {"params": [svg.colors], "lr": lr * color_ratio}], betas=(0.9, 0.9))
+    bar = tqdm(range(steps), desc="fit paths to samples", unit="step")
+    for _ in bar:
+        mse = fit_error(svg, targets, renderer)
+        loss = mse.sum() + xing_weight * xing_loss(svg.scene()).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        svg.clamp_()
+        bar.set_postfix(mse=f"{float(mse.detach().mean()):.4f}")
+    svg.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def prune_paths(svg: SvgParticles, targets: Tensor, renderer: RasterizerConfig, tolerance: float) -> None:
+    """Hide the paths a fit does not need, as LIVE / VectorFusion keep only useful paths: in painter's
+    order, a path is hidden when hiding it raises its particle's :func:`fit_error` by less than
+    ``tolerance``. Left visible, such paths (parked off-shape, white on white, nearly transparent)
+    drift into faint clutter under the guidance."""
+    current = fit_error(svg, targets, renderer)
+    for p in range(svg.visible.shape[1]):
+        was = svg.visible[:, p].clone()
+        svg.visible[:, p] = 0
+        trial = fit_error(svg, targets, renderer)
+        needed = trial - current >= tolerance                               # [N]
+        svg.visible[:, p] = torch.where(needed, was, torch.zeros_like(was))
+        current = torch.where(needed, current, trial)
+
+
 @register("text-to-svg")
 class TextToSvgSystem(SvgDistillationSystem):
     """VectorFusion-style text-to-SVG with N particles (see the module docstring).
+
+    With ``system.init_from_sample.enabled`` the run starts as VectorFusion's full pipeline does:
+    particle i's paths are fitted to a DDIM sample of the prompt drawn from stream
+    (seed, "svg-init-sample", i) — saved as ``init_samples.png`` — before the guidance fine-tunes them.
 
     Outputs: ``save/particle{i}.svg`` and ``.png``, ``particles.png``, ``optimisation.gif`` and
     metrics.json with the probe's diversity, quality and distinct shapes/colours.
@@ -317,6 +379,7 @@ class TextToSvgSystem(SvgDistillationSystem):
         n_particles: int = 4
         canvas_size: int = 64        # px; the guidance sees the renderings resized to the prior's size
         prompt_suffix: str = ""      # appended to the prompt, e.g. ", minimal flat 2d vector icon" for SD
+        init_from_sample: SampleInitConfig = field(default_factory=SampleInitConfig)
 
     def configure(self) -> None:
         from scorestudio.priors.prompt_processor import PromptProcessor
@@ -327,6 +390,39 @@ class TextToSvgSystem(SvgDistillationSystem):
             self.prompt_processor = PromptProcessor({**vars(pp), "prompt": pp.prompt + self.cfg.prompt_suffix},
                                                     path="system.prompt_processor")
         self.build_svg(self.cfg.canvas_size)
+
+    def on_train_start(self) -> None:
+        if self.cfg.init_from_sample.enabled and self.global_step == 0:   # not when resuming
+            self.fit_to_samples()
+
+    @torch.no_grad()
+    def prompt_samples(self) -> Tensor:
+        """One DDIM sample of the prompt per particle, at the canvas size ``[N, 3, C, C]`` in [0, 1]."""
+        from scorestudio.sample import ddim_sample
+        from scorestudio.utils.seeding import derive_seed
+
+        init, pp = self.cfg.init_from_sample, self.prompt_processor.cfg
+        samples = ddim_sample(self.prior, [pp.prompt] * self.cfg.n_particles, init.ddim_steps, init.guidance_scale,
+                              derive_seed(self.seed, "svg-init-sample"), negative_prompt=pp.negative_prompt,
+                              progress=True)
+        return F.interpolate(samples.float(), size=(self.svg.canvas,) * 2, mode="bilinear", antialias=True,
+                             align_corners=False).clamp(0, 1)
+
+    def fit_to_samples(self) -> None:
+        from scorestudio.utils.images import save_grid
+
+        init = self.cfg.init_from_sample
+        samples = self.prompt_samples()
+        save_grid(samples, self.save_path("init_samples.png"))
+        with torch.enable_grad():
+            fit_to_images(self.svg, samples, init.fit_steps, init.fit_lr, self.cfg.lr.color_ratio,
+                          self.cfg.renderer, self.cfg.xing_weight)
+        if init.prune_tolerance > 0:
+            prune_paths(self.svg, samples, self.cfg.renderer, init.prune_tolerance)
+        with torch.no_grad():
+            mse = fit_error(self.svg, samples, self.cfg.renderer)
+        self.save_metrics({"init_fit_psnr": [round(float(-10 * torch.log10(m)), 2) for m in mse.clamp_min(1e-10)],
+                           "init_visible_paths": self.svg.visible.sum(1).int().tolist()})
 
     def losses(self, step: int) -> dict[str, Tensor]:
         scene, images = self.render()

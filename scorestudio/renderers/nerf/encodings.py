@@ -124,8 +124,11 @@ class HashGridEncoding(nn.Module):
             else:
                 index = corners([v * prime for v, prime in zip(vertex, HASH_PRIMES)], torch.bitwise_xor) & (size - 1)
             rows = select_particles(table, particles).reshape(k * size, -1)   # [K·T, F]
-            # int32 indices: half the memory autograd keeps for the backward, and faster on CPU.
-            values = F.embedding((index + offsets).int(), rows)              # [K, P, 8, F]
+            # index_select, not F.embedding: the CPU backward of embedding scans every index once
+            # per 1000-row chunk of the table (cost ∝ K·T × K·P, quadratic in particles), while
+            # index_select's backward (index_add) is one pass. int32 indices halve what autograd keeps.
+            flat = (index + offsets).int()
+            values = rows.index_select(0, flat.flatten()).view(*flat.shape, -1)   # [K, P, 8, F]
             w = corners([torch.stack([1 - frac[..., d], frac[..., d]], dim=-1) for d in range(3)], torch.mul)
             feats.append((values * w[..., None]).sum(2))
         return torch.cat(feats, dim=-1)

@@ -184,7 +184,7 @@ def svg_string(scene: SvgScene, index: int = 0) -> str:
              f'<rect width="{w}" height="{h}" fill="{_hex(scene.backgrounds()[index].detach().cpu())}"/>']
     for p, rule in enumerate(scene.fill_rules()):
         d = _path_data(pts[p], ends[p], contour[p])
-        if d:
+        if d and fill[p, 3] > 0:                     # a fully transparent path draws nothing
             lines.append(f'<path d="{d}" fill="{_hex(fill[p, :3])}" fill-opacity="{fill[p, 3]:.4f}" '
                          f'fill-rule="{rule}"/>')
     lines.append("</svg>")
