@@ -14,7 +14,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -25,11 +25,13 @@ from scorestudio.utils.seeding import per_particle_randn
 if TYPE_CHECKING:
     from scorestudio.priors.base import DiffusionPrior
 
+EpsCorrection = Callable[[Tensor, Tensor, Tensor], Optional[Tensor]]
+
 
 @torch.no_grad()
 def ddim_sample(prior: DiffusionPrior, prompts: list[str], steps: int, cfg: float, seed: int,
                 eta: float = 0.0, negative_prompt: str = "", batch_size: Optional[int] = None,
-                progress: bool = False) -> Tensor:
+                progress: bool = False, eps_correction: Optional[EpsCorrection] = None) -> Tensor:
     """DDIM samples, one per prompt: images ``[N, 3, H, W]`` in [0, 1] on the prior's device.
 
     Args:
@@ -41,6 +43,9 @@ def ddim_sample(prior: DiffusionPrior, prompts: list[str], steps: int, cfg: floa
         negative_prompt: the unconditional prompt of CFG.
         batch_size: samples per UNet batch (each call runs 2 × batch_size for CFG); None = all N.
         progress: show a tqdm bar over the denoising steps.
+        eps_correction: ``(x_t [B, C, h, w], t [B], sample ids [B]) → [B, C, h, w]`` or None, added
+            to the CFG estimate ε̂ at every step: e.g. a guidance's particle repulsion
+            (:meth:`BaseGuidance.repulsion`), which then acts within each batch of samples.
     """
     from diffusers import DDIMScheduler
     from tqdm.auto import tqdm
@@ -62,6 +67,9 @@ def ddim_sample(prior: DiffusionPrior, prompts: list[str], steps: int, cfg: floa
         x = per_particle_randn(shape, seed, ids, "sample", device=prior.device) * scheduler.init_noise_sigma
         for step, t in enumerate(scheduler.timesteps):
             eps = prior.predict_noise_cfg(x, t, cond, uncond, cfg)[0]
+            if eps_correction is not None:
+                correction = eps_correction(x, t.expand(len(ids)), torch.tensor(ids, device=x.device))
+                eps = eps if correction is None else eps + correction
             noise = per_particle_randn(shape, seed, ids, "sample-eta", step, device=prior.device) if eta > 0 else None
             x = scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
             bar.update(1)

@@ -186,6 +186,24 @@ def test_sample_initialisation_draws_per_particle_samples_and_survives_resume(tm
     assert not torch.equal(three[0], three[1])
 
 
+def test_sample_initialisation_applies_the_guidance_repulsion(tmp_path, tiny):
+    """With γ > 0 the DDIM samples repel each other (further apart than the independent ones);
+    init_from_sample.repulsion=false samples independently whatever γ is."""
+    def samples(gamma, use_repulsion=True):
+        guidance = {"num_steps": 10, "repulsion": {"gamma": gamma, "features": "latent", "scale": "one"}}
+        init = {"enabled": True, "ddim_steps": 4, "repulsion": use_repulsion}
+        return system_for(tmp_path, tiny, n_particles=4, guidance=guidance, init_from_sample=init).prompt_samples()
+
+    def spread(images):
+        return torch.pdist(images.flatten(1)).mean()
+
+    independent = samples(0.0)
+    assert torch.equal(samples(5.0, use_repulsion=False), independent)
+    repelled = samples(100.0)
+    print(f"mean pairwise distance: independent {spread(independent):.3f}, repelled {spread(repelled):.3f}")
+    assert spread(repelled) > 1.1 * spread(independent)
+
+
 # ------------------------------------------------------------------------------ svg-restoration
 
 

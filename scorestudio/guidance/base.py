@@ -208,24 +208,29 @@ class BaseGuidance(BaseModule):
 
     # ---- repulsion --------------------------------------------------------------------------
     def repulsion_term(self, call: GuidanceCall) -> Optional[Tensor]:
-        """γ c(t) ∇_{z_t} log Σ_j k(f(z_t^i), f(z_t^j)) per item, or None when inactive
-        (with ``on="clean"`` the kernel sees the clean particles z_0 instead of z_t).
+        """:meth:`repulsion` of the call's noisy latents z_t (``on="clean"``: of z_0)."""
+        source = call.noisy if self.cfg.repulsion.on == "noisy" else call.latents.detach()
+        return self.repulsion(call.prior, source, call.t, call.particle_ids, call.step)
+
+    def repulsion(self, prior: "DiffusionPrior", source: Tensor, t: Tensor, ids: Tensor, step: int) -> Optional[Tensor]:
+        """γ c(t) ∇_z log Σ_j k(f(z^i), f(z^j)) for latents ``source [B, C, h, w]`` at ``t [B]`` of
+        particles ``ids [B]``, or None when inactive. Added to an ε-like direction (δ of a guidance,
+        ε̂ of a sampler) it moves each particle down the kernel density of the others.
 
         A particle's feature is the concatenation of the features of all its views in the
         batch, so B = particles × views items repel as N particles. One VJP through the
         decoder and the feature network serves the whole batch.
         """
         rep = self.cfg.repulsion
-        gamma = rep.gamma.at(call.step)
-        ids = call.particle_ids
+        gamma = rep.gamma.at(step)
         particles = ids.unique()
         if gamma == 0 or len(particles) < 2:
             return None
-        frac = call.t.float() / call.prior.num_train_timesteps
+        frac = t.float() / prior.num_train_timesteps
         active = (frac >= rep.t_window[0]) & (frac <= rep.t_window[1])
         if not bool(active.any()):
             return None
-        feature_fn = self.feature_fn(call.prior)
+        feature_fn = self.feature_fn(prior)
         order = torch.argsort(ids, stable=True)
         views = len(ids) // len(particles)
         if views * len(particles) != len(ids) or not torch.equal(ids[order].view(len(particles), views),
@@ -235,13 +240,12 @@ class BaseGuidance(BaseModule):
         def grouped_features(z_sorted: Tensor) -> Tensor:   # [B, ...] sorted by particle → [N, views · D]
             return feature_fn(z_sorted).reshape(len(particles), views, -1).flatten(1)
 
-        source = call.noisy if rep.on == "noisy" else call.latents.detach()
         source_sorted = source[order].reshape(len(particles), views, *source.shape[1:])
         grad_sorted = repulsion_gradient(
             source_sorted, lambda z: grouped_features(z.flatten(0, 1)), **rep.kernel.kwargs())
-        grad = torch.empty_like(call.noisy)
+        grad = torch.empty_like(source)
         grad[order] = grad_sorted.flatten(0, 1)
-        scale = self.time_scale(call.prior, call.t) * active.float()
+        scale = self.time_scale(prior, t) * active.float()
         return gamma * scale.view(-1, 1, 1, 1) * grad
 
     def time_scale(self, prior: "DiffusionPrior", t: Tensor) -> Tensor:

@@ -319,6 +319,10 @@ class SampleInitConfig:
     fit_steps: int = 300             # Adam steps of the fit, before step 0 of the run
     fit_lr: float = 0.5              # point lr of the fit, px/step (colours: × lr.color_ratio)
     prune_tolerance: float = 1e-4    # hide paths whose removal raises the fit's MSE less than this (0 = keep all)
+    # Apply the guidance's repulsion (its γ at step 0, features, kernel and c(t)) to the samples'
+    # ε̂ as well, so that with γ > 0 the particles start from mutually repelled samples
+    # ("particle guidance", Corso et al. 2024); γ = 0 samples independently either way.
+    repulsion: bool = True
 
 
 def fit_error(svg: SvgParticles, targets: Tensor, renderer: RasterizerConfig) -> Tensor:
@@ -402,9 +406,13 @@ class TextToSvgSystem(SvgDistillationSystem):
         from scorestudio.utils.seeding import derive_seed
 
         init, pp = self.cfg.init_from_sample, self.prompt_processor.cfg
+
+        def repulsion(x: Tensor, t: Tensor, ids: Tensor) -> Optional[Tensor]:
+            return self.guidance.repulsion(self.prior, x, t, ids, step=0)
+
         samples = ddim_sample(self.prior, [pp.prompt] * self.cfg.n_particles, init.ddim_steps, init.guidance_scale,
                               derive_seed(self.seed, "svg-init-sample"), negative_prompt=pp.negative_prompt,
-                              progress=True)
+                              progress=True, eps_correction=repulsion if init.repulsion else None)
         return F.interpolate(samples.float(), size=(self.svg.canvas,) * 2, mode="bilinear", antialias=True,
                              align_corners=False).clamp(0, 1)
 
