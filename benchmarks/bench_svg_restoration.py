@@ -66,18 +66,30 @@ def t2s_tag(job: tuple) -> str:
 
 
 def particle_sheet(rows: list[dict], work_dir: Path, out: Path) -> Path | None:
-    """Stack the text-to-SVG runs' ``particles.png`` (one row of 4 particles per run, in job order:
-    star seeds, "an icon" γ = 0 seeds, γ = γ seeds) into one picture; None when the run folders are
-    elsewhere (shards run on another machine)."""
+    """One picture of the text-to-SVG runs: a line per check ("a yellow star icon", then "an icon"
+    per γ), a run's ``particles.png`` per seed along it. None when the run folders are elsewhere
+    (shards run on another machine)."""
     from scorestudio.utils.images import load_image, save_image
 
-    files = [work_dir / "text-to-svg" / t2s_tag(tuple(r["job"])) / "save" / "particles.png"
-             for r in rows if r["kind"] != "restore"]
-    if not files or not all(f.is_file() for f in files):
+    lines: dict[tuple, list] = {}
+    for r in sorted((r for r in rows if r["kind"] != "restore"), key=lambda r: r["job"][1:]):
+        path = work_dir / "text-to-svg" / t2s_tag(tuple(r["job"])) / "save" / "particles.png"
+        if not path.is_file():
+            return None
+        lines.setdefault(tuple(r["job"][:-1]) if r["kind"] == "icon" else ("star",), []).append(load_image(path))
+    if not lines:
         return None
-    images = [load_image(f) for f in files]
-    gap = torch.ones(3, 4, images[0].shape[-1])
-    save_image(torch.cat([t for image in images for t in (image, gap)][:-1], dim=1), out)
+
+    def joined(images: list, dim: int) -> torch.Tensor:   # white 4 px gaps between [3, H, W] images
+        gap_shape = list(images[0].shape)
+        gap_shape[dim] = 4
+        parts = [t for image in images for t in (image, torch.ones(gap_shape))][:-1]
+        return torch.cat(parts, dim=dim)
+
+    strips = [joined(images, 2) for images in lines.values()]
+    width = max(strip.shape[-1] for strip in strips)
+    strips = [torch.nn.functional.pad(strip, (0, width - strip.shape[-1]), value=1.0) for strip in strips]
+    save_image(joined(strips, 1), out)
     return out
 
 
@@ -214,10 +226,9 @@ def main() -> None:
     out.with_suffix(".md").write_text(table)
     print("\n" + table)
     print(f"wrote {out} and {out.with_suffix('.md')}")
-    ordered = sorted(rows, key=lambda r: (r["kind"] != "star", json.dumps(r["job"])))
-    sheet = particle_sheet(ordered, Path(args.work_dir), out.with_name(out.stem + "_particles.png"))
+    sheet = particle_sheet(rows, Path(args.work_dir), out.with_name(out.stem + "_particles.png"))
     if sheet:
-        print(f"wrote {sheet} (rows: star seeds, then \"an icon\" per γ and seed)")
+        print(f"wrote {sheet} (lines: \"a yellow star icon\", \"an icon\" per γ; a column per seed)")
 
 
 if __name__ == "__main__":
