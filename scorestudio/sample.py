@@ -25,7 +25,7 @@ from scorestudio.utils.seeding import per_particle_randn
 if TYPE_CHECKING:
     from scorestudio.priors.base import DiffusionPrior
 
-EpsCorrection = Callable[[Tensor, Tensor, Tensor], Optional[Tensor]]
+EpsCorrection = Callable[[Tensor, Tensor, Tensor, Tensor], Optional[Tensor]]
 
 
 @torch.no_grad()
@@ -43,8 +43,8 @@ def ddim_sample(prior: DiffusionPrior, prompts: list[str], steps: int, cfg: floa
         negative_prompt: the unconditional prompt of CFG.
         batch_size: samples per UNet batch (each call runs 2 × batch_size for CFG); None = all N.
         progress: show a tqdm bar over the denoising steps.
-        eps_correction: ``(x_t [B, C, h, w], t [B], sample ids [B]) → [B, C, h, w]`` or None, added
-            to the CFG estimate ε̂ at every step: e.g. a guidance's particle repulsion
+        eps_correction: ``(x_t, ε̂, t [B], sample ids [B]) → [B, C, h, w]`` or None, added to the
+            CFG estimate ε̂ ``[B, C, h, w]`` at every step: e.g. a guidance's particle repulsion
             (:meth:`BaseGuidance.repulsion`), which then acts within each batch of samples.
     """
     from diffusers import DDIMScheduler
@@ -68,7 +68,7 @@ def ddim_sample(prior: DiffusionPrior, prompts: list[str], steps: int, cfg: floa
         for step, t in enumerate(scheduler.timesteps):
             eps = prior.predict_noise_cfg(x, t, cond, uncond, cfg)[0]
             if eps_correction is not None:
-                correction = eps_correction(x, t.expand(len(ids)), torch.tensor(ids, device=x.device))
+                correction = eps_correction(x, eps, t.expand(len(ids)), torch.tensor(ids, device=x.device))
                 eps = eps if correction is None else eps + correction
             noise = per_particle_randn(shape, seed, ids, "sample-eta", step, device=prior.device) if eta > 0 else None
             x = scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample

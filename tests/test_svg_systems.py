@@ -165,7 +165,7 @@ def test_sample_initialisation_draws_per_particle_samples_and_survives_resume(tm
 
     def final(ctx):
         state = torch.load(ctx.ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-        return {k: v for k, v in state.items() if k.startswith("svg.")}
+        return {k: v for k, v in state.items() if k.startswith(("svg.", "samples"))}
 
     full_ctx = launch(tmp_path, tiny, *common, "trainer.max_steps=4", tag="full")
     metrics = json.loads(full_ctx.metrics_path.read_text())
@@ -186,11 +186,28 @@ def test_sample_initialisation_draws_per_particle_samples_and_survives_resume(tm
     assert not torch.equal(three[0], three[1])
 
 
+def test_anchor_term_is_the_squared_distance_to_the_samples(tmp_path, tiny):
+    """loss_anchor = λ Σ_pixels (render − sample)², averaged over particles; λ = 0 drops it."""
+    renderer = RasterizerConfig(samples_per_segment=8)
+    for weight in (0.0, 2.5):
+        system = system_for(tmp_path, tiny, n_particles=2, guidance_type="sds", guidance={},
+                            init_from_sample={"enabled": True, "ddim_steps": 3, "fit_steps": 5, "anchor_weight": weight})
+        system.fit_to_samples()
+        assert system.samples.abs().sum() > 0                       # the buffer holds the samples
+        out = system.losses(step=1)
+        if weight == 0:
+            assert "loss_anchor" not in out
+            continue
+        with torch.no_grad():
+            expected = weight * 3 * 64 * 64 * fit_error(system.svg, system.samples, renderer).mean()
+        torch.testing.assert_close(out["loss_anchor"].detach(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_sample_initialisation_applies_the_guidance_repulsion(tmp_path, tiny):
     """With γ > 0 the DDIM samples repel each other (further apart than the independent ones);
     init_from_sample.repulsion=false samples independently whatever γ is."""
-    def samples(gamma, use_repulsion=True):
-        guidance = {"num_steps": 10, "repulsion": {"gamma": gamma, "features": "latent", "scale": "one"}}
+    def samples(gamma, use_repulsion=True, on="noisy"):
+        guidance = {"num_steps": 10, "repulsion": {"gamma": gamma, "features": "latent", "scale": "one", "on": on}}
         init = {"enabled": True, "ddim_steps": 4, "repulsion": use_repulsion}
         return system_for(tmp_path, tiny, n_particles=4, guidance=guidance, init_from_sample=init).prompt_samples()
 
@@ -199,9 +216,10 @@ def test_sample_initialisation_applies_the_guidance_repulsion(tmp_path, tiny):
 
     independent = samples(0.0)
     assert torch.equal(samples(5.0, use_repulsion=False), independent)
-    repelled = samples(100.0)
-    print(f"mean pairwise distance: independent {spread(independent):.3f}, repelled {spread(repelled):.3f}")
-    assert spread(repelled) > 1.1 * spread(independent)
+    for on in ("noisy", "clean"):          # the kernel on x_t, or on the predicted x̂0
+        repelled = samples(100.0 if on == "noisy" else 400.0, on=on)
+        print(f"{on}: mean pairwise distance independent {spread(independent):.3f}, repelled {spread(repelled):.3f}")
+        assert spread(repelled) > 1.1 * spread(independent)
 
 
 # ------------------------------------------------------------------------------ svg-restoration

@@ -319,6 +319,9 @@ class SampleInitConfig:
     fit_steps: int = 300             # Adam steps of the fit, before step 0 of the run
     fit_lr: float = 0.5              # point lr of the fit, px/step (colours: × lr.color_ratio)
     prune_tolerance: float = 1e-4    # hide paths whose removal raises the fit's MSE less than this (0 = keep all)
+    # λ of λ‖render − sample‖² (summed over pixels, averaged over particles) during the run: the
+    # guidance refines the vectorised sample instead of redrawing it (0 = free).
+    anchor_weight: float = 1.0
     # Apply the guidance's repulsion (its γ at step 0, features, kernel and c(t)) to the samples'
     # ε̂ as well, so that with γ > 0 the particles start from mutually repelled samples
     # ("particle guidance", Corso et al. 2024); γ = 0 samples independently either way.
@@ -394,6 +397,9 @@ class TextToSvgSystem(SvgDistillationSystem):
             self.prompt_processor = PromptProcessor({**vars(pp), "prompt": pp.prompt + self.cfg.prompt_suffix},
                                                     path="system.prompt_processor")
         self.build_svg(self.cfg.canvas_size)
+        if self.cfg.init_from_sample.enabled:   # the samples, kept for the anchor term and for resuming
+            canvas = self.cfg.canvas_size
+            self.register_buffer("samples", torch.zeros(self.cfg.n_particles, 3, canvas, canvas))
 
     def on_train_start(self) -> None:
         if self.cfg.init_from_sample.enabled and self.global_step == 0:   # not when resuming
@@ -407,7 +413,10 @@ class TextToSvgSystem(SvgDistillationSystem):
 
         init, pp = self.cfg.init_from_sample, self.prompt_processor.cfg
 
-        def repulsion(x: Tensor, t: Tensor, ids: Tensor) -> Optional[Tensor]:
+        def repulsion(x: Tensor, eps: Tensor, t: Tensor, ids: Tensor) -> Optional[Tensor]:
+            if self.guidance.cfg.repulsion.on == "clean":       # the kernel on the predicted x̂0
+                alpha, sigma = (v(t).view(-1, 1, 1, 1) for v in (self.prior.alpha, self.prior.sigma))
+                x = (x - sigma * eps) / alpha
             return self.guidance.repulsion(self.prior, x, t, ids, step=0)
 
         samples = ddim_sample(self.prior, [pp.prompt] * self.cfg.n_particles, init.ddim_steps, init.guidance_scale,
@@ -421,6 +430,7 @@ class TextToSvgSystem(SvgDistillationSystem):
 
         init = self.cfg.init_from_sample
         samples = self.prompt_samples()
+        self.samples.copy_(samples)
         save_grid(samples, self.save_path("init_samples.png"))
         with torch.enable_grad():
             fit_to_images(self.svg, samples, init.fit_steps, init.fit_lr, self.cfg.lr.color_ratio,
@@ -434,7 +444,11 @@ class TextToSvgSystem(SvgDistillationSystem):
 
     def losses(self, step: int) -> dict[str, Tensor]:
         scene, images = self.render()
-        return {**self.distillation(images, step), **self.regularisers(scene), "images": images}
+        out = {**self.distillation(images, step), **self.regularisers(scene), "images": images}
+        weight = self.cfg.init_from_sample.anchor_weight
+        if self.cfg.init_from_sample.enabled and weight:
+            out["loss_anchor"] = weight * (images - self.samples).pow(2).flatten(1).sum(1).mean()
+        return out
 
     def test_step(self, batch, batch_idx):
         from scorestudio.metrics.attributes import probe_report
