@@ -69,11 +69,18 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert torch.equal(full, resumed)
 
 
+def _default_sigint() -> None:
+    # A run launched from a background job inherits SIGINT ignored (POSIX shells without job
+    # control), and Python then never raises KeyboardInterrupt: give the child a terminal's default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(tmp_path, tag, *overrides):
     cmd = [sys.executable, str(ROOT / "launch.py"), "--config", TOY, "--train", f"exp_root_dir={tmp_path}",
            f"tag={tag}", *SMALL, *overrides]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -112,7 +119,11 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path):
         time.sleep(0.05)
     time.sleep(1.0)  # let it train a while without any periodic checkpoint
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("Ctrl-C did not stop the run; its output ends with:\n" + proc.communicate()[0][-3000:])
     ckpt = tmp_path / "toy-particles" / "interrupted" / "ckpts" / "last.ckpt"
     assert ckpt.is_file(), out
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] > 0

@@ -310,7 +310,7 @@ class SvgDistillationSystem(DistillationSystem):
 
 @dataclass
 class SampleInitConfig:
-    """VectorFusion's raster-then-vector start (Jain et al. 2023, §4.2): before distillation, each
+    """VectorFusion's raster-then-vector start (Jain et al. 2023): before distillation, each
     particle's paths are fitted (MSE through the rasterizer) to its own DDIM sample of the prompt."""
 
     enabled: bool = False
