@@ -1,11 +1,12 @@
 """Plain text-to-image sampling from a prior with DDIM, to check what the prior knows.
 
     python -m scorestudio.sample --prompt "a red cube" --n 16 --steps 50 --cfg 7.5 --seed 0 \
-        --out DIR [--prior embedded|stable-diffusion|deepfloyd-if] [--model PATH]
+        --out DIR [--prior embedded|stable-diffusion|deepfloyd-if] [--model PATH] [--repulsion-gamma 20]
 
 writes ``DIR/grid.png``, ``DIR/sample_000.png`` ... and ``DIR/sample.json`` (the arguments).
-Sample i starts from the noise of stream ``("sample", i)`` of the seed, so it is the same image
-whatever ``--n`` and ``--batch-size`` are.
+Sample i starts from the noise of stream ``("sample", i)`` of the seed, so without repulsion it is
+the same image whatever ``--n`` and ``--batch-size`` are; with ``--repulsion-gamma`` the samples of
+a batch repel each other (the RSD kernel of the guidance modules, applied to the sampler's ε̂).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from scorestudio.utils.images import image_grid, save_image
 from scorestudio.utils.seeding import per_particle_randn
 
 if TYPE_CHECKING:
+    from scorestudio.guidance.base import BaseGuidance
     from scorestudio.priors.base import DiffusionPrior
 
 EpsCorrection = Callable[[Tensor, Tensor, Tensor, Tensor], Optional[Tensor]]
@@ -78,6 +80,19 @@ def ddim_sample(prior: DiffusionPrior, prompts: list[str], steps: int, cfg: floa
     return torch.cat(images)
 
 
+def repulsion_correction(guidance: BaseGuidance, prior: DiffusionPrior) -> EpsCorrection:
+    """A guidance's RSD repulsion (its γ at step 0, features, kernel and c(t)) as a sampler ε
+    correction: the samples of a batch repel each other ("particle guidance", Corso et al. 2024).
+    With ``repulsion.on="clean"`` the kernel sees the predicted x̂0 = (x_t − σ_t ε̂) / α_t, not x_t."""
+    def correction(x: Tensor, eps: Tensor, t: Tensor, ids: Tensor) -> Optional[Tensor]:
+        if guidance.cfg.repulsion.on == "clean":
+            alpha, sigma = (v(t).view(-1, 1, 1, 1) for v in (prior.alpha, prior.sigma))
+            x = (x - sigma * eps) / alpha
+        return guidance.repulsion(prior, x, t, ids, step=0)
+
+    return correction
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m scorestudio.sample",
                                      description="DDIM samples of a prompt from a diffusion prior")
@@ -94,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     parser.add_argument("--batch-size", type=int, default=None, help="samples per UNet batch (default: all)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--repulsion-gamma", type=float, default=0.0,
+                        help="γ of the RSD repulsion between the samples of a batch (0 = independent samples)")
+    parser.add_argument("--repulsion-features", default="probe",
+                        help="kernel features: latent, pixel, probe, latent_probe or dinov2 (see RepulsionConfig)")
+    parser.add_argument("--repulsion-on", default="noisy", choices=["noisy", "clean"],
+                        help="kernel on x_t or on the predicted x̂0")
     return parser
 
 
@@ -113,8 +134,18 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     except (ConfigError, FileNotFoundError) as err:
         print(f"scorestudio.sample: error: {err} (on this command line: --model FOLDER)", file=sys.stderr)
         sys.exit(2)
+    correction = None
+    if args.repulsion_gamma:
+        repulsion = {"gamma": args.repulsion_gamma, "features": args.repulsion_features, "on": args.repulsion_on}
+        try:
+            guidance = find("sds", kind="guidance")({"repulsion": repulsion}, path="--repulsion")
+        except ConfigError as err:
+            print(f"scorestudio.sample: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        correction = repulsion_correction(guidance, prior)
     images = ddim_sample(prior, [args.prompt] * args.n, args.steps, args.cfg, args.seed, eta=args.eta,
-                         negative_prompt=args.negative_prompt, batch_size=args.batch_size, progress=True)
+                         negative_prompt=args.negative_prompt, batch_size=args.batch_size, progress=True,
+                         eps_correction=correction)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"sample_{i:03d}.png" for i in range(len(images))]

@@ -408,20 +408,14 @@ class TextToSvgSystem(SvgDistillationSystem):
     @torch.no_grad()
     def prompt_samples(self) -> Tensor:
         """One DDIM sample of the prompt per particle, at the canvas size ``[N, 3, C, C]`` in [0, 1]."""
-        from scorestudio.sample import ddim_sample
+        from scorestudio.sample import ddim_sample, repulsion_correction
         from scorestudio.utils.seeding import derive_seed
 
         init, pp = self.cfg.init_from_sample, self.prompt_processor.cfg
-
-        def repulsion(x: Tensor, eps: Tensor, t: Tensor, ids: Tensor) -> Optional[Tensor]:
-            if self.guidance.cfg.repulsion.on == "clean":       # the kernel on the predicted x̂0
-                alpha, sigma = (v(t).view(-1, 1, 1, 1) for v in (self.prior.alpha, self.prior.sigma))
-                x = (x - sigma * eps) / alpha
-            return self.guidance.repulsion(self.prior, x, t, ids, step=0)
-
+        correction = repulsion_correction(self.guidance, self.prior) if init.repulsion else None
         samples = ddim_sample(self.prior, [pp.prompt] * self.cfg.n_particles, init.ddim_steps, init.guidance_scale,
                               derive_seed(self.seed, "svg-init-sample"), negative_prompt=pp.negative_prompt,
-                              progress=True, eps_correction=repulsion if init.repulsion else None)
+                              progress=True, eps_correction=correction)
         return F.interpolate(samples.float(), size=(self.svg.canvas,) * 2, mode="bilinear", antialias=True,
                              align_corners=False).clamp(0, 1)
 
