@@ -94,6 +94,8 @@ def repulsion_correction(guidance: BaseGuidance, prior: DiffusionPrior) -> EpsCo
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from scorestudio.guidance.base import REPULSION_FEATURES
+
     parser = argparse.ArgumentParser(prog="python -m scorestudio.sample",
                                      description="DDIM samples of a prompt from a diffusion prior")
     parser.add_argument("--prompt", required=True)
@@ -111,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--repulsion-gamma", type=float, default=0.0,
                         help="γ of the RSD repulsion between the samples of a batch (0 = independent samples)")
-    parser.add_argument("--repulsion-features", default="probe",
-                        help="kernel features: latent, pixel, probe, latent_probe or dinov2 (see RepulsionConfig)")
+    parser.add_argument("--repulsion-features", default="probe", choices=REPULSION_FEATURES,
+                        help="kernel features (see RepulsionConfig)")
     parser.add_argument("--repulsion-on", default="noisy", choices=["noisy", "clean"],
                         help="kernel on x_t or on the predicted x̂0")
     return parser
@@ -137,12 +139,7 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     correction = None
     if args.repulsion_gamma:
         repulsion = {"gamma": args.repulsion_gamma, "features": args.repulsion_features, "on": args.repulsion_on}
-        try:
-            guidance = find("sds", kind="guidance")({"repulsion": repulsion}, path="--repulsion")
-        except ConfigError as err:
-            print(f"scorestudio.sample: error: {err}", file=sys.stderr)
-            sys.exit(2)
-        correction = repulsion_correction(guidance, prior)
+        correction = repulsion_correction(find("sds", kind="guidance")({"repulsion": repulsion}), prior)
     images = ddim_sample(prior, [args.prompt] * args.n, args.steps, args.cfg, args.seed, eta=args.eta,
                          negative_prompt=args.negative_prompt, batch_size=args.batch_size, progress=True,
                          eps_correction=correction)

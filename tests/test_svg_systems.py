@@ -136,19 +136,19 @@ def test_fit_to_images_vectorises_icons(tmp_path):
     fit_to_images(svg, targets, steps=150, lr=0.5, color_ratio=0.05, renderer=renderer, xing_weight=0.01)
     with torch.no_grad():
         after = psnr(render(svg.scene(), renderer), targets)
-        torch.testing.assert_close(-10 * fit_error(svg, targets, renderer).log10(), after, atol=1e-4, rtol=0)
+        torch.testing.assert_close(-10 * fit_error(svg.scene(), targets, renderer).log10(), after, atol=1e-4, rtol=0)
     print(f"PSNR before {before.tolist()}, after {after.tolist()}")
     assert (after > 35).all() and (after > before + 20).all(), (before, after)
     assert svg.points.grad is None and svg.colors.grad is None                # nothing leaks into the run's step
 
     # Pruning hides the paths the fit does not need and costs at most P · tolerance of MSE.
     tolerance = 1e-4
-    before_prune = fit_error(svg, targets, renderer)
+    before_prune = fit_error(svg.scene(), targets, renderer)
     prune_paths(svg, targets, renderer, tolerance)
     visible = svg.visible.sum(1)
     print(f"visible paths after pruning: {visible.tolist()}")
     assert (visible < 32).all() and (visible >= 3).all()
-    assert (fit_error(svg, targets, renderer) - before_prune < 32 * tolerance).all()
+    assert (fit_error(svg.scene(), targets, renderer) - before_prune < 32 * tolerance).all()
     hidden = svg.visible == 0
     assert (svg.scene().fill[..., 3][hidden] == 0).all()
     loss = render(svg.scene(), renderer).sum()
@@ -199,7 +199,7 @@ def test_anchor_term_is_the_squared_distance_to_the_samples(tmp_path, tiny):
             assert "loss_anchor" not in out
             continue
         with torch.no_grad():
-            expected = weight * 3 * 64 * 64 * fit_error(system.svg, system.samples, renderer).mean()
+            expected = weight * 3 * 64 * 64 * fit_error(system.svg.scene(), system.samples, renderer).mean()
         torch.testing.assert_close(out["loss_anchor"].detach(), expected, rtol=1e-5, atol=1e-6)
 
 

@@ -328,9 +328,9 @@ class SampleInitConfig:
     repulsion: bool = True
 
 
-def fit_error(svg: SvgParticles, targets: Tensor, renderer: RasterizerConfig) -> Tensor:
-    """Mean squared error ``[N]`` of each particle's rendering to ``targets [N, 3, H, W]`` in [0, 1]."""
-    return (render(svg.scene(), renderer) - targets).pow(2).flatten(1).mean(1)
+def fit_error(scene: SvgScene, targets: Tensor, renderer: RasterizerConfig) -> Tensor:
+    """Mean squared error ``[N]`` of each scene's rendering to ``targets [N, 3, H, W]`` in [0, 1]."""
+    return (render(scene, renderer) - targets).pow(2).flatten(1).mean(1)
 
 
 def fit_to_images(svg: SvgParticles, targets: Tensor, steps: int, lr: float, color_ratio: float,
@@ -343,8 +343,9 @@ def fit_to_images(svg: SvgParticles, targets: Tensor, steps: int, lr: float, col
                                   {"params": [svg.colors], "lr": lr * color_ratio}], betas=(0.9, 0.9))
     bar = tqdm(range(steps), desc="fit paths to samples", unit="step")
     for _ in bar:
-        mse = fit_error(svg, targets, renderer)
-        loss = mse.sum() + xing_weight * xing_loss(svg.scene()).sum()
+        scene = svg.scene()
+        mse = fit_error(scene, targets, renderer)
+        loss = mse.sum() + xing_weight * xing_loss(scene).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -359,11 +360,11 @@ def prune_paths(svg: SvgParticles, targets: Tensor, renderer: RasterizerConfig, 
     order, a path is hidden when hiding it raises its particle's :func:`fit_error` by less than
     ``tolerance``. Left visible, such paths (parked off-shape, white on white, nearly transparent)
     drift into faint clutter under the guidance."""
-    current = fit_error(svg, targets, renderer)
+    current = fit_error(svg.scene(), targets, renderer)
     for p in range(svg.visible.shape[1]):
         was = svg.visible[:, p].clone()
         svg.visible[:, p] = 0
-        trial = fit_error(svg, targets, renderer)
+        trial = fit_error(svg.scene(), targets, renderer)
         needed = trial - current >= tolerance                               # [N]
         svg.visible[:, p] = torch.where(needed, was, torch.zeros_like(was))
         current = torch.where(needed, current, trial)
@@ -432,7 +433,7 @@ class TextToSvgSystem(SvgDistillationSystem):
         if init.prune_tolerance > 0:
             prune_paths(self.svg, samples, self.cfg.renderer, init.prune_tolerance)
         with torch.no_grad():
-            mse = fit_error(self.svg, samples, self.cfg.renderer)
+            mse = fit_error(self.svg.scene(), samples, self.cfg.renderer)
         self.save_metrics({"init_fit_psnr": [round(float(-10 * torch.log10(m)), 2) for m in mse.clamp_min(1e-10)],
                            "init_visible_paths": self.svg.visible.sum(1).int().tolist()})
 
