@@ -204,22 +204,29 @@ def test_anchor_term_is_the_squared_distance_to_the_samples(tmp_path, tiny):
 
 
 def test_sample_initialisation_applies_the_guidance_repulsion(tmp_path, tiny):
-    """With γ > 0 the DDIM samples repel each other (further apart than the independent ones);
-    init_from_sample.repulsion=false samples independently whatever γ is."""
-    def samples(gamma, use_repulsion=True, on="noisy"):
-        guidance = {"num_steps": 10, "repulsion": {"gamma": gamma, "features": "latent", "scale": "one", "on": on}}
-        init = {"enabled": True, "ddim_steps": 4, "repulsion": use_repulsion}
+    """With γ > 0 the DDIM samples repel each other (further apart than the independent ones), the
+    kernel on x_t or on x̂0 as init_from_sample.repulsion says, whatever the guidance's own
+    repulsion.on; "off" samples independently whatever γ is; a bad placement is a ConfigError."""
+    def samples(gamma, placement="clean", guidance_on="noisy"):
+        guidance = {"num_steps": 10, "repulsion": {"gamma": gamma, "features": "latent", "scale": "one",
+                                                   "on": guidance_on}}
+        init = {"enabled": True, "ddim_steps": 4, "repulsion": placement}
         return system_for(tmp_path, tiny, n_particles=4, guidance=guidance, init_from_sample=init).prompt_samples()
 
     def spread(images):
         return torch.pdist(images.flatten(1)).mean()
 
     independent = samples(0.0)
-    assert torch.equal(samples(5.0, use_repulsion=False), independent)
+    assert torch.equal(samples(5.0, placement="off"), independent)
+    repelled = {}
     for on in ("noisy", "clean"):          # the kernel on x_t, or on the predicted x̂0
-        repelled = samples(100.0 if on == "noisy" else 400.0, on=on)
-        print(f"{on}: mean pairwise distance independent {spread(independent):.3f}, repelled {spread(repelled):.3f}")
-        assert spread(repelled) > 1.1 * spread(independent)
+        repelled[on] = samples(100.0 if on == "noisy" else 400.0, placement=on)
+        print(f"{on}: mean pairwise distance independent {spread(independent):.3f}, repelled {spread(repelled[on]):.3f}")
+        assert spread(repelled[on]) > 1.1 * spread(independent)
+    assert torch.equal(samples(400.0, placement="clean", guidance_on="clean"), repelled["clean"])
+    assert not torch.equal(samples(400.0, placement="noisy"), repelled["clean"])
+    with pytest.raises(ConfigError, match="init_from_sample.repulsion='both'"):
+        samples(1.0, placement="both")
 
 
 # ------------------------------------------------------------------------------ svg-restoration
