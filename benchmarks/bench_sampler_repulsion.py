@@ -1,10 +1,12 @@
 """Particle guidance in the DDIM sampler: how many distinct shapes and colours N samples of an
 ambiguous prompt hold without repulsion and with the RSD kernel on x_t ("noisy") or on the
-predicted x̂0 ("clean") — the choice behind text-to-SVG's ``init_from_sample.repulsion``.
+predicted x̂0 ("clean") — the choice behind text-to-SVG's ``init_from_sample.repulsion`` — and
+what it costs in quality.
 
 Per seed, N samples of the prompt (DDIM, CFG; sample i from stream (seed, "sample", i), so every
-setting starts from the same noise); the probe classifies each; the figures are the mean number of
-distinct shapes / colours per seed.
+setting starts from the same noise), read by the probe: distinct shapes / colours, quality (mean
+probability of the attributes the prompt names: "a cube" → cube, "an icon" → icon) and feature
+diversity, averaged over seeds.
 
     python benchmarks/bench_sampler_repulsion.py                       # "an icon", 20 seeds
     python benchmarks/bench_sampler_repulsion.py --prompt "a cube" --seeds 10 --gammas 20
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -24,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from scorestudio.metrics.attributes import probe_report  # noqa: E402
 from scorestudio.metrics.probe import load_probe  # noqa: E402
 from scorestudio.sample import ddim_sample, repulsion_correction  # noqa: E402
 from scorestudio.utils.registry import find  # noqa: E402
@@ -32,17 +36,19 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def count_classes(prior, probe, args, gamma: float, on: str) -> dict:
-    """Distinct shapes and colours per seed of ``args.n`` samples with repulsion (γ, placement)."""
+    """Per-seed means over ``args.n`` samples with repulsion (γ, placement): distinct shapes and
+    colours, quality (the probe's mean probability of the attributes the prompt names) and
+    diversity (1 − mean pairwise cosine similarity of the probe's features)."""
     guidance = find("sds", kind="guidance")({"repulsion": {"gamma": gamma, "features": args.features}})
     correction = repulsion_correction(guidance, prior, on=on) if gamma else None
-    shapes, colors = [], []
+    reports = []
     for seed in range(args.seeds):
         images = ddim_sample(prior, [args.prompt] * args.n, args.steps, args.cfg, seed, eps_correction=correction)
-        classes = probe.classify(images)
-        shapes.append(len({c["shape"] for c in classes}))
-        colors.append(len({c["color"] for c in classes}))
-    return {"gamma": gamma, "on": on if gamma else "off", "distinct_shapes": sum(shapes) / len(shapes),
-            "distinct_colors": sum(colors) / len(colors), "shapes_per_seed": shapes, "colors_per_seed": colors}
+        reports.append(probe_report(images, args.prompt, probe))
+    row = {"gamma": gamma, "on": on if gamma else "off"}
+    for key in ("distinct_shapes", "distinct_colors", "quality", "diversity"):
+        row[key] = statistics.fmean(r[key] for r in reports)
+    return {**row, "per_seed": reports}
 
 
 def main() -> None:
@@ -69,9 +75,10 @@ def main() -> None:
             print(rows[-1], flush=True)
     print(f"\n\"{args.prompt}\", {args.n} samples × {args.seeds} seeds, DDIM {args.steps}, CFG {args.cfg}, "
           f"{args.features} features")
-    print(f"{'γ':>6} {'kernel on':>9} {'shapes':>7} {'colours':>8}")
+    print(f"{'γ':>6} {'kernel on':>9} {'shapes':>7} {'colours':>8} {'quality':>8} {'diversity':>9}")
     for r in rows:
-        print(f"{r['gamma']:6g} {r['on']:>9} {r['distinct_shapes']:7.2f} {r['distinct_colors']:8.2f}")
+        print(f"{r['gamma']:6g} {r['on']:>9} {r['distinct_shapes']:7.2f} {r['distinct_colors']:8.2f} "
+              f"{r['quality']:8.3f} {r['diversity']:9.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "minutes": (time.perf_counter() - start) / 60,
