@@ -39,7 +39,8 @@ def count_classes(prior, probe, args, gamma: float, on: str) -> dict:
     """Per-seed means over ``args.n`` samples with repulsion (γ, placement): distinct shapes and
     colours, quality (the probe's mean probability of the attributes the prompt names) and
     diversity (1 − mean pairwise cosine similarity of the probe's features)."""
-    guidance = find("sds", kind="guidance")({"repulsion": {"gamma": gamma, "features": args.features}})
+    guidance = find("sds", kind="guidance")({"repulsion": {"gamma": gamma, "features": args.features,
+                                                           "t_window": args.t_window}})
     correction = repulsion_correction(guidance, prior, on=on) if gamma else None
     reports = []
     for seed in range(args.seeds):
@@ -60,6 +61,8 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--gammas", type=float, nargs="+", default=[20.0, 50.0])
     parser.add_argument("--features", default="probe", help="kernel features (RepulsionConfig.features)")
+    parser.add_argument("--t-window", type=float, nargs=2, default=[0.0, 1.0], metavar=("LO", "HI"),
+                        help="repulsion active only for t/T in [LO, HI]")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=str(RESULTS / "sampler_repulsion.json"))
     args = parser.parse_args()
