@@ -35,7 +35,7 @@ from scorestudio.utils.registry import find  # noqa: E402
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
-def count_classes(prior, probe, args, gamma: float, on: str) -> dict:
+def sampler_report(prior, probe, args, gamma: float, on: str) -> dict:
     """Per-seed means over ``args.n`` samples with repulsion (γ, placement): distinct shapes and
     colours, quality (the probe's mean probability of the attributes the prompt names) and
     diversity (1 − mean pairwise cosine similarity of the probe's features)."""
@@ -71,10 +71,10 @@ def main() -> None:
     prior = find("embedded", kind="priors")({}, path="system.prior")
     probe = load_probe()
     start = time.perf_counter()
-    rows = [count_classes(prior, probe, args, 0.0, "off")]
+    rows = [sampler_report(prior, probe, args, 0.0, "off")]
     for gamma in args.gammas:
         for on in ("noisy", "clean"):
-            rows.append(count_classes(prior, probe, args, gamma, on))
+            rows.append(sampler_report(prior, probe, args, gamma, on))
             print(rows[-1], flush=True)
     print(f"\n\"{args.prompt}\", {args.n} samples × {args.seeds} seeds, DDIM {args.steps}, CFG {args.cfg}, "
           f"{args.features} features")
