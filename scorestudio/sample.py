@@ -85,21 +85,21 @@ def repulsion_correction(guidance: BaseGuidance, prior: DiffusionPrior, on: Opti
     correction: the samples of a batch repel each other ("particle guidance", Corso et al. 2024).
     With ``on="clean"`` (default: the guidance's ``repulsion.on``) the kernel sees the predicted
     x̂0 = (x_t − σ_t ε̂) / α_t, with ``"noisy"`` x_t."""
+    from scorestudio.guidance.base import REPULSION_PLACEMENTS
+
     on = on or guidance.cfg.repulsion.on
-    if on not in ("noisy", "clean"):
-        raise ValueError(f"repulsion placement {on!r}: use 'noisy' or 'clean'")
+    if on not in REPULSION_PLACEMENTS:
+        raise ValueError(f"repulsion placement {on!r}: use one of {', '.join(REPULSION_PLACEMENTS)}")
 
     def correction(x: Tensor, eps: Tensor, t: Tensor, ids: Tensor) -> Optional[Tensor]:
-        if on == "clean":
-            alpha, sigma = (v(t).view(-1, 1, 1, 1) for v in (prior.alpha, prior.sigma))
-            x = (x - sigma * eps) / alpha
-        return guidance.repulsion(prior, x, t, ids, step=0)
+        source = prior.denoised(x, eps, t) if on == "clean" else x
+        return guidance.repulsion(prior, source, t, ids, step=0)
 
     return correction
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from scorestudio.guidance.base import REPULSION_FEATURES
+    from scorestudio.guidance.base import REPULSION_FEATURES, REPULSION_PLACEMENTS
 
     parser = argparse.ArgumentParser(prog="python -m scorestudio.sample",
                                      description="DDIM samples of a prompt from a diffusion prior")
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     # On the embedded prior with probe features (benchmarks/bench_sampler_repulsion.py) the kernel
     # on x_t spreads colours ("a cube", 64 samples: 4 → 7 colours at γ 20, quality 0.74), on x̂0
     # shapes ("an icon": 3.10 → 3.95 shapes of 4 at γ 20, where x_t leaves 3.10).
-    parser.add_argument("--repulsion-on", default="noisy", choices=["noisy", "clean"],
+    parser.add_argument("--repulsion-on", default="noisy", choices=REPULSION_PLACEMENTS,
                         help="kernel on x_t (noisy: colours spread first) or on the predicted x̂0 (clean: shapes)")
     return parser
 

@@ -12,7 +12,6 @@ import torch
 
 import scorestudio
 from scorestudio.cli import parse_args, run
-from scorestudio.guidance.lmc_sds import denoised_estimate
 from scorestudio.guidance.manifold_corrective import (CorrectiveConfig, CorrectiveWeightsNotFound, ManifoldCorrective,
                                                       load_corrective, match_statistics, normalized_corrective_loss,
                                                       save_corrective)
@@ -95,7 +94,7 @@ def test_sds_equals_cond_plus_projection(prior):
     assert torch.allclose(g_cond, OMEGA * (eps_y - eps_u), atol=1e-5)
     assert torch.allclose(g_sds, g_cond + (eps_u - eps), atol=1e-5)
     # Eq. 7: the projection term in x0 space, ε_∅ − ε = (α_t / σ_t)(z − ẑ_t)
-    z_hat = denoised_estimate(prior, noisy, eps_u, t)
+    z_hat = prior.denoised(noisy, eps_u, t)
     ratio = (prior.alpha(t) / prior.sigma(t)).view(-1, 1, 1, 1)
     assert torch.allclose(eps_u - eps, ratio * (z.detach() - z_hat), atol=1e-4)
 
@@ -124,7 +123,7 @@ def test_lmc_gradient_matches_closed_form_with_learned_corrective(prior, correct
     net = load_corrective(corrective_dir)
     with torch.no_grad():
         eps_y, eps_u = prior.predict_noise(noisy, t, pb.cond), prior.predict_noise(noisy, t, pb.uncond)
-        z_hat = denoised_estimate(prior, noisy, eps_u, t)
+        z_hat = prior.denoised(noisy, eps_u, t)
         b = match_statistics(net(z.detach(), t.float() / prior.num_train_timesteps), z_hat)
     w = (1 - prior.alphas_cumprod[t]).view(-1, 1, 1, 1)
     expected = w * (OMEGA * (eps_y - eps_u) + (b - z_hat)) / OMEGA
@@ -164,7 +163,7 @@ def test_fixed_epsilon_reuses_one_noise_per_particle(prior, corrective_dir):
         g_lmc = grad_of(full, prior, z, pb, ids, step) - grad_of(cond_fixed, prior, z, pb, ids, step)
         t, eps, noisy = draws(full, prior, z, ids, step)
         with torch.no_grad():
-            z_hat = denoised_estimate(prior, noisy, prior.predict_noise(noisy, t, pb.uncond), t)
+            z_hat = prior.denoised(noisy, prior.predict_noise(noisy, t, pb.uncond), t)
             b = match_statistics(full.corrective(prior)(z, t.float() / 1000), z_hat)
         assert torch.allclose(g_lmc, (b - z_hat) / OMEGA, atol=1e-5)
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 NETWORK_FEATURES = ("probe", "latent_probe", "dinov2")   # feature maps that load a network
 REPULSION_FEATURES = ("latent", "pixel", *NETWORK_FEATURES)
+REPULSION_PLACEMENTS = ("noisy", "clean")   # the kernel on x_t, or on the clean x_0 / predicted x̂0
 
 
 @dataclass
@@ -98,7 +99,7 @@ class BaseGuidance(BaseModule):
         rep = self.cfg.repulsion
         for key, value, choices in (("features", rep.features, REPULSION_FEATURES),
                                     ("scale", rep.scale, ("sigma", "sigma2", "one")),
-                                    ("on", rep.on, ("noisy", "clean"))):
+                                    ("on", rep.on, REPULSION_PLACEMENTS)):
             if value not in choices:   # at build time, not at the first repulsive step
                 raise ConfigError(f"{self.config_path}.repulsion.{key}={value!r}: use one of {', '.join(choices)}")
 

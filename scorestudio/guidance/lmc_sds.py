@@ -40,12 +40,6 @@ if TYPE_CHECKING:
 FIXED_EPSILON_STREAM = "fixed-epsilon"   # sample_noise stream of the fixed ε (step key 0 forever)
 
 
-def denoised_estimate(prior: "DiffusionPrior", noisy: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-    """ẑ_t = (z_t − σ_t ε̂) / α_t ``[N, C, h, w]`` for z_t, ε̂ ``[N, C, h, w]`` and long t ``[N]``."""
-    shape = (-1,) + (1,) * (noisy.ndim - 1)
-    return (noisy - prior.sigma(t).view(shape) * eps) / prior.alpha(t).view(shape)
-
-
 @register("lmc-sds")
 class LMCSDSGuidance(BaseGuidance):
     loss_name = "loss_lmc_sds"
@@ -120,7 +114,7 @@ class LMCSDSGuidance(BaseGuidance):
         eps_empty = eps_u if shared else eps[2 * n:]
 
         cond = omega * (eps_y - eps_u)                                        # L_cond
-        z_hat = denoised_estimate(prior, call.noisy, eps_empty, call.t)
+        z_hat = prior.denoised(call.noisy, eps_empty, call.t)
         lmc = self.cfg.lmc_weight * (self.corrected(prior, latents, call.t, z_hat) - z_hat)   # L_lmc
         delta = cond + lmc
         if self.cfg.scale_by_inverse_omega:

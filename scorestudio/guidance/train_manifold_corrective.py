@@ -35,7 +35,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # shared cores: see scores
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from scorestudio.guidance.lmc_sds import denoised_estimate  # noqa: E402
 from scorestudio.guidance.manifold_corrective import (FOLDER_NAME, CorrectiveConfig, ManifoldCorrective,  # noqa: E402
                                                       load_corrective, normalized_corrective_loss,
                                                       parameter_count, save_corrective)
@@ -122,7 +121,7 @@ def make_triplets(prior, z: Tensor, frac: Tensor, gen: torch.Generator) -> tuple
     noisy = prior.add_noise(z, eps, t)
     empty = prior.encode_text([""]).expand(len(z), -1, -1)
     with torch.no_grad():
-        z_hat = denoised_estimate(prior, noisy, prior.predict_noise(noisy, t, empty), t)
+        z_hat = prior.denoised(noisy, prior.predict_noise(noisy, t, empty), t)
     return z_hat, t
 
 

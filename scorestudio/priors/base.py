@@ -242,6 +242,12 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         shape = (-1,) + (1,) * (x0.ndim - 1)
         return self.alpha(t).view(shape) * x0 + self.sigma(t).view(shape) * noise
 
+    def denoised(self, x_t: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """x̂_0 = (x_t − σ_t ε̂) / α_t, the inverse of :meth:`add_noise`, for ``x_t``, ``eps``
+        ``[N, C, h, w]`` and long ``t`` ``[N]``."""
+        shape = (-1,) + (1,) * (x_t.ndim - 1)
+        return (x_t - self.sigma(t).view(shape) * eps) / self.alpha(t).view(shape)
+
     # ---- denoiser -----------------------------------------------------------------------
     def predict_noise(self, x_t: Tensor, t: Union[Tensor, int], text_embeddings: Tensor,
                       class_labels: Optional[Tensor] = None) -> Tensor:

@@ -401,7 +401,9 @@ class TextToSvgSystem(SvgDistillationSystem):
             self.prompt_processor = PromptProcessor({**vars(pp), "prompt": pp.prompt + self.cfg.prompt_suffix},
                                                     path="system.prompt_processor")
         self.build_svg(self.cfg.canvas_size)
-        if self.cfg.init_from_sample.repulsion not in ("clean", "noisy", "off"):
+        from scorestudio.guidance.base import REPULSION_PLACEMENTS
+
+        if self.cfg.init_from_sample.repulsion not in (*REPULSION_PLACEMENTS, "off"):
             raise ConfigError(f"system.init_from_sample.repulsion={self.cfg.init_from_sample.repulsion!r}: "
                               f"use 'clean' (kernel on x̂0), 'noisy' (on x_t) or 'off'")
         if self.cfg.init_from_sample.enabled:   # the samples, kept for the anchor term and for resuming
