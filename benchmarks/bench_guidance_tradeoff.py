@@ -12,6 +12,7 @@ with and without repulsion.
     python benchmarks/bench_guidance_tradeoff.py --prompts "a cube" --seeds 1 --steps 40 --gammas 0 20  # repulsion overhead
     python benchmarks/bench_guidance_tradeoff.py --features latent_probe ...   # repulsion on the distilled latent probe
     python benchmarks/bench_guidance_tradeoff.py --device cuda --shard 0/4 --out /tmp/s0.json  # see sharding.py
+    python benchmarks/bench_guidance_tradeoff.py --first-seed 3 --seeds 5 --out /tmp/s34.json   # more seeds, merge later
 
 Writes benchmarks/results/guidance_tradeoff.json and guidance_tradeoff.png.
 """
@@ -142,8 +143,9 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
 def sweep_jobs(args: argparse.Namespace) -> list[tuple]:
     """(method, prompt, seed, γ) of the requested sweep, plus the DDIM ancestral reference runs."""
     # Seeds outermost: a shard cut short still holds whole seeds of every method, prompt and γ.
-    jobs = [(m, p, s, float(g)) for s in range(args.seeds) for m in args.methods for p in args.prompts for g in args.gammas]
-    return jobs + [("ancestral", p, s, None) for s in range(args.seeds) for p in args.prompts]
+    seeds = range(args.first_seed, args.seeds)
+    jobs = [(m, p, s, float(g)) for s in seeds for m in args.methods for p in args.prompts for g in args.gammas]
+    return jobs + [("ancestral", p, s, None) for s in seeds for p in args.prompts]
 
 
 def run_jobs(args: argparse.Namespace) -> list[dict]:
@@ -173,7 +175,9 @@ def main() -> None:
     parser.add_argument("--prompts", nargs="+", default=["a cube", "a red object", "an icon"])
     parser.add_argument("--methods", nargs="+", default=["sds", "nfsd", "vsd"])
     parser.add_argument("--gammas", nargs="+", type=float, default=[0, 10, 20, 30, 40])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0 … SEEDS−1 (from --first-seed)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="run seeds FIRST_SEED … SEEDS−1 only: extends a sweep (merge with the default 0)")
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--features", default=None, choices=REPULSION_FEATURES,
