@@ -14,7 +14,7 @@ with and without repulsion.
     python benchmarks/bench_guidance_tradeoff.py --device cuda --shard 0/4 --out /tmp/s0.json  # see sharding.py
     python benchmarks/bench_guidance_tradeoff.py --first-seed 3 --seeds 5 --out /tmp/s34.json   # more seeds, merge later
 
-Writes benchmarks/results/guidance_tradeoff.json and guidance_tradeoff.png.
+Writes benchmarks/results/guidance_tradeoff.json, .png (diversity vs quality) and .md (tables).
 """
 
 from __future__ import annotations
@@ -105,6 +105,37 @@ def plot(rows: list[dict], methods: list[str], gammas: list[float], path: Path) 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def markdown(rows: list[dict], summary: dict) -> str:
+    """The sweep's tables: means per (method, γ) with the quality change from γ = 0, the checks per
+    method, and quality per prompt (where the repulsion costs it)."""
+    methods = [m for m in summary if m != "ancestral"]
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [f"Means over prompts ({', '.join(prompts)}) and seeds {seeds[0]}–{seeds[-1]}; {len(rows)} runs.", "",
+             "| method | γ | diversity | quality | Δ quality vs γ 0 (points) | colours | shapes |",
+             "|---|---|---|---|---|---|---|"]
+    for method in methods:
+        per_gamma = summary[method]["per_gamma"]
+        base = per_gamma[min(per_gamma)]["quality"]
+        for g, v in per_gamma.items():
+            lines.append(f"| {method} | {g:g} | {v['diversity']:.3f} | {v['quality']:.3f} | "
+                         f"{100 * (v['quality'] - base):+.1f} | {v['distinct_colors']:.2f} | {v['distinct_shapes']:.2f} |")
+    a = summary["ancestral"]
+    lines += [f"| ancestral DDIM | – | {a['diversity']:.3f} | {a['quality']:.3f} | | "
+              f"{a['distinct_colors']:.2f} | {a['distinct_shapes']:.2f} |", "",
+              "| method | diversity monotone in γ | \"a cube\" colours, best γ / γ 0 |", "|---|---|---|"]
+    lines += [f"| {m} | {summary[m]['diversity_monotone']} | {summary[m]['cube_colors_ratio_best']:.2f}× |" for m in methods]
+    gammas = sorted({r["gamma"] for r in rows if r["method"] != "ancestral"})
+    lines += ["", "Quality per prompt:", "",
+              "| method | prompt | " + " | ".join(f"γ {g:g}" for g in gammas) + " |",
+              "|---|---|" + "---|" * len(gammas)]
+    for method in methods:
+        for prompt in prompts:
+            cells = [f"{mean_over(rows, 'quality', method=method, prompt=prompt, gamma=g):.3f}" for g in gammas]
+            lines.append(f"| {method} | {prompt} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -200,6 +231,7 @@ def main() -> None:
     if methods:
         plot(rows, methods, sorted({r["gamma"] for r in rows if r["method"] != "ancestral"}),
              out_path.with_suffix(".png"))
+        out_path.with_suffix(".md").write_text(markdown(rows, summary))
 
     print(f"\n{'method':10s} {'γ':>5s} {'diversity':>10s} {'quality':>8s} {'colours':>8s} {'shapes':>7s} {'s/step':>7s}")
     for method in methods:
@@ -211,7 +243,7 @@ def main() -> None:
               f"{s['cube_colors_ratio_best']:.2f}x, repulsion overhead: {100 * s['repulsion_overhead']:.1f}%")
     a = summary["ancestral"]
     print(f"{'ancestral':10s} {'-':>5s} {a['diversity']:10.3f} {a['quality']:8.3f} {a['distinct_colors']:8.2f} {a['distinct_shapes']:7.2f}")
-    print(f"wrote {out_path} and {out_path.with_suffix('.png')}")
+    print(f"wrote {out_path}, {out_path.with_suffix('.png')} and {out_path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
