@@ -3,8 +3,8 @@
 Quality (on the shipped weights, held-out data of the procedural generator):
 - probe accuracy (shape, colour, kind) on held-out generated images;
 - VAE reconstruction PSNR on held-out images;
-- DDIM (50 steps, CFG 7.5) samples of every fully specified caption, classified by the probe as
-  the prompted shape / colour;
+- DDIM (50 steps, CFG 7.5 in the prior's guidance interval, see scorestudio.sample) samples of
+  every fully specified caption, classified by the probe as the prompted shape / colour;
 - coverage of ambiguous prompts: distinct colours among samples of "a cube", distinct shapes
   among samples of "a red object".
 Speed (2 CPU cores): one UNet forward with CFG for batches of 4 and 16 latents, VAE
@@ -12,6 +12,9 @@ encode + backward for a batch of 4 images.
 
     python benchmarks/bench_prior.py [--per-caption 16] [--ambiguous 64]
     python benchmarks/bench_prior.py --coverage-cfgs 1 2 3 5 7.5 --out benchmarks/results/prior_coverage_by_cfg.json
+    python benchmarks/bench_prior.py --guidance-interval 0 1 --out benchmarks/results/prior_cfg_every_step.json
+    python benchmarks/bench_prior.py --coverage-interval-ends 1 0.9 0.8 0.7 0.6 0.5 0.4 \
+        --out benchmarks/results/prior_coverage_by_interval.json
 
 Writes benchmarks/results/prior.json and prior_samples.png.
 """
@@ -87,13 +90,15 @@ def held_out_quality(prior: EmbeddedPrior, probe, n: int) -> dict[str, float]:
 
 
 @torch.no_grad()
-def caption_accuracy(prior: EmbeddedPrior, probe, per_caption: int, steps: int, cfg: float) -> tuple[dict, list]:
+def caption_accuracy(prior: EmbeddedPrior, probe, per_caption: int, steps: int, cfg: float,
+                     interval: tuple[float, float]) -> tuple[dict, list]:
     """Every (shape, colour) caption: fraction of samples the probe names as prompted."""
     rows, grids = [], []
     for shape in tqdm(ALL_SHAPES, desc="captions"):
         for color in COLOR_NAMES:
             caption = caption_for(shape, color)
-            images = ddim_sample(prior, [caption] * per_caption, steps=steps, cfg=cfg, seed=0)
+            images = ddim_sample(prior, [caption] * per_caption, steps=steps, cfg=cfg, seed=0,
+                                 guidance_interval=interval)
             logits = probe(images)
             rows.append({"caption": caption,
                          "shape_ok": float((logits["shape"].argmax(-1) == ALL_SHAPES.index(shape)).float().mean()),
@@ -107,10 +112,11 @@ def caption_accuracy(prior: EmbeddedPrior, probe, per_caption: int, steps: int, 
 
 
 @torch.no_grad()
-def ambiguous_coverage(prior: EmbeddedPrior, probe, n: int, steps: int, cfg: float) -> dict:
+def ambiguous_coverage(prior: EmbeddedPrior, probe, n: int, steps: int, cfg: float,
+                       interval: tuple[float, float]) -> dict:
     out = {}
     for prompt, head in (("a cube", "color"), ("a red object", "shape"), ("an icon", "shape")):
-        images = ddim_sample(prior, [prompt] * n, steps=steps, cfg=cfg, seed=1)
+        images = ddim_sample(prior, [prompt] * n, steps=steps, cfg=cfg, seed=1, guidance_interval=interval)
         pred = probe(images)[head].argmax(-1)
         names = COLOR_NAMES if head == "color" else ALL_SHAPES
         counts = {names[i]: int((pred == i).sum()) for i in pred.unique().tolist()}
@@ -127,24 +133,37 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--coverage-cfgs", type=float, nargs="+", default=None, metavar="CFG",
                         help="only the ambiguous-prompt coverage, at each of these CFG scales")
+    parser.add_argument("--coverage-interval-ends", type=float, nargs="+", default=None, metavar="HI",
+                        help="only the ambiguous-prompt coverage at --cfg, with CFG for t/T in [0, HI] for each HI")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="CFG only for LO <= t/T <= HI (default: the prior's sampling_guidance_interval)")
     parser.add_argument("--out", default=str(RESULTS / "prior.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     prior, probe = EmbeddedPrior({}), load_probe()
+    args.guidance_interval = interval = tuple(args.guidance_interval or prior.sampling_guidance_interval)
     if args.coverage_cfgs:
-        coverage = {f"{cfg:g}": ambiguous_coverage(prior, probe, args.ambiguous, args.steps, cfg)
+        coverage = {f"{cfg:g}": ambiguous_coverage(prior, probe, args.ambiguous, args.steps, cfg, interval)
                     for cfg in args.coverage_cfgs}
         for cfg, res in coverage.items():
             print(f"CFG {cfg}: " + ", ".join(f"{prompt} {r['distinct']} {r['head']}s" for prompt, r in res.items()))
         write_json(Path(args.out), {"args": vars(args), "ambiguous_by_cfg": coverage})
         return
+    if args.coverage_interval_ends:
+        coverage = {f"{hi:g}": ambiguous_coverage(prior, probe, args.ambiguous, args.steps, args.cfg, (0.0, hi))
+                    for hi in args.coverage_interval_ends}
+        for hi, res in coverage.items():
+            print(f"CFG {args.cfg:g} for t/T <= {hi}: "
+                  + ", ".join(f"{prompt} {r['distinct']} {r['head']}s" for prompt, r in res.items()))
+        write_json(Path(args.out), {"args": vars(args), "ambiguous_by_interval_end": coverage})
+        return
     result = {"args": vars(args), "speed": speed(prior)}
     print(json.dumps(result["speed"], indent=2))
     result["held_out"] = held_out_quality(prior, probe, args.held_out)
     print(json.dumps(result["held_out"], indent=2))
-    result["ambiguous"] = ambiguous_coverage(prior, probe, args.ambiguous, args.steps, args.cfg)
+    result["ambiguous"] = ambiguous_coverage(prior, probe, args.ambiguous, args.steps, args.cfg, interval)
     print(json.dumps(result["ambiguous"], indent=2))
-    result["captions"], firsts = caption_accuracy(prior, probe, args.per_caption, args.steps, args.cfg)
+    result["captions"], firsts = caption_accuracy(prior, probe, args.per_caption, args.steps, args.cfg, interval)
     print(json.dumps({k: v for k, v in result["captions"].items() if k != "per_caption"}, indent=2))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -259,6 +260,34 @@ def test_ddim_eta_noise_does_not_depend_on_batching(sd):
     assert not torch.allclose(together[0], together[1])
 
 
+def test_guidance_interval_applies_cfg_only_inside(sd, monkeypatch):
+    from scorestudio.sample import ddim_sample
+
+    prompts = ["a red cube", "a blue sphere"]
+    assert torch.equal(ddim_sample(sd, prompts, steps=4, cfg=3.0, seed=2),
+                       ddim_sample(sd, prompts, steps=4, cfg=3.0, seed=2, guidance_interval=(0.0, 1.0)))
+    # No step inside the interval: every step uses the conditional ε, i.e. CFG scale 1.
+    assert torch.allclose(ddim_sample(sd, prompts, steps=4, cfg=3.0, seed=2, guidance_interval=(0.999, 1.0)),
+                          ddim_sample(sd, prompts, steps=4, cfg=1.0, seed=2), atol=1e-5)
+    guided = []
+    original = type(sd).predict_noise_cfg
+
+    def spy(self, x_t, t, *args):
+        guided.append(int(t))
+        return original(self, x_t, t, *args)
+
+    monkeypatch.setattr(type(sd), "predict_noise_cfg", spy)
+    ddim_sample(sd, prompts, steps=4, cfg=3.0, seed=2, guidance_interval=(0.0, 0.6))
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(sd.scheduler_config)
+    scheduler.set_timesteps(4)
+    expected = [int(t) for t in scheduler.timesteps if t / sd.num_train_timesteps <= 0.6]
+    assert guided == expected and 0 < len(expected) < 4
+    with pytest.raises(ValueError, match="guidance_interval"):
+        ddim_sample(sd, prompts, steps=2, cfg=3.0, seed=0, guidance_interval=(0.7, 0.2))
+
+
 def test_sample_cli_writes_pngs(folders, tmp_path):
     from PIL import Image
 
@@ -271,6 +300,19 @@ def test_sample_cli_writes_pngs(folders, tmp_path):
                                                 "sample_002.png", "sample.json"}
     assert Image.open(out / "sample_000.png").size == (16, 16)
     assert Image.open(out / "grid.png").size == (38, 38)  # 2 x 2 tiles of 16 + 2-px borders, the last one blank
+    assert json.loads((out / "sample.json").read_text())["guidance_interval"] == [0.0, 1.0]   # SD: every step
+
+
+def test_sample_cli_guidance_interval(folders, tmp_path, capsys):
+    from scorestudio.sample import main
+
+    common = ["--prompt", "a red cube", "--n", "2", "--steps", "2", "--prior", "stable-diffusion",
+              "--model", str(folders["stable-diffusion"]), "--device", "cpu"]
+    main([*common, "--out", str(tmp_path / "a"), "--guidance-interval", "0", "0.5"])
+    assert json.loads((tmp_path / "a" / "sample.json").read_text())["guidance_interval"] == [0.0, 0.5]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--out", str(tmp_path / "b"), "--guidance-interval", "0.8", "0.2"])
+    assert exit_info.value.code == 2 and "guidance_interval" in capsys.readouterr().err
 
 
 def test_sample_cli_repulsion_spreads_the_samples(folders, tmp_path, capsys):

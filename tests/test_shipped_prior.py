@@ -56,3 +56,28 @@ def test_probe_names_a_generated_image():
     images = ProceduralDataset(split="test").render("cube", "red", 4, torch.Generator().manual_seed(0))
     rows = load_probe().classify(images)
     assert [r["color"] for r in rows] == ["red"] * 4
+
+
+def test_guidance_interval_spreads_an_ambiguous_prompt(prior):
+    """CFG only for t ≤ 0.6 T (the prior's sampling default) keeps "a cube" multimodal in colour;
+    CFG at every step collapses it (measured: 2 vs 6 colours in 16 samples, 10 steps, seed 0)."""
+    from scorestudio.metrics.probe import load_probe
+
+    probe = load_probe()
+
+    def colours(interval):
+        images = ddim_sample(prior, ["a cube"] * 16, steps=10, cfg=7.5, seed=0, guidance_interval=interval)
+        return len(set(probe(images)["color"].argmax(-1).tolist()))
+
+    assert prior.sampling_guidance_interval == (0.0, 0.6)
+    every_step, interval = colours((0.0, 1.0)), colours(prior.sampling_guidance_interval)
+    assert interval >= 5 and interval >= every_step + 2, (every_step, interval)
+
+
+def test_sample_cli_uses_the_priors_guidance_interval(tmp_path):
+    import json
+
+    from scorestudio.sample import main
+
+    main(["--prompt", "a cube", "--n", "1", "--steps", "2", "--out", str(tmp_path), "--device", "cpu"])
+    assert json.loads((tmp_path / "sample.json").read_text())["guidance_interval"] == [0.0, 0.6]

@@ -106,6 +106,10 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
     holding a prior checkpoints only what trains in it (e.g. VSD's LoRA) and resumes strictly.
     """
 
+    # (lo, hi) fractions of T where `python -m scorestudio.sample` applies CFG by default
+    # (scorestudio.sample: guidance interval). Every step: the convention of SD and IF users.
+    sampling_guidance_interval: tuple[float, float] = (0.0, 1.0)
+
     @dataclass
     class Config:
         # Local diffusers-format folder, or a Hugging Face hub id found in the local HF cache.

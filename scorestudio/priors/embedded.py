@@ -82,6 +82,11 @@ class EmbeddedPrior(LatentDiffusionPrior):
     """The shipped small latent prior (see the module docstring). Text embeddings
     ``[B, 32, 384]`` from :class:`MiniLMTextEncoder`; the folder must be local."""
 
+    # CFG at t ≤ 0.6 T only: with guidance at every step, 64 samples of "a cube" (CFG 7.5) hold
+    # 4 colours, with this interval 8, and fully specified captions are drawn more accurately
+    # (benchmarks/results/prior.json; every step: prior_cfg_every_step.json).
+    sampling_guidance_interval = (0.0, 0.6)
+
     @dataclass
     class Config(LatentDiffusionPrior.Config):
         # Folder of the trained prior; text_max_length comes from its text_encoder.json.
