@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 EpsCorrection = Callable[[Tensor, Tensor, Tensor, Tensor], Optional[Tensor]]
 
 
+def checked_guidance_interval(interval) -> tuple[float, float]:
+    """``(lo, hi)`` as floats, or a ValueError unless 0 ≤ lo ≤ hi ≤ 1 (fractions of T)."""
+    lo, hi = (float(v) for v in interval)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"guidance_interval {tuple(interval)}: expected 0 <= lo <= hi <= 1 (fractions of T)")
+    return lo, hi
+
+
 @torch.no_grad()
 def ddim_sample(prior: DiffusionPrior, prompts: list[str], steps: int, cfg: float, seed: int,
                 eta: float = 0.0, negative_prompt: str = "", batch_size: Optional[int] = None,
@@ -67,9 +75,7 @@ def ddim_sample(prior: DiffusionPrior, prompts: list[str], steps: int, cfg: floa
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    lo, hi = guidance_interval
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"guidance_interval {guidance_interval}: expected 0 <= lo <= hi <= 1 (fractions of T)")
+    lo, hi = checked_guidance_interval(guidance_interval)
     # The prior returns ε even for v-prediction checkpoints.
     scheduler = DDIMScheduler.from_config(prior.scheduler_config, prediction_type="epsilon")
     scheduler.set_timesteps(steps, device=prior.device)
@@ -170,14 +176,14 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     if args.repulsion_gamma:
         repulsion = {"gamma": args.repulsion_gamma, "features": args.repulsion_features, "on": args.repulsion_on}
         correction = repulsion_correction(find("sds", kind="guidance")({"repulsion": repulsion}), prior)
-    interval = tuple(args.guidance_interval or prior.sampling_guidance_interval)
     try:
-        images = ddim_sample(prior, [args.prompt] * args.n, args.steps, args.cfg, args.seed, eta=args.eta,
-                             negative_prompt=args.negative_prompt, batch_size=args.batch_size, progress=True,
-                             eps_correction=correction, guidance_interval=interval)
+        interval = checked_guidance_interval(args.guidance_interval or prior.sampling_guidance_interval)
     except ValueError as err:
-        print(f"scorestudio.sample: error: {err}", file=sys.stderr)
+        print(f"scorestudio.sample: error: {err} (--guidance-interval LO HI)", file=sys.stderr)
         sys.exit(2)
+    images = ddim_sample(prior, [args.prompt] * args.n, args.steps, args.cfg, args.seed, eta=args.eta,
+                         negative_prompt=args.negative_prompt, batch_size=args.batch_size, progress=True,
+                         eps_correction=correction, guidance_interval=interval)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"sample_{i:03d}.png" for i in range(len(images))]
