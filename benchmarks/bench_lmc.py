@@ -17,6 +17,10 @@ without ``fixed_epsilon``: mean pairwise probe-feature distance (1 − cosine, a
     python benchmarks/bench_lmc.py                                      # full: 104 prompts × 5 ω × 3 methods
     python benchmarks/bench_lmc.py --prompts-limit 4 --steps 20 --omegas 7.5 --diversity-runs 2   # smoke test
     python benchmarks/bench_lmc.py --device cuda --out benchmarks/results/lmc_cuda.json           # on a GPU
+    python benchmarks/bench_lmc.py --methods sds lmc-sds --omegas 7.5 --lmc-weights 1 1.5 2 3 4 --seed 1 \
+        --diversity-runs 0 --out benchmarks/results/lmc_weight_sweep.json    # tune LMC-SDS's corrective weight
+
+The tuning sweep runs on seed 1 so that the acceptance figures (seed 0) are not the ones it was chosen on.
 
 Cost on 2 CPU cores (load ~3 from other jobs): one step of all three methods at 104 particles
 took 3.7 s (SDS 1.1, NFSD 1.5, LMC-SDS 1.1), so the default 120 steps × 5 ω ≈ 37 min, plus ~2 min
@@ -116,15 +120,19 @@ def all_prompts() -> list[str]:
 
 
 def distill(args: argparse.Namespace, method: str, omega: float, prompts: list[str],
-            fixed_epsilon: bool = False) -> tuple[Tensor, float]:
-    """One image-particles run, one particle per prompt, from grey; returns (images, s/step)."""
+            fixed_epsilon: bool = False, lmc_weight: float | None = None) -> tuple[Tensor, float]:
+    """One image-particles run, one particle per prompt, from grey; returns (images, s/step).
+    ``lmc_weight``: LMC-SDS's corrective weight (None: the config's)."""
     cfg = load_config(ROOT / "configs" / CONFIGS[method], [
         f"system.n_particles={len(prompts)}", "system.init=grey", f"system.guidance.guidance_scale={omega}",
         f"system.optimizer.args.lr={args.lr}"])
     cfg.system.prompts = list(prompts)
+    if method == "sds" and args.sds_weighting:
+        cfg.system.guidance.weighting = args.sds_weighting
     if method == "lmc-sds":
         cfg.system.guidance.fixed_epsilon = fixed_epsilon
-        cfg.system.guidance.lmc_weight = args.lmc_weight
+        if lmc_weight is not None:
+            cfg.system.guidance.lmc_weight = lmc_weight
         if args.corrective:
             cfg.system.guidance.corrective_path = str(args.corrective)
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,6 +146,20 @@ def distill(args: argparse.Namespace, method: str, omega: float, prompts: list[s
         optimizer.step()
     images = system.decoded().cpu()   # judged and saved on the CPU: same figures on any device
     return images, (time.perf_counter() - start) / max(args.steps, 1)
+
+
+def runs(methods: list[str], lmc_weights: list[float]) -> dict[str, tuple[str, float | None]]:
+    """Row label → (method, LMC-SDS corrective weight; None for the other methods): LMC-SDS once
+    per weight, labelled "lmc-sds" when there is one and "lmc-sds w=W" in a sweep."""
+    labels: dict[str, tuple[str, float | None]] = {}
+    for method in methods:
+        if method != "lmc-sds":
+            labels[method] = (method, None)
+        elif len(lmc_weights) == 1:
+            labels[method] = (method, lmc_weights[0])
+        else:
+            labels.update({f"lmc-sds w={w:g}": (method, w) for w in lmc_weights})
+    return labels
 
 
 @torch.no_grad()
@@ -163,13 +185,15 @@ def pairwise_distance(features: Tensor) -> float:
     return float(d.sum() / (n * (n - 1)))
 
 
-def diversity_experiment(args: argparse.Namespace, probe) -> dict:
+def diversity_experiment(args: argparse.Namespace, probe, lmc_weight: float) -> dict:
     """LMC-SDS, ``--diversity-runs`` particles per prompt, standard vs fixed ε (one run each, all prompts)."""
     k = args.diversity_runs
     prompts = [p for p in args.diversity_prompts for _ in range(k)]
-    out: dict = {"omega": args.diversity_omega, "runs_per_prompt": k, "prompts": args.diversity_prompts}
+    out: dict = {"omega": args.diversity_omega, "runs_per_prompt": k, "prompts": args.diversity_prompts,
+                 "lmc_weight": lmc_weight}
     for mode, fixed in (("standard", False), ("fixed_epsilon", True)):
-        images, step_time = distill(args, "lmc-sds", args.diversity_omega, prompts, fixed_epsilon=fixed)
+        images, step_time = distill(args, "lmc-sds", args.diversity_omega, prompts, fixed_epsilon=fixed,
+                                    lmc_weight=lmc_weight)
         with torch.no_grad():
             feats, logits = probe.features(images), probe(images)
         per_prompt = {}
@@ -265,8 +289,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.04, help="Adam learning rate of the latents")
     parser.add_argument("--corrective", type=Path, default=None,
                         help="b̂ψ folder for LMC-SDS (default: the one shipped with the embedded prior)")
-    parser.add_argument("--lmc-weight", type=float, default=1.0,
-                        help="LMC-SDS's lmc_weight (1 = the paper's balance of prompt term and corrective)")
+    parser.add_argument("--lmc-weights", type=float, nargs="+", default=None,
+                        help="LMC-SDS's lmc_weight (default: the config's; 1 = the paper's balance of prompt term "
+                             "and corrective); several values run LMC-SDS once per weight (a tuning sweep, "
+                             "rows 'lmc-sds w=W', no acceptance checks)")
+    parser.add_argument("--sds-weighting", default=None, choices=["sds", "uniform", "fantasia3d"],
+                        help="w(t) of the SDS runs (default: the config's, sds = 1 − ᾱ_t as DreamFusion)")
     parser.add_argument("--diversity-prompts", nargs="+", default=["a cube", "a red object", "an icon"])
     parser.add_argument("--diversity-runs", type=int, default=8, help="runs per prompt; 0 skips the experiment")
     parser.add_argument("--diversity-omega", type=float, default=7.5)
@@ -290,22 +318,28 @@ def main() -> None:
     print(f"data set: foreground saturation {reference['saturation']:.3f}, HF fraction {reference['hf_fraction']:.4f} "
           f"(VAE reconstructions {reference['vae_saturation']:.3f}, {reference['vae_hf_fraction']:.4f})", flush=True)
 
-    summary: dict = {m: {} for m in args.methods}
+    config_weight = load_config(ROOT / "configs" / CONFIGS["lmc-sds"], []).system.guidance.lmc_weight
+    args.lmc_weights = args.lmc_weights or [config_weight]
+    labels = runs(args.methods, args.lmc_weights)
+    summary: dict = {label: {} for label in labels}
     samples: dict = {}
-    for method in args.methods:
+    for label, (method, lmc_weight) in labels.items():
         for omega in args.omegas:
-            images, step_time = distill(args, method, omega, prompts)
+            images, step_time = distill(args, method, omega, prompts, lmc_weight=lmc_weight)
             row = judge(images, prompts, probe)
             row["hf_ratio"] = row["hf_fraction"] / reference["hf_fraction"]
             row["saturation_excess"] = row["saturation"] - reference["saturation"]
             row["step_time_s"] = step_time
-            summary[method][f"{omega:g}"] = row
-            samples[(method, omega)] = images
-            print(f"{method:8s} ω={omega:<5g} acc {row['accuracy']:.3f} (shape {row['shape_accuracy']:.3f}, colour "
+            if lmc_weight is not None:
+                row["lmc_weight"] = lmc_weight
+            summary[label][f"{omega:g}"] = row
+            samples[(label, omega)] = images
+            print(f"{label:12s} ω={omega:<5g} acc {row['accuracy']:.3f} (shape {row['shape_accuracy']:.3f}, colour "
                   f"{row['color_accuracy']:.3f})  sat {row['saturation']:.3f} ({row['saturation_excess']:+.3f})  "
                   f"HF ratio {row['hf_ratio']:.3f}  {step_time:.2f} s/step", flush=True)
 
-    div = diversity_experiment(args, probe) if args.diversity_runs >= 2 else None
+    div = (diversity_experiment(args, probe, args.lmc_weights[0] if len(args.lmc_weights) == 1 else config_weight)
+           if args.diversity_runs >= 2 else None)
     if div:
         print(f"diversity (LMC-SDS ω={args.diversity_omega:g}, {args.diversity_runs} runs/prompt): 1−cos "
               f"{div['standard']['cosine_distance']:.4f} → {div['fixed_epsilon']['cosine_distance']:.4f} with fixed ε "
@@ -320,15 +354,15 @@ def main() -> None:
               "diversity": {k: v for k, v in (div or {}).items() if not k.startswith("images_")} or None,
               "acceptance": checks, "minutes": (time.time() - start) / 60}
     out.write_text(json.dumps(result, indent=2))
-    plot(summary, reference, div, args.methods, args.omegas, out.with_suffix(".png"))
+    plot(summary, reference, div, list(labels), args.omegas, out.with_suffix(".png"))
     save_samples(list(samples.values()), div, min(12, max(len(prompts), args.diversity_runs)),
                  out.with_name(out.stem + "_samples.png"))
 
-    print(f"\n{'method':8s} {'ω':>6s} {'acc':>6s} {'shape':>6s} {'colour':>6s} {'sat':>6s} {'HF ratio':>8s}")
-    for method in args.methods:
+    print(f"\n{"method":12s} {"ω":>6s} {'acc':>6s} {'shape':>6s} {'colour':>6s} {'sat':>6s} {'HF ratio':>8s}")
+    for label in labels:
         for omega in args.omegas:
-            r = summary[method][f"{omega:g}"]
-            print(f"{method:8s} {omega:6g} {r['accuracy']:6.3f} {r['shape_accuracy']:6.3f} {r['color_accuracy']:6.3f} "
+            r = summary[label][f"{omega:g}"]
+            print(f"{label:12s} {omega:6g} {r['accuracy']:6.3f} {r['shape_accuracy']:6.3f} {r['color_accuracy']:6.3f} "
                   f"{r['saturation']:6.3f} {r['hf_ratio']:8.3f}")
     print(f"data set saturation {reference['saturation']:.3f}; acceptance: {json.dumps(checks)}")
     print(f"wrote {out}, {out.with_suffix('.png')} and {out.with_name(out.stem + '_samples.png')} "
