@@ -358,7 +358,7 @@ def main() -> None:
     save_samples(list(samples.values()), div, min(12, max(len(prompts), args.diversity_runs)),
                  out.with_name(out.stem + "_samples.png"))
 
-    print(f"\n{"method":12s} {"ω":>6s} {'acc':>6s} {'shape':>6s} {'colour':>6s} {'sat':>6s} {'HF ratio':>8s}")
+    print(f"\n{'method':12s} {'ω':>6s} {'acc':>6s} {'shape':>6s} {'colour':>6s} {'sat':>6s} {'HF ratio':>8s}")
     for label in labels:
         for omega in args.omegas:
             r = summary[label][f"{omega:g}"]
