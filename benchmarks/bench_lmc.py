@@ -125,7 +125,7 @@ def distill(args: argparse.Namespace, method: str, omega: float, prompts: list[s
     ``lmc_weight``: LMC-SDS's corrective weight (None: the config's)."""
     cfg = load_config(ROOT / "configs" / CONFIGS[method], [
         f"system.n_particles={len(prompts)}", "system.init=grey", f"system.guidance.guidance_scale={omega}",
-        f"system.optimizer.args.lr={args.lr}", f"system.space={args.space}"])
+        f"system.optimizer.args.lr={args.lr}"])
     cfg.system.prompts = list(prompts)
     if method == "sds" and args.sds_weighting:
         cfg.system.guidance.weighting = args.sds_weighting
@@ -286,10 +286,7 @@ def main() -> None:
     parser.add_argument("--prompts-limit", type=int, default=None,
                         help="N of the 104 (shape, colour) prompts, spread over shapes and colours")
     parser.add_argument("--steps", type=int, default=120, help="optimisation steps per run")
-    parser.add_argument("--lr", type=float, default=0.04, help="Adam learning rate of the particles")
-    parser.add_argument("--space", default="latent", choices=["latent", "pixel"],
-                        help="what is optimised: the prior's latents, or images (sigmoid of pixel logits, encoded "
-                             "by the VAE every step, as the LMC-SDS paper)")
+    parser.add_argument("--lr", type=float, default=0.04, help="Adam learning rate of the latents")
     parser.add_argument("--corrective", type=Path, default=None,
                         help="b̂ψ folder for LMC-SDS (default: the one shipped with the embedded prior)")
     parser.add_argument("--lmc-weights", type=float, nargs="+", default=None,

@@ -1,11 +1,8 @@
-"""image-particles: N images distilled from the prior (identity generator), ± repulsion.
+"""image-particles: N latent images distilled from the prior (identity generator), ± repulsion.
 
 The RSD paper's 2-D experiment: each particle is a latent ``[C, h, w]`` initialised at random
 from its own seed and optimised with Adam (lr 0.03, 500 steps) by any guidance, optionally with
-repulsion between particles. ``space: pixel`` optimises images ``[3, H, W]`` instead (as the
-LMC-SDS paper's image synthesis): each is ``sigmoid(logits)``, and the guidance encodes it with
-the prior's VAE and back-propagates through the encoder, so colours are not limited to what the
-decoder produces. At the end the decoded particles are classified by the probe:
+repulsion between particles. At the end the decoded particles are classified by the probe:
 diversity (1 − mean pairwise cosine similarity of probe features), the number of distinct
 shapes/colours, and quality (mean probe probability of the attributes the prompt names).
 
@@ -27,60 +24,40 @@ from scorestudio.utils.config import ConfigError
 from scorestudio.utils.registry import register
 
 
-SPACES = ("latent", "pixel")
-
-
 @register("image-particles")
 class ImageParticlesSystem(DistillationSystem):
     @dataclass
     class Config(DistillationSystem.Config):
         n_particles: int = 8
         init_std: float = 1.0                # latents start at N(0, init_std² I), one stream per particle
-        init: str = "random"                 # "random": N(0, init_std² I); "grey": a uniform grey image
-        grey_level: float = 0.5              # pixel value of the "grey" init, in (0, 1)
-        # What a particle is: "latent" (the prior's latent [C, h, w], as the RSD paper) or "pixel"
-        # (an image [3, H, W] = sigmoid(logits); random init draws the logits from N(0, init_std² I)).
-        space: str = "latent"
+        init: str = "random"                 # "random": N(0, init_std² I); "grey": the latent of a grey image
+        grey_level: float = 0.5              # pixel value of the "grey" init, in [0, 1]
         prompts: Optional[list] = None       # one prompt per particle (len n_particles); None: the prompt processor's
         probe_path: Optional[str] = None     # probe for the final metrics; None = the shipped one
         optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="Adam", args={"lr": 0.03}))
 
     def configure(self) -> None:
         cfg = self.cfg
-        if cfg.space not in SPACES:
-            raise ConfigError(f"system.space={cfg.space!r}: use one of {', '.join(SPACES)}")
-        self.build_distillation(rgb_as_latents=cfg.space == "latent")
+        self.build_distillation(rgb_as_latents=True)
         if cfg.prompts is not None and len(cfg.prompts) != cfg.n_particles:
             raise ConfigError(f"system.prompts has {len(cfg.prompts)} prompts for {cfg.n_particles} particles: "
                               "give one per particle (or set system.n_particles to match)")
-        self.particles = torch.nn.Parameter(self.initial_particles())   # [N, C, h, w] or [N, 3, H, W] logits
+        self.latents = torch.nn.Parameter(self.initial_latents())      # [N, C, h, w]
 
-    def initial_particles(self) -> torch.Tensor:
-        """Latents ``[N, C, h, w]`` or pixel logits ``[N, 3, H, W]``: noise from each particle's own
-        stream, or a uniform grey image (its latent, or its logit)."""
+    def initial_latents(self) -> torch.Tensor:
+        """``[N, C, h, w]``: noise from each particle's own stream, or the grey image's latent."""
         cfg = self.cfg
-        latent = cfg.space == "latent"
-        size = self.prior.latent_size if latent else self.prior.image_size
-        shape = (self.prior.latent_channels if latent else 3, size, size)
+        shape = (self.prior.latent_channels, self.prior.latent_size, self.prior.latent_size)
         if cfg.init == "random":
             return torch.stack([torch.randn(shape, generator=self.generator("init", i)) * cfg.init_std
                                 for i in range(cfg.n_particles)])
-        if cfg.init != "grey":
-            raise ConfigError(f"system.init={cfg.init!r}: use 'random' or 'grey'")
-        if not 0.0 < cfg.grey_level < 1.0:
-            raise ConfigError(f"system.grey_level={cfg.grey_level}: use a pixel value strictly between 0 and 1")
-        image_size = self.prior.image_size
-        grey = torch.full((1, 3, image_size, image_size), float(cfg.grey_level))
-        if latent:
+        if cfg.init == "grey":
+            size = self.prior.image_size
+            grey = torch.full((1, 3, size, size), float(cfg.grey_level), device=self.prior.device)
             with torch.no_grad():
-                grey = self.prior.encode_images(grey.to(self.prior.device)).cpu()
-        else:
-            grey = torch.logit(grey)
-        return grey.expand(cfg.n_particles, *shape).clone()
-
-    def rendered(self) -> torch.Tensor:
-        """What the guidance sees: the latents, or the images ``sigmoid(logits)`` in (0, 1)."""
-        return self.particles if self.cfg.space == "latent" else torch.sigmoid(self.particles)
+                z = self.prior.encode_images(grey).cpu()
+            return z.expand(cfg.n_particles, *shape).clone()
+        raise ConfigError(f"system.init={cfg.init!r}: use 'random' or 'grey'")
 
     def prompt_batch(self):
         """Text conditioning of the N particles: per-particle ``prompts`` or the processor's prompt."""
@@ -98,7 +75,7 @@ class ImageParticlesSystem(DistillationSystem):
         """Guidance outputs for all particles at ``step``; ``"loss"`` is what to minimise."""
         n = self.cfg.n_particles
         prompts = self.prompt_batch()
-        out = self.guidance(self.prior, self.rendered(), prompts, torch.arange(n, device=self.device),
+        out = self.guidance(self.prior, self.latents, prompts, torch.arange(n, device=self.device),
                             step, seed=self.seed)
         out["loss"] = sum(v for k, v in out.items() if k.startswith("loss_"))
         return out
@@ -113,9 +90,7 @@ class ImageParticlesSystem(DistillationSystem):
     @torch.no_grad()
     def decoded(self) -> torch.Tensor:
         """The particles as images ``[N, 3, H, W]`` in [0, 1]."""
-        if self.cfg.space == "pixel":
-            return self.rendered()
-        return self.prior.decode_latents(self.particles).clamp(0, 1)
+        return self.prior.decode_latents(self.latents).clamp(0, 1)
 
     def validation_step(self, batch, batch_idx):
         from scorestudio.utils.images import save_grid
