@@ -56,7 +56,7 @@ class LMCSDSGuidance(BaseGuidance):
         fixed_epsilon: bool = False          # one ε per particle for the whole run, in L_cond only
         normalize_corrective: bool = True    # rescale b̂ψ to ẑ_t's mean/std (as trained with L_k)
         scale_by_inverse_omega: bool = True  # δ /= ω, so ω can be swept without changing the step size
-        lmc_weight: float = 1.0              # multiplies L_lmc (1 = the paper)
+        lmc_weight: float = 1.0              # λ, multiplies L_lmc (1 = the paper; the embedded-prior configs use 2)
 
     cfg: Config
 
