@@ -10,7 +10,8 @@ and ẑ_t is a *biased* (blurred) estimate of z, so L_proj removes detail; Dream
 b̂ψ(z, t), a learned model of the prior's bias (:mod:`.manifold_corrective`), without the
 α_t/σ_t weight (paper §4: it improves fidelity):
 
-    δ = (1/ω) [ ω (ε_y − ε_∅)  +  (b̂ψ(z, t) − ẑ_t) ]      (no Jacobians; 1/ω as the paper's set-up)
+    δ = (1/ω) [ ω (ε_y − ε_∅)  +  λ (b̂ψ(z, t) − ẑ_t) ]    (no Jacobians; 1/ω as the paper's set-up;
+                                                          λ = ``lmc_weight``, 1 in the paper)
 
 b̂ψ is rescaled to ẑ_t's per-sample mean and std before the difference (the normalisation of
 Eq. 10 absorbed into b̂, as trained). ``fixed_epsilon``: L_cond uses one ε per particle for the
