@@ -124,6 +124,18 @@ def ambiguous_coverage(prior: EmbeddedPrior, probe, n: int, steps: int, cfg: flo
     return out
 
 
+def coverage_sweep(prior: EmbeddedPrior, probe, args: argparse.Namespace, key: str,
+                   settings: list[tuple[str, str, float, tuple[float, float]]]) -> None:
+    """Only the ambiguous-prompt coverage, once per (swept value, label, CFG, guidance interval);
+    written to ``--out`` under ``key``, keyed by the swept value."""
+    coverage = {}
+    for value, label, cfg, interval in settings:
+        res = ambiguous_coverage(prior, probe, args.ambiguous, args.steps, cfg, interval)
+        coverage[value] = res
+        print(f"{label}: " + ", ".join(f"{prompt} {r['distinct']} {r['head']}s" for prompt, r in res.items()))
+    write_json(Path(args.out), {"args": vars(args), key: coverage})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-caption", type=int, default=16)
@@ -142,20 +154,14 @@ def main() -> None:
     torch.set_num_threads(2)
     prior, probe = EmbeddedPrior({}), load_probe()
     args.guidance_interval = interval = tuple(args.guidance_interval or prior.sampling_guidance_interval)
-    if args.coverage_cfgs:
-        coverage = {f"{cfg:g}": ambiguous_coverage(prior, probe, args.ambiguous, args.steps, cfg, interval)
-                    for cfg in args.coverage_cfgs}
-        for cfg, res in coverage.items():
-            print(f"CFG {cfg}: " + ", ".join(f"{prompt} {r['distinct']} {r['head']}s" for prompt, r in res.items()))
-        write_json(Path(args.out), {"args": vars(args), "ambiguous_by_cfg": coverage})
+    if args.coverage_cfgs:   # (swept value, printed label, CFG, interval) per setting of the coverage-only sweeps
+        settings = [(f"{cfg:g}", f"CFG {cfg:g}", cfg, interval) for cfg in args.coverage_cfgs]
+        coverage_sweep(prior, probe, args, "ambiguous_by_cfg", settings)
         return
     if args.coverage_interval_ends:
-        coverage = {f"{hi:g}": ambiguous_coverage(prior, probe, args.ambiguous, args.steps, args.cfg, (0.0, hi))
-                    for hi in args.coverage_interval_ends}
-        for hi, res in coverage.items():
-            print(f"CFG {args.cfg:g} for t/T <= {hi}: "
-                  + ", ".join(f"{prompt} {r['distinct']} {r['head']}s" for prompt, r in res.items()))
-        write_json(Path(args.out), {"args": vars(args), "ambiguous_by_interval_end": coverage})
+        settings = [(f"{hi:g}", f"CFG {args.cfg:g} for t/T <= {hi:g}", args.cfg, (0.0, hi))
+                    for hi in args.coverage_interval_ends]
+        coverage_sweep(prior, probe, args, "ambiguous_by_interval_end", settings)
         return
     result = {"args": vars(args), "speed": speed(prior)}
     print(json.dumps(result["speed"], indent=2))
