@@ -1,12 +1,18 @@
 """Cost of a text-to-3D training step: render / guidance / backward / optimizer, particles batched
-or run one after another, dense grid vs hash grid.
+or run one after another, dense grid vs hash grid, dense sampling vs empty-space skipping.
 
 Every configuration is the demo's (configs/dreamfusion-embedded.yaml, SDS + repulsion on the
 probe's features) with the number of particles, the encoding, the render size and the shading
 overridden. "lambertian" steps compute normals (3 extra field evaluations at the visible
 samples); "albedo" steps are the warm-up's. The batched-vs-sequential ratio compares one
 4-particle step (with and without repulsion, which only a batch can have) with the sum of one
-step of each of 4 single-particle runs (seeds 0-3).
+step of each of 4 single-particle runs (seeds 0-3). "occupancy" rows skip empty space
+(``renderer.estimator=occupancy``: on the CPU the field is evaluated only in occupied cells).
+
+By default the particles are the freshly initialised density blobs; ``--trained-geometry CKPT``
+loads the geometry of a finished 4-particle run instead (single-particle run i gets particle i),
+where empty-space skipping sees the occupancy of a real object (grid rows; the hash grid rows
+start from blobs).
 
 The prior is the trained embedded prior when it is installed; otherwise a randomly initialised
 prior of the same architecture (the same cost per step; pass --prior tiny for the unit-test size).
@@ -15,6 +21,8 @@ alternate step by step so that a busy machine slows both alike.
 
     python benchmarks/bench_nerf.py                 # all rows, 3 timed steps each
     python benchmarks/bench_nerf.py --steps 1 --threads 1
+    python benchmarks/bench_nerf.py --trained-geometry outputs/dreamfusion-embedded/<run>/ckpts/last.ckpt \
+        --out benchmarks/results/nerf_trained.json
     python benchmarks/bench_nerf.py --device cuda --out benchmarks/results/nerf_cuda.json
 
 Prints a table and writes benchmarks/results/nerf.json (or ``--out``).
@@ -30,6 +38,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -89,10 +98,26 @@ def prepare_prior(kind: str, folder: Path) -> tuple[str, str, str]:
 DEVICE = torch.device("cpu")   # set by --device
 
 
-def build(overrides: list[str], seed: int, workdir: Path) -> tuple[DreamFusionSystem, torch.optim.Optimizer]:
+def build(overrides: list[str], seed: int, workdir: Path,
+          geometry: Optional[dict] = None) -> tuple[DreamFusionSystem, torch.optim.Optimizer]:
+    """A system and its optimizer; ``geometry``: a geometry state dict to start from."""
     cfg = load_config(CONFIG, overrides)
     system = DreamFusionSystem(cfg.system, run=RunContext(workdir, seed)).to(DEVICE)
+    if geometry is not None:
+        system.geometry.load_state_dict(geometry)
     return system, system.configure_optimizers()
+
+
+def trained_geometry(path: Optional[str]) -> Optional[dict]:
+    """The geometry state (leading axis: particles) of a DreamFusion checkpoint, or None."""
+    if path is None:
+        return None
+    state = torch.load(path, map_location=DEVICE, weights_only=False)["state_dict"]
+    geometry = {k.removeprefix("geometry."): v for k, v in state.items() if k.startswith("geometry.")}
+    n = next(iter(geometry.values())).shape[0]
+    if n < 4:
+        raise SystemExit(f"--trained-geometry {path}: has {n} particles; the benchmark needs 4")
+    return geometry
 
 
 def now() -> float:
@@ -122,15 +147,18 @@ def median_of(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
-def measure(overrides: list[str], steps: int, workdir: Path) -> dict[str, dict]:
+def measure(overrides: list[str], steps: int, workdir: Path, geometry: Optional[dict]) -> dict[str, dict]:
     """Median phase times over ``steps`` steps (after one warm-up) of: the 4-particle run with
     repulsion ("batched"), the same without repulsion ("batched_no_repulsion"), and 4
     single-particle runs (seeds 0-3; "single" is seed 0, "sequential" the sum of the four). The
     runs alternate step by step, so that load on a shared machine hits them alike."""
-    runs = {"batched": build([*overrides, "system.n_particles=4"], 0, workdir),
-            "batched_no_repulsion": build([*overrides, "system.n_particles=4",
-                                           "system.guidance.repulsion.gamma=0"], 0, workdir)}
-    singles = [build([*overrides, "system.n_particles=1"], seed, workdir) for seed in range(4)]
+    def particles(i: int, n: int) -> Optional[dict]:
+        return None if geometry is None else {k: v[i: i + n] for k, v in geometry.items()}
+
+    runs = {"batched": build([*overrides, "system.n_particles=4"], 0, workdir, particles(0, 4)),
+            "batched_no_repulsion": build([*overrides, "system.n_particles=4", "system.guidance.repulsion.gamma=0"],
+                                          0, workdir, particles(0, 4))}
+    singles = [build([*overrides, "system.n_particles=1"], seed, workdir, particles(seed, 1)) for seed in range(4)]
     rows: dict[str, list] = {name: [] for name in (*runs, "single", "sequential")}
     for step in range(steps + 1):
         times = {name: timed_step(*run, step) for name, run in runs.items()}
@@ -149,6 +177,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--prior", choices=["auto", "trained", "random", "tiny"], default="auto")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    parser.add_argument("--trained-geometry", default=None, metavar="CKPT",
+                        help="start from the geometry of a 4-particle DreamFusion checkpoint (default: blobs)")
     parser.add_argument("--out", default=str(RESULTS / "nerf.json"))
     args = parser.parse_args()
     global DEVICE
@@ -160,13 +190,16 @@ def main() -> None:
         prior, probe, prior_desc = prepare_prior(args.prior, Path(tmp) / "prior")
         base = [f"system.prior.pretrained_model_name_or_path={prior}", f"system.probe_path={probe}",
                 f"system.guidance.repulsion.feature_net_path={probe}", "system.resolution_milestones=[]"]
-        cases = [("grid", res, shading) for res in (32, 64) for shading in ("albedo", "lambertian")]
-        cases += [("hashgrid", res, "lambertian") for res in (32, 64)]
-        for encoding, res, shading in cases:
+        geometry = trained_geometry(args.trained_geometry)
+        cases = [("grid", res, shading, "dense") for res in (32, 64) for shading in ("albedo", "lambertian")]
+        cases += [("grid", res, "lambertian", "occupancy") for res in (32, 64)]
+        cases += [("hashgrid", res, "lambertian", "dense") for res in (32, 64)]
+        for encoding, res, shading, estimator in cases:
             overrides = [*base, f"system.resolutions=[{res}]", f"system.geometry.encoding={encoding}", *SHADING[shading],
+                         f"system.renderer.estimator={estimator}",
                          *(CPU_HASHGRID + ["system.loss.lambda_tv=0"] if encoding == "hashgrid" else [])]
-            m = measure(overrides, args.steps, Path(tmp) / "run")
-            case = {"encoding": encoding, "resolution": res, "shading": shading}
+            m = measure(overrides, args.steps, Path(tmp) / "run", geometry if encoding == "grid" else None)
+            case = {"encoding": encoding, "resolution": res, "shading": shading, "estimator": estimator}
             sequential = m["sequential"]["total"]
             rows.append({**case, "particles": 1, "repulsion": False, **m["single"]})
             for name, repulsion in (("batched_no_repulsion", False), ("batched", True)):
@@ -175,17 +208,18 @@ def main() -> None:
             print(*rows[-3:], sep="\n", flush=True)
     print(f"\nprior: {prior_desc}; torch threads: {torch.get_num_threads()}; "
           f"seconds per step (median of {args.steps}), demo config otherwise")
-    print(f"{'encoding':9} {'N':>2} {'rep.':>4} {'res':>4} {'shading':10} "
+    print(f"{'encoding':9} {'estimator':9} {'N':>2} {'rep.':>4} {'res':>4} {'shading':10} "
           + " ".join(f"{p:>9}" for p in (*PHASES, "total")) + f" {'4 seq.':>8} {'ratio':>6}")
     for r in rows:
         seq = f" {r['sequential_total']:8.3f} {r['batched_over_sequential']:6.2f}" if r["particles"] == 4 else ""
-        print(f"{r['encoding']:9} {r['particles']:>2} {'yes' if r['repulsion'] else 'no':>4} {r['resolution']:>4} "
+        print(f"{r['encoding']:9} {r['estimator']:9} {r['particles']:>2} {'yes' if r['repulsion'] else 'no':>4} {r['resolution']:>4} "
               f"{r['shading']:10} " + " ".join(f"{r[p]:9.3f}" for p in (*PHASES, "total")) + seq)
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out = {"prior": prior_desc, "device": str(DEVICE) if DEVICE.type == "cpu" else torch.cuda.get_device_name(DEVICE),
            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
            "machine": platform.processor() or platform.machine(), "timed_steps": args.steps,
+           "geometry": args.trained_geometry or "initial density blobs",
            "hashgrid_cpu_settings": CPU_HASHGRID, "rows": rows}
     out_path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {out_path}")

@@ -63,6 +63,46 @@ def test_analytic_sphere_opacity_matches_closed_form():
     assert errors[256] < errors[32] / 3
 
 
+def test_empty_space_skipping_renders_and_differentiates_like_dense_sampling():
+    """CPU occupancy: the field is evaluated only in occupied cells, and where the density is 0
+    elsewhere the image and the gradients equal those of dense sampling."""
+    radii = torch.tensor([0.3, 0.45])                         # two particles: off-centre balls, so that
+    centres = torch.tensor([[0.4, 0.0, 0.0], [0.0, -0.3, 0.2]])   # a mix-up of the mask's axes shows
+    cams = cameras_from_angles(torch.tensor([10.0, 40.0]), torch.tensor([20.0, -70.0]), 2.5, 40.0)
+    origins, dirs = get_rays(cams, 12, 12)
+    origins, dirs = origins.reshape(2, -1, 3), dirs.reshape(2, -1, 3)
+    scale = torch.tensor([3.0, 5.0], requires_grad=True)     # density parameter of each particle
+    evaluated = []
+
+    def density_fn(points, particles=None):
+        inside = ((points - centres[:, None]).norm(dim=-1) < radii[:, None]).float()
+        return scale[:, None] * inside * (1 + points[..., 0])
+
+    def field_fn(points, samples):
+        evaluated.append(points.shape[1])
+        return {"density": density_fn(points), "rgb": (points + 1) / 2}
+
+    results = {}
+    for estimator in ("dense", "occupancy"):
+        renderer = VolumeRenderer({"num_samples_per_ray": 32, "estimator": estimator,
+                                   "occupancy": {"resolution": 16, "dilation": 1}}, 2, radius=1.0)
+        renderer.update(0, density_fn, torch.device("cpu"))
+        evaluated.clear()
+        out = renderer(field_fn, origins, dirs, torch.rand(2, origins.shape[1], 32, generator=torch.Generator().manual_seed(0)))
+        grad, = torch.autograd.grad((out["rgb"] * torch.linspace(0, 1, 3)).sum() + out["opacity"].sum(), scale)
+        results[estimator] = (out["rgb"].detach(), out["opacity"].detach(), grad, evaluated[0])
+    dense, skipped = results["dense"], results["occupancy"]
+    for a, b in zip(dense[:3], skipped[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert dense[1].max() > 0.5                               # the balls are seen
+    assert skipped[3] < 0.5 * dense[3]                        # and most samples were skipped
+    # in eval mode (test orbits, validation) the renderer samples densely
+    renderer.eval()
+    evaluated.clear()
+    renderer(field_fn, origins, dirs)
+    assert evaluated[0] == dense[3]
+
+
 def test_batched_particles_equal_single_particle_evaluation():
     points = torch.rand(3, 500, 3) * 2 - 1
     for encoding in ("grid", "hashgrid"):
@@ -207,7 +247,8 @@ def cli_train(tmp_path, tiny, tag, *overrides):
              "system.geometry.grid.n_features=4", "system.material.ambient_only_steps=1",
              "system.loss.lambda_orient=1.0", "system.evaluation.resolution=16", "system.evaluation.n_views=4",
              "system.export.resolution=16", "trainer.enable_progress_bar=false", "use_timestamp=false",
-             "checkpoint.every_n_train_steps=2", "trainer.val_check_interval=2"]
+             "checkpoint.every_n_train_steps=2", "trainer.val_check_interval=2",
+             "system.renderer.occupancy.resolution=16", "system.renderer.occupancy.update_every=2"]
     args, extra = parse_args(["--config", CONFIG, "--train", f"exp_root_dir={tmp_path}", f"tag={tag}", *small, *overrides])
     return run(args, extra)
 

@@ -205,7 +205,7 @@ class DreamFusionSystem(DistillationSystem):
             rays = cfg.views_per_particle * resolution * resolution
             jitter = per_particle_rand((rays, cfg.renderer.num_samples_per_ray), self.seed, range(n),
                                        "stratified", step, device=self.device)
-        self.renderer.update(step, self.particle_density, self.device)
+        self.renderer.update(step, self.geometry.density, self.device)
         normals = self.material.needs_normals(shading) or cfg.loss.lambda_orient.at(step) != 0
         return cameras, self.render(cameras, resolution, shading, jitter, normals=normals)
 
@@ -224,11 +224,6 @@ class DreamFusionSystem(DistillationSystem):
         """All losses of all particles at ``step``; ``"loss"`` is what to minimise."""
         cameras, out = self.render_step(step)
         return self.step_losses(cameras, out, step)
-
-    def particle_density(self, points: Tensor, particle: int) -> Tensor:
-        """Density ``[P]`` of one particle at points ``[P, 3]`` (occupancy-grid updates)."""
-        ids = torch.tensor([particle], device=points.device)
-        return self.geometry.density(points[None], ids)[0]
 
     def training_step(self, batch, batch_idx):
         out = self.distill_step(self.global_step)

@@ -12,18 +12,21 @@ something is visible (normals, point-light shading) on the samples whose weight 
 - dense (CPU, and anywhere with ``estimator: dense``): ``num_samples_per_ray`` stratified samples
   between the ray's entry and exit of the ball, composited with nerfacc's dense functions on
   ``[rays, samples]`` tensors (pure PyTorch, autograd on the CPU);
-- occupancy (CUDA only): a nerfacc ``OccGridEstimator`` per particle skips empty space and
-  returns packed samples, composited with nerfacc's packed CUDA kernels. nerfacc's packed and
-  estimator functions need its CUDA extension, so they are never called on a CPU tensor.
+- occupancy on CUDA: a nerfacc ``OccGridEstimator`` per particle skips empty space and returns
+  packed samples, composited with nerfacc's packed CUDA kernels. nerfacc's packed and estimator
+  functions need its CUDA extension, so they are never called on a CPU tensor;
+- occupancy on the CPU: the dense samples, but while training the field is evaluated only at
+  those in occupied cells of an :class:`EmptySpaceMask` (the others get density 0), which cuts
+  the field's forward and backward, the bulk of a CPU step (``benchmarks/bench_nerf.py``).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scorestudio.utils.base import BaseModule
@@ -35,13 +38,17 @@ class OccupancyConfig:
     resolution: int = 64           # occupancy cells per axis over the scene's bounding box
     update_every: int = 16         # re-estimate occupancy every this many training steps
     threshold: float = 0.01        # a cell is occupied when density · step size exceeds this
+    dilation: int = 1              # CPU mask: also keep cells this many cells around occupied ones,
+                                   # so that density can grow into them before the next update
 
 
 @dataclass
 class RendererConfig:
     num_samples_per_ray: int = 48  # dense: samples per ray inside the ball; occupancy: step = 2·radius / this
     stratified: bool = True        # training samples at a random point of their bin (eval: bin centres)
-    estimator: str = "auto"        # "dense", "occupancy" (CUDA) or "auto" (= occupancy grids, used on CUDA)
+    # "dense"; "occupancy" (empty-space skipping: nerfacc's grids on CUDA, EmptySpaceMask on the
+    # CPU); "auto" = occupancy on CUDA, dense on the CPU.
+    estimator: str = "auto"
     # Normals and point-light shading are evaluated only at samples whose compositing weight
     # exceeds this (the others add < prune_weight each to their pixel); 0 = at every sample.
     prune_weight: float = 1e-3
@@ -108,7 +115,7 @@ def composite_dense(samples: RaySamples, density: Tensor, values: dict[str, Tens
 
     n, s, r = density.shape[0], samples.per_ray, samples.n_rays
     weights, _, _ = nerfacc.render_weight_from_density(
-        samples.t_starts.view(n * r, s), samples.t_ends.view(n * r, s), density.view(n * r, s))
+        samples.t_starts.view(n * r, s), samples.t_ends.view(n * r, s), density.reshape(n * r, s))
     out = {name: nerfacc.accumulate_along_rays(weights, v.reshape(n * r, s, -1)).view(n, r, -1)
            for name, v in values.items()}
     return weights.view(n, -1), out
@@ -171,6 +178,63 @@ class OccupancyGridSampler(nn.Module):
         return RaySamples(ray_index, starts, ends, (starts + ends) / 2, r, valid=valid)
 
 
+class EmptySpaceMask:
+    """CPU empty-space skipping: per particle a boolean occupancy grid ``[N, G, G, G]`` over the
+    ball's bounding box, re-estimated every ``update_every`` training steps from the density at
+    the cell centres and dilated by ``dilation`` cells.
+
+    Written here because nerfacc's ``OccGridEstimator`` samples with CUDA kernels only; on the CPU
+    the samples stay dense and the mask only says where the field is worth evaluating.
+    """
+
+    def __init__(self, cfg: OccupancyConfig, radius: float) -> None:
+        self.cfg, self.radius = cfg, radius
+        self.occupied: Optional[Tensor] = None     # bool [N, G³], x fastest
+
+    @torch.no_grad()
+    def update(self, step: int, density_fn: Callable[[Tensor], Tensor], n_particles: int, step_size: float,
+               device: torch.device) -> None:
+        """Re-estimate at every ``update_every``-th step, or when there is no mask yet.
+        ``density_fn(points [N, P, 3])`` → density ``[N, P]`` of all particles."""
+        if self.occupied is not None and step % self.cfg.update_every != 0:
+            return
+        g = self.cfg.resolution
+        centres = (torch.arange(g, device=device, dtype=torch.float32) + 0.5) / g * 2 * self.radius - self.radius
+        z, y, x = torch.meshgrid(centres, centres, centres, indexing="ij")
+        points = torch.stack([x, y, z], dim=-1).reshape(1, -1, 3).expand(n_particles, -1, -1)
+        occupied = (density_fn(points) * step_size > self.cfg.threshold).float().view(n_particles, 1, g, g, g)
+        width = 2 * self.cfg.dilation + 1
+        occupied = F.max_pool3d(occupied, width, stride=1, padding=self.cfg.dilation) > 0
+        self.occupied = occupied.view(n_particles, -1)
+
+    def lookup(self, points: Tensor) -> Tensor:
+        """Whether each point ``[N, M, 3]`` lies in an occupied cell: bool ``[N, M]``."""
+        g = self.cfg.resolution
+        cell = ((points + self.radius) / (2 * self.radius) * g).long().clamp(0, g - 1)
+        flat = cell[..., 0] + g * (cell[..., 1] + g * cell[..., 2])
+        return self.occupied.gather(1, flat)
+
+
+def evaluate_where(field_fn: Callable[[Tensor, RaySamples], dict[str, Tensor]], points: Tensor,
+                   samples: RaySamples, keep: Tensor) -> dict[str, Tensor]:
+    """``field_fn`` at the points ``[N, M, 3]`` where ``keep`` ``[N, M]``; elsewhere every field is 0
+    (density 0: nothing there). The kept points are packed to the particle with the most, evaluated
+    in one call, and scattered back into dense ``[N, M(, C)]`` fields."""
+    n, m = keep.shape
+    count = max(1, int(keep.sum(1).max()))                                # ≥ 1: field_fn never sees 0 points
+    slot = torch.where(keep, keep.long().cumsum(1) - 1, count)             # packed position; count = dropped
+    index = torch.full((n, count + 1), m, dtype=torch.long, device=keep.device)
+    index = index.scatter(1, slot, torch.arange(m, device=keep.device).expand(n, m))[:, :count]   # m = padding
+    packed = points.gather(1, index.clamp_max(m - 1)[..., None].expand(-1, -1, 3))
+    fields = field_fn(packed, samples)
+    dense = {}
+    for name, value in fields.items():
+        shape = (n, m + 1, *value.shape[2:])                               # row m collects the padding
+        target = index.view(n, count, *[1] * (value.ndim - 2)).expand_as(value)
+        dense[name] = value.new_zeros(shape).scatter(1, target, value)[:, :m]
+    return dense
+
+
 class VolumeRenderer(BaseModule):
     """Samples rays, evaluates a field, composites it (see the module docstring)."""
 
@@ -189,27 +253,31 @@ class VolumeRenderer(BaseModule):
             raise ConfigError(f"{self.config_path}.num_samples_per_ray must be ≥ 1")
         if cfg.estimator != "dense":
             self.occupancy = OccupancyGridSampler(cfg.occupancy, self.n_particles, self.radius)
-        self._warned = False
+        self.empty_space = EmptySpaceMask(cfg.occupancy, self.radius)
 
     @property
     def step_size(self) -> float:
         return 2 * self.radius / self.cfg.num_samples_per_ray
 
     def uses_occupancy(self, device: torch.device) -> bool:
-        if self.cfg.estimator == "dense":
-            return False
-        if device.type != "cuda":
-            if self.cfg.estimator == "occupancy" and not self._warned:
-                warnings.warn("renderer.estimator=occupancy needs CUDA (nerfacc's kernels); "
-                              "rendering with dense samples on this device")
-                self._warned = True
-            return False
-        return True
+        """nerfacc's occupancy grids and packed samples (CUDA)."""
+        return self.cfg.estimator != "dense" and device.type == "cuda"
 
-    def update(self, step: int, density_fn: Callable[[Tensor, int], Tensor], device: torch.device) -> None:
-        """Per training step: refresh the occupancy grids (CUDA); nothing for dense sampling."""
+    def skips_empty_space(self, device: torch.device) -> bool:
+        """Dense samples with the field evaluated only in occupied cells (CPU, while training)."""
+        return self.cfg.estimator == "occupancy" and device.type != "cuda" and self.training
+
+    def update(self, step: int, density_fn: Callable[..., Tensor], device: torch.device) -> None:
+        """Per training step: refresh the occupancy grids every ``occupancy.update_every`` steps
+        (nothing for dense sampling). ``density_fn(points [K, P, 3], particles [K] | None)`` →
+        density ``[K, P]`` (None: all N particles), as ``ParticleGeometry.density``."""
         if self.uses_occupancy(device):
-            self.occupancy.update(step, density_fn, self.step_size)
+            def particle_density(points: Tensor, i: int) -> Tensor:
+                return density_fn(points[None], torch.tensor([i], device=device))[0]
+            self.occupancy.update(step, particle_density, self.step_size)
+        elif self.skips_empty_space(device):
+            self.empty_space.update(step, lambda points: density_fn(points, None), self.n_particles,
+                                    self.step_size, device)
 
     def sample(self, origins: Tensor, dirs: Tensor, jitter: Optional[Tensor]) -> RaySamples:
         if self.uses_occupancy(origins.device):
@@ -238,7 +306,10 @@ class VolumeRenderer(BaseModule):
         """
         samples = self.sample(origins, dirs, jitter)
         points = samples.gather(origins) + samples.gather(dirs) * samples.t_points[..., None]
-        fields = field_fn(points, samples)
+        if self.skips_empty_space(points.device) and self.empty_space.occupied is not None:
+            fields = evaluate_where(field_fn, points, samples, self.empty_space.lookup(points))
+        else:
+            fields = field_fn(points, samples)
         values = {k: v for k, v in fields.items() if k != "density" and v.ndim == 3}
         values["depth"] = samples.t_points[..., None]
         values["opacity"] = torch.ones_like(samples.t_points)[..., None]
