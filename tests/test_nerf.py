@@ -8,6 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import json  # noqa: E402
+import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -19,6 +20,7 @@ from scorestudio.export.mesh import ExportConfig, extract_meshes, mesh_report, s
 from scorestudio.renderers.nerf import ParticleGeometry, VolumeRenderer  # noqa: E402
 from scorestudio.renderers.nerf.volume import ray_sphere_interval  # noqa: E402
 from scorestudio.systems.dreamfusion import DreamFusionSystem, particle_cameras  # noqa: E402
+from scorestudio.utils.config import ConfigError  # noqa: E402
 from scorestudio.utils.run import RunContext  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +103,14 @@ def test_empty_space_skipping_renders_and_differentiates_like_dense_sampling():
     evaluated.clear()
     renderer(field_fn, origins, dirs)
     assert evaluated[0] == dense[3]
+
+
+@pytest.mark.parametrize("bad, match", [({"estimator": "occupied"}, "estimator='occupied': use 'auto', 'dense' or 'occupancy'"),
+                                        ({"occupancy": {"update_every": 0}}, "occupancy.update_every=0: must be ≥ 1"),
+                                        ({"occupancy": {"dilation": -1}}, "occupancy.dilation=-1: must be ≥ 0")])
+def test_renderer_config_errors_name_the_key(bad, match):
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        VolumeRenderer(bad, 1)
 
 
 def test_batched_particles_equal_single_particle_evaluation():

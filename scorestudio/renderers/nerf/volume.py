@@ -251,6 +251,11 @@ class VolumeRenderer(BaseModule):
             raise ConfigError(f"{self.config_path}.estimator={cfg.estimator!r}: use 'auto', 'dense' or 'occupancy'")
         if cfg.num_samples_per_ray < 1:
             raise ConfigError(f"{self.config_path}.num_samples_per_ray must be ≥ 1")
+        occ = cfg.occupancy
+        for key, value, least in (("resolution", occ.resolution, 1), ("update_every", occ.update_every, 1),
+                                  ("dilation", occ.dilation, 0)):
+            if value < least:
+                raise ConfigError(f"{self.config_path}.occupancy.{key}={value}: must be ≥ {least}")
         if cfg.estimator != "dense":
             self.occupancy = OccupancyGridSampler(cfg.occupancy, self.n_particles, self.radius)
         self.empty_space = EmptySpaceMask(cfg.occupancy, self.radius)
