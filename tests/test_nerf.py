@@ -19,7 +19,7 @@ from scorestudio.data.cameras import CameraDistribution, cameras_from_angles, ge
 from scorestudio.export.mesh import ExportConfig, extract_meshes, mesh_report, save_mesh  # noqa: E402
 from scorestudio.renderers.nerf import ParticleGeometry, VolumeRenderer  # noqa: E402
 from scorestudio.renderers.nerf.volume import ray_sphere_interval  # noqa: E402
-from scorestudio.systems.dreamfusion import DreamFusionSystem, particle_cameras  # noqa: E402
+from scorestudio.systems.dreamfusion import EMPTY_SPACE_KEY, DreamFusionSystem, particle_cameras  # noqa: E402
 from scorestudio.utils.config import ConfigError  # noqa: E402
 from scorestudio.utils.run import RunContext  # noqa: E402
 
@@ -258,7 +258,7 @@ def cli_train(tmp_path, tiny, tag, *overrides):
              "system.loss.lambda_orient=1.0", "system.evaluation.resolution=16", "system.evaluation.n_views=4",
              "system.export.resolution=16", "trainer.enable_progress_bar=false", "use_timestamp=false",
              "checkpoint.every_n_train_steps=2", "trainer.val_check_interval=2",
-             "system.renderer.occupancy.resolution=16", "system.renderer.occupancy.update_every=2"]
+             "system.renderer.occupancy.resolution=16", "system.renderer.occupancy.update_every=3"]
     args, extra = parse_args(["--config", CONFIG, "--train", f"exp_root_dir={tmp_path}", f"tag={tag}", *small, *overrides])
     return run(args, extra)
 
@@ -280,6 +280,10 @@ def test_cli_run_outputs_and_resume_equals_uninterrupted_run(tiny, tmp_path):
 
     part = cli_train(tmp_path, tiny, "part", "trainer.max_steps=2", "system.export.after_test=false").root
     cli_train(tmp_path, tiny, "ignored", "trainer.max_steps=4", f"resume={part / 'ckpts' / 'last.ckpt'}")
+    # the empty-space mask (built at step 0, next at 3) travels with the checkpoint of step 2
+    masks = [torch.load(p / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)[EMPTY_SPACE_KEY]
+             for p in (full, part)]
+    assert masks[0].shape == (2, 16 ** 3) and masks[0].any() and not masks[0].all()
     a, b = state(full / "ckpts" / "last.ckpt"), state(part / "ckpts" / "last.ckpt")
     assert a.keys() == b.keys() and any(k.startswith("geometry.") for k in a)
     for key in a:

@@ -36,6 +36,8 @@ from scorestudio.utils.config import ConfigError, ScheduledFloat, schedulable
 from scorestudio.utils.registry import register
 from scorestudio.utils.seeding import generator, per_particle_rand
 
+EMPTY_SPACE_KEY = "empty_space_mask"   # checkpoint entry of the renderer's EmptySpaceMask
+
 
 @dataclass
 class LossConfig:
@@ -113,9 +115,17 @@ class DreamFusionSystem(DistillationSystem):
         self.loaded_step = 0
 
     # ---- steps, cameras ---------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # The CPU empty-space mask is training state (re-estimated only every update_every steps):
+        # saved beside the weights, so a resumed run skips the same samples as an uninterrupted one.
+        if self.renderer.empty_space.occupied is not None:
+            checkpoint[EMPTY_SPACE_KEY] = self.renderer.empty_space.occupied.cpu()
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.loaded_step = int(checkpoint.get("global_step", 0))
+        self.renderer.empty_space.occupied = checkpoint.get(EMPTY_SPACE_KEY)   # None: rebuilt at the next step
 
     @property
     def trained_steps(self) -> int:
