@@ -66,7 +66,7 @@ def test_analytic_sphere_opacity_matches_closed_form():
 
 
 def test_empty_space_skipping_renders_and_differentiates_like_dense_sampling():
-    """CPU occupancy: the field is evaluated only in occupied cells, and where the density is 0
+    """estimator=occupancy: the field is evaluated only in occupied cells, and where the density is 0
     elsewhere the image and the gradients equal those of dense sampling."""
     radii = torch.tensor([0.3, 0.45])                         # two particles: off-centre balls, so that
     centres = torch.tensor([[0.4, 0.0, 0.0], [0.0, -0.3, 0.2]])   # a mix-up of the mask's axes shows
@@ -105,12 +105,18 @@ def test_empty_space_skipping_renders_and_differentiates_like_dense_sampling():
     assert evaluated[0] == dense[3]
 
 
-@pytest.mark.parametrize("bad, match", [({"estimator": "occupied"}, "estimator='occupied': use 'auto', 'dense' or 'occupancy'"),
+@pytest.mark.parametrize("bad, match", [({"estimator": "occupied"}, "estimator='occupied': use one of auto, dense, occupancy, nerfacc"),
                                         ({"occupancy": {"update_every": 0}}, "occupancy.update_every=0: must be ≥ 1"),
                                         ({"occupancy": {"dilation": -1}}, "occupancy.dilation=-1: must be ≥ 0")])
 def test_renderer_config_errors_name_the_key(bad, match):
     with pytest.raises(ConfigError, match=re.escape(match)):
         VolumeRenderer(bad, 1)
+
+
+def test_nerfacc_estimator_on_the_cpu_says_what_to_use_instead():
+    renderer = VolumeRenderer({"estimator": "nerfacc"}, 1)
+    with pytest.raises(ConfigError, match="estimator=nerfacc needs CUDA.*use occupancy"):
+        renderer.update(0, lambda points, particles: points[..., 0], torch.device("cpu"))
 
 
 def test_batched_particles_equal_single_particle_evaluation():

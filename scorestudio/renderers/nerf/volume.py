@@ -9,15 +9,17 @@ values are alpha-composited per ray. ``detail_fn`` adds what is only worth compu
 something is visible (normals, point-light shading) on the samples whose weight exceeds
 ``prune_weight``. Two ways to place the samples, chosen by device:
 
-- dense (CPU, and anywhere with ``estimator: dense``): ``num_samples_per_ray`` stratified samples
-  between the ray's entry and exit of the ball, composited with nerfacc's dense functions on
-  ``[rays, samples]`` tensors (pure PyTorch, autograd on the CPU);
-- occupancy on CUDA: a nerfacc ``OccGridEstimator`` per particle skips empty space and returns
-  packed samples, composited with nerfacc's packed CUDA kernels. nerfacc's packed and estimator
-  functions need its CUDA extension, so they are never called on a CPU tensor;
-- occupancy on the CPU: the dense samples, but while training the field is evaluated only at
-  those in occupied cells of an :class:`EmptySpaceMask` (the others get density 0), which cuts
-  the field's forward and backward, the bulk of a CPU step (``benchmarks/bench_nerf.py``).
+- ``dense``: ``num_samples_per_ray`` stratified samples between the ray's entry and exit of the
+  ball, composited with nerfacc's dense functions on ``[rays, samples]`` tensors (pure PyTorch,
+  autograd on the CPU);
+- ``occupancy``: the dense samples, but while training the field is evaluated only at those in
+  occupied cells of an :class:`EmptySpaceMask` (the others get density 0), which cuts the field's
+  forward and backward, the bulk of a CPU step (``benchmarks/bench_nerf.py``). Plain PyTorch,
+  any device; validation and test renders stay dense;
+- ``nerfacc`` (CUDA only): a nerfacc ``OccGridEstimator`` per particle skips empty space and
+  returns packed samples, composited with nerfacc's packed CUDA kernels. nerfacc's packed and
+  estimator functions need its CUDA extension, so they are never called on a CPU tensor;
+- ``auto``: ``nerfacc`` on CUDA, ``dense`` elsewhere.
 """
 
 from __future__ import annotations
@@ -33,21 +35,24 @@ from scorestudio.utils.base import BaseModule
 from scorestudio.utils.config import ConfigError
 
 
+ESTIMATORS = ("auto", "dense", "occupancy", "nerfacc")
+
+
 @dataclass
 class OccupancyConfig:
     resolution: int = 64           # occupancy cells per axis over the scene's bounding box
     update_every: int = 16         # re-estimate occupancy every this many training steps
     threshold: float = 0.01        # a cell is occupied when density · step size exceeds this
-    dilation: int = 1              # CPU mask: also keep cells this many cells around occupied ones,
+    dilation: int = 1              # EmptySpaceMask: also keep cells this many cells around occupied ones,
                                    # so that density can grow into them before the next update
 
 
 @dataclass
 class RendererConfig:
-    num_samples_per_ray: int = 48  # dense: samples per ray inside the ball; occupancy: step = 2·radius / this
+    num_samples_per_ray: int = 48  # samples per ray inside the ball; nerfacc: step = 2·radius / this
     stratified: bool = True        # training samples at a random point of their bin (eval: bin centres)
-    # "dense"; "occupancy" (empty-space skipping: nerfacc's grids on CUDA, EmptySpaceMask on the
-    # CPU); "auto" = occupancy on CUDA, dense on the CPU.
+    # "dense", "occupancy" (EmptySpaceMask: dense samples, the field only in occupied cells; any
+    # device), "nerfacc" (nerfacc's occupancy grids, CUDA only) or "auto" (nerfacc on CUDA, else dense)
     estimator: str = "auto"
     # Normals and point-light shading are evaluated only at samples whose compositing weight
     # exceeds this (the others add < prune_weight each to their pixel); 0 = at every sample.
@@ -179,12 +184,12 @@ class OccupancyGridSampler(nn.Module):
 
 
 class EmptySpaceMask:
-    """CPU empty-space skipping: per particle a boolean occupancy grid ``[N, G, G, G]`` over the
+    """Empty-space skipping in PyTorch: per particle a boolean occupancy grid ``[N, G, G, G]`` over the
     ball's bounding box, re-estimated every ``update_every`` training steps from the density at
     the cell centres and dilated by ``dilation`` cells.
 
-    Written here because nerfacc's ``OccGridEstimator`` samples with CUDA kernels only; on the CPU
-    the samples stay dense and the mask only says where the field is worth evaluating.
+    Written here because nerfacc's ``OccGridEstimator`` samples with CUDA kernels only; here the
+    samples stay dense and the mask only says where the field is worth evaluating.
     """
 
     def __init__(self, cfg: OccupancyConfig, radius: float) -> None:
@@ -247,8 +252,8 @@ class VolumeRenderer(BaseModule):
 
     def configure(self) -> None:
         cfg = self.cfg
-        if cfg.estimator not in ("auto", "dense", "occupancy"):
-            raise ConfigError(f"{self.config_path}.estimator={cfg.estimator!r}: use 'auto', 'dense' or 'occupancy'")
+        if cfg.estimator not in ESTIMATORS:
+            raise ConfigError(f"{self.config_path}.estimator={cfg.estimator!r}: use one of {', '.join(ESTIMATORS)}")
         if cfg.num_samples_per_ray < 1:
             raise ConfigError(f"{self.config_path}.num_samples_per_ray must be ≥ 1")
         occ = cfg.occupancy
@@ -256,7 +261,7 @@ class VolumeRenderer(BaseModule):
                                   ("dilation", occ.dilation, 0)):
             if value < least:
                 raise ConfigError(f"{self.config_path}.occupancy.{key}={value}: must be ≥ {least}")
-        if cfg.estimator != "dense":
+        if cfg.estimator in ("nerfacc", "auto"):
             self.occupancy = OccupancyGridSampler(cfg.occupancy, self.n_particles, self.radius)
         self.empty_space = EmptySpaceMask(cfg.occupancy, self.radius)
 
@@ -264,28 +269,32 @@ class VolumeRenderer(BaseModule):
     def step_size(self) -> float:
         return 2 * self.radius / self.cfg.num_samples_per_ray
 
-    def uses_occupancy(self, device: torch.device) -> bool:
+    def uses_nerfacc(self, device: torch.device) -> bool:
         """nerfacc's occupancy grids and packed samples (CUDA)."""
-        return self.cfg.estimator != "dense" and device.type == "cuda"
+        if self.cfg.estimator == "nerfacc" and device.type != "cuda":
+            raise ConfigError(f"{self.config_path}.estimator=nerfacc needs CUDA (nerfacc's kernels), not {device}; "
+                              "use occupancy (empty-space skipping on any device) or dense")
+        return self.cfg.estimator == "nerfacc" or (self.cfg.estimator == "auto" and device.type == "cuda")
 
-    def skips_empty_space(self, device: torch.device) -> bool:
-        """Dense samples with the field evaluated only in occupied cells (CPU, while training)."""
-        return self.cfg.estimator == "occupancy" and device.type != "cuda" and self.training
+    @property
+    def skips_empty_space(self) -> bool:
+        """Dense samples with the field evaluated only in occupied cells (while training)."""
+        return self.cfg.estimator == "occupancy" and self.training
 
     def update(self, step: int, density_fn: Callable[..., Tensor], device: torch.device) -> None:
         """Per training step: refresh the occupancy grids every ``occupancy.update_every`` steps
         (nothing for dense sampling). ``density_fn(points [K, P, 3], particles [K] | None)`` →
         density ``[K, P]`` (None: all N particles), as ``ParticleGeometry.density``."""
-        if self.uses_occupancy(device):
+        if self.uses_nerfacc(device):
             def particle_density(points: Tensor, i: int) -> Tensor:
                 return density_fn(points[None], torch.tensor([i], device=device))[0]
             self.occupancy.update(step, particle_density, self.step_size)
-        elif self.skips_empty_space(device):
+        elif self.skips_empty_space:
             self.empty_space.update(step, lambda points: density_fn(points, None), self.n_particles,
                                     self.step_size, device)
 
     def sample(self, origins: Tensor, dirs: Tensor, jitter: Optional[Tensor]) -> RaySamples:
-        if self.uses_occupancy(origins.device):
+        if self.uses_nerfacc(origins.device):
             near, far = ray_sphere_interval(origins, dirs, self.radius)
             return self.occupancy.sample(origins, dirs, near, far, self.step_size, jitter is not None)
         return dense_samples(origins, dirs, self.radius, self.cfg.num_samples_per_ray, jitter)
@@ -295,7 +304,7 @@ class VolumeRenderer(BaseModule):
                 detail_fn: Optional[Callable[[Tensor, dict[str, Tensor], Tensor], dict[str, Tensor]]] = None) -> dict:
         """Render rays ``origins``, ``dirs`` ``[N, R, 3]`` (unit directions).
 
-        ``jitter`` ``[N, R, S]`` in [0, 1) (dense) or any tensor (occupancy: nerfacc's own
+        ``jitter`` ``[N, R, S]`` in [0, 1) (dense samples) or any tensor (nerfacc: its own
         stratification) turns stratified sampling on; None samples bin centres.
 
         ``detail_fn(points [N, K, 3], fields, rays [N, K])`` is a second pass over the K visible
@@ -311,7 +320,7 @@ class VolumeRenderer(BaseModule):
         """
         samples = self.sample(origins, dirs, jitter)
         points = samples.gather(origins) + samples.gather(dirs) * samples.t_points[..., None]
-        if self.skips_empty_space(points.device) and self.empty_space.occupied is not None:
+        if self.skips_empty_space and self.empty_space.occupied is not None:
             fields = evaluate_where(field_fn, points, samples, self.empty_space.lookup(points))
         else:
             fields = field_fn(points, samples)
