@@ -217,7 +217,9 @@ class EmptySpaceMask:
         g = self.cfg.resolution
         cell = ((points + self.radius) / (2 * self.radius) * g).long().clamp(0, g - 1)
         flat = cell[..., 0] + g * (cell[..., 1] + g * cell[..., 2])
-        return self.occupied.to(points.device).gather(1, flat)
+        if self.occupied.device != points.device:             # restored from a checkpoint on the CPU
+            self.occupied = self.occupied.to(points.device)
+        return self.occupied.gather(1, flat)
 
 
 def evaluate_where(field_fn: Callable[[Tensor, RaySamples], dict[str, Tensor]], points: Tensor,
