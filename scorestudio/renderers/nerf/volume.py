@@ -222,23 +222,28 @@ class EmptySpaceMask:
         return self.occupied.gather(1, flat)
 
 
+def pack(keep: Tensor) -> tuple[Tensor, Tensor]:
+    """The True entries of ``keep`` ``[N, M]``, first in each row and in order, padded to the row
+    with the most: ``index`` into the M entries (long ``[N, K]``, padding points at False entries)
+    and ``valid`` ``[N, K]``."""
+    k = max(1, int(keep.sum(1).max()))                                    # ≥ 1: never an empty batch
+    index = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :k]
+    return index, keep.gather(1, index)
+
+
 def evaluate_where(field_fn: Callable[[Tensor, RaySamples], dict[str, Tensor]], points: Tensor,
                    samples: RaySamples, keep: Tensor) -> dict[str, Tensor]:
     """``field_fn`` at the points ``[N, M, 3]`` where ``keep`` ``[N, M]``; elsewhere every field is 0
-    (density 0: nothing there). The kept points are packed to the particle with the most, evaluated
-    in one call, and scattered back into dense ``[N, M(, C)]`` fields."""
+    (density 0: nothing there). The kept points are packed (:func:`pack`), evaluated in one call,
+    and scattered back into dense ``[N, M(, C)]`` fields."""
     n, m = keep.shape
-    count = max(1, int(keep.sum(1).max()))                                # ≥ 1: field_fn never sees 0 points
-    slot = torch.where(keep, keep.long().cumsum(1) - 1, count)             # packed position; count = dropped
-    index = torch.full((n, count + 1), m, dtype=torch.long, device=keep.device)
-    index = index.scatter(1, slot, torch.arange(m, device=keep.device).expand(n, m))[:, :count]   # m = padding
-    packed = points.gather(1, index.clamp_max(m - 1)[..., None].expand(-1, -1, 3))
-    fields = field_fn(packed, samples)
+    index, valid = pack(keep)
+    fields = field_fn(points.gather(1, index[..., None].expand(-1, -1, 3)), samples)
+    target = torch.where(valid, index, m)                                  # padding → row m, dropped
     dense = {}
     for name, value in fields.items():
-        shape = (n, m + 1, *value.shape[2:])                               # row m collects the padding
-        target = index.view(n, count, *[1] * (value.ndim - 2)).expand_as(value)
-        dense[name] = value.new_zeros(shape).scatter(1, target, value)[:, :m]
+        rows = target.view(*target.shape, *[1] * (value.ndim - 2)).expand_as(value)
+        dense[name] = value.new_zeros(n, m + 1, *value.shape[2:]).scatter(1, rows, value)[:, :m]
     return dense
 
 
@@ -354,8 +359,6 @@ class VolumeRenderer(BaseModule):
         keep = weights.detach() > self.cfg.prune_weight
         if samples.valid is not None:
             keep &= samples.valid
-        k = max(1, int(keep.sum(1).max()))
-        index = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :k]
-        valid = keep.gather(1, index)
+        index, valid = pack(keep)
         return {"index": index, "rays": samples.ray_index.gather(1, index), "valid": valid,
                 "weights": weights.gather(1, index) * valid}
