@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in MODES:
         mode.add_argument(f"--{name}", action="store_true", help=f"{name} the system")
     parser.add_argument("--gpu", default=None,
-                        help="GPU ids as a comma list ('0' or '0,1'); absent or 'cpu' runs on the CPU")
+                        help="the GPU to run on ('0'); absent or 'cpu' runs on the CPU")
     parser.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     parser.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return parser
@@ -54,12 +54,18 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
 
 
 def select_devices(gpu: Optional[str]) -> tuple[str, object]:
-    """(accelerator, devices) for Lightning. Requested GPUs that do not exist fall back to CPU."""
+    """(accelerator, devices) for Lightning: the CPU or one GPU. A requested GPU falls back to
+    the CPU (with a warning) when CUDA is unavailable."""
     if gpu is None or gpu.strip().lower() in ("", "cpu", "-1"):
         return "cpu", 1
     import torch
 
     ids = [int(g) for g in gpu.split(",") if g.strip()]
+    if len(ids) > 1:
+        # Lightning's data parallelism would copy every particle to each GPU and repeat the same
+        # work there; sharding particles across devices is not built yet.
+        raise ConfigError(f"--gpu {gpu}: a run uses one device (all its particles in one batch); "
+                          f"pass one GPU (--gpu {ids[0]}), or start one run per GPU with different seeds")
     if not torch.cuda.is_available():
         warnings.warn(f"--gpu {gpu} requested but CUDA is not available; running on the CPU")
         return "cpu", 1

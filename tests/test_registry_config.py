@@ -200,6 +200,8 @@ def test_gpu_selection_falls_back_to_cpu():
     if not torch.cuda.is_available():
         with pytest.warns(UserWarning, match="CUDA is not available"):
             assert select_devices("0") == ("cpu", 1)
+    with pytest.raises(ConfigError, match="one device"):
+        select_devices("0,1")
 
 
 @dataclass
