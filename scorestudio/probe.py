@@ -12,12 +12,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from scorestudio.metrics.probe import load_probe
+from scorestudio.utils.images import load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
@@ -35,11 +34,10 @@ def find_images(paths: list[str]) -> list[Path]:
     return found
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
+def load_resized(path: Path, size: int) -> torch.Tensor:
     """Image ``[3, size, size]`` float32 in [0, 1], alpha composited on white, resized
     (bilinear, antialiased) so that images of any size batch together."""
-    rgba = np.asarray(Image.open(path).convert("RGBA"), dtype=np.float32) / 255.0
-    rgb = torch.from_numpy(rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])).permute(2, 0, 1)
+    rgb = load_image(path)
     if rgb.shape[-2:] != (size, size):
         rgb = F.interpolate(rgb[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
     return rgb.clamp(0, 1)
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     files = find_images(args.paths)
     for start in range(0, len(files), args.batch_size):
         chunk = files[start:start + args.batch_size]
-        rows = probe.classify(torch.stack([load_image(f, probe.cfg.resolution) for f in chunk]))
+        rows = probe.classify(torch.stack([load_resized(f, probe.cfg.resolution) for f in chunk]))
         for path, row in zip(chunk, rows):
             print(json.dumps({"path": str(path), **row}) if args.json else format_row(path, row))
 

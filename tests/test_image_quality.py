@@ -84,3 +84,35 @@ def test_lpips_without_package_says_how_to_get_it():
         lpips(x, x)
     assert LPIPS_UNAVAILABLE in str(err.value)
     assert np.isfinite(psnr(x, x * 0.5).numpy()).all()  # other metrics unaffected
+
+
+def test_load_image_modes_and_errors(tmp_path):
+    """Every PNG mode a user may hand in reads as RGB in [0, 1] (alpha on white); a missing or
+    unreadable file is one clear error, a ConfigError naming the setting when one is given."""
+    import imageio.v3 as iio
+    from PIL import Image
+
+    from scorestudio.utils.config import ConfigError
+    from scorestudio.utils.images import load_image
+
+    rgb = np.array([[[255, 0, 0], [0, 153, 255]]], np.uint8)   # [1, 2, 3], on the web palette that "P" uses
+    expected = torch.from_numpy(rgb.astype(np.float32) / 255).permute(2, 0, 1)
+    Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
+    assert torch.allclose(load_image(tmp_path / "palette.png"), expected)
+    grey_alpha = np.array([[[100, 255], [100, 0]]], np.uint8)                     # opaque grey, transparent
+    iio.imwrite(tmp_path / "la.png", grey_alpha)
+    assert torch.allclose(load_image(tmp_path / "la.png"),
+                          torch.tensor([100 / 255, 1.0]).view(1, 1, 2).expand(3, 1, 2))
+    grey16 = np.array([[0, 65535, 32768]], np.uint16)
+    iio.imwrite(tmp_path / "g16.png", grey16)
+    assert torch.allclose(load_image(tmp_path / "g16.png"),
+                          torch.from_numpy(grey16 / 65535.0).float().expand(3, 1, 3))
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="cannot read .*notes.png as an image"):
+        load_image(tmp_path / "notes.png")
+    with pytest.raises(ConfigError, match="^data.image: cannot read"):
+        load_image(tmp_path / "notes.png", key="data.image")
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ConfigError, match="^data.mask_path: image not found"):
+        load_image(tmp_path / "missing.png", key="data.mask_path")

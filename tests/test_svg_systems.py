@@ -255,7 +255,7 @@ def test_restoration_input_errors_and_conversions(tmp_path):
     with pytest.raises(ConfigError, match="image not found"):
         load_problem({"image": str(tmp_path / "missing.png")})
     (tmp_path / "notes.png").write_text("not an image")
-    with pytest.raises(ConfigError, match="cannot read it as an image"):
+    with pytest.raises(ConfigError, match="data.image: cannot read .*notes.png as an image"):
         load_problem({"image": str(tmp_path / "notes.png")})
     with pytest.raises(ConfigError, match="square"):
         load_problem({"image": write_png(tmp_path / "wide.png", np.zeros((16, 24, 3), np.uint8))})

@@ -258,10 +258,7 @@ class MaskInpaint(FixedMaskOperator):
 
         if not self.cfg.mask_path:
             raise ConfigError(f"{self.key('mask_path')} is empty: set the mask image, white = observed")
-        try:
-            gray = load_image(self.cfg.mask_path).mean(0)
-        except FileNotFoundError as err:
-            raise ConfigError(f"{self.key('mask_path')}: {err}") from err
+        gray = load_image(self.cfg.mask_path, key=self.key("mask_path")).mean(0)
         keep = gray >= 0.5
         if self.cfg.invert:
             keep = ~keep

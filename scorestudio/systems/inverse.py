@@ -381,10 +381,7 @@ def load_ground_truth(cfg: InverseDataConfig, size: int) -> tuple[Tensor, Option
     if cfg.image:
         from scorestudio.utils.images import load_image
 
-        try:
-            image = load_image(cfg.image)[None]
-        except FileNotFoundError as err:
-            raise ConfigError(f"data.image: {err}") from err
+        image = load_image(cfg.image, key="data.image")[None]
         if tuple(image.shape[-2:]) != (size, size):
             message = (f"data.image={cfg.image} is {image.shape[-2]}x{image.shape[-1]} but the prior "
                        f"works at {size}x{size}")

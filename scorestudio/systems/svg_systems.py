@@ -524,12 +524,7 @@ def read_measurement(path: str) -> Tensor:
     """The input image as y ``[1, 3, h, w]`` in [−1, 1]; it must be square."""
     from scorestudio.utils.images import load_image
 
-    try:
-        image = load_image(path)
-    except FileNotFoundError as err:
-        raise ConfigError(f"data.image: {err}") from err
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ConfigError(f"data.image={path}: cannot read it as an image ({err})") from err
+    image = load_image(path, key="data.image")
     if image.shape[1] != image.shape[2]:
         raise ConfigError(f"data.image={path} is {image.shape[1]}x{image.shape[2]} (HxW); svg-restoration needs a "
                           "square image (the canvas and the prior are square): crop or pad it")

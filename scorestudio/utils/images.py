@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from scorestudio.utils.config import ConfigError
+
 
 def image_grid(images: Tensor, ncol: Optional[int] = None, pad: int = 2, pad_value: float = 1.0) -> Tensor:
     """Tile images ``[N, C, H, W]`` into one ``[C, rows·(H+pad)+pad, ncol·(W+pad)+pad]`` grid
@@ -46,19 +48,28 @@ def save_grid(images: Tensor, path: str | os.PathLike, ncol: Optional[int] = Non
     return save_image(image_grid(images, ncol), path)
 
 
-def load_image(path: str | os.PathLike) -> Tensor:
-    """Read an image file as ``[3, H, W]`` float in [0, 1] (alpha composited on white)."""
+def load_image(path: str | os.PathLike, key: Optional[str] = None) -> Tensor:
+    """Read an image file as ``[3, H, W]`` float in [0, 1] (alpha composited on white).
+
+    ``key``: the config setting that named the file; a missing or unreadable file is then a
+    ``ConfigError`` naming it (else FileNotFoundError / ValueError).
+    """
     import imageio.v3 as iio
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    arr = np.asarray(iio.imread(path)).astype(np.float32)
-    if arr.dtype != np.uint8 and arr.max() > 1.0:
-        arr = arr / (65535.0 if arr.max() > 255 else 255.0)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    image = torch.from_numpy(arr).permute(2, 0, 1)
+        message = f"image not found: {path}"
+        raise ConfigError(f"{key}: {message}") if key else FileNotFoundError(message)
+    try:
+        arr = np.asarray(iio.imread(path))
+    except (OSError, ValueError, SyntaxError) as err:   # imageio's "no backend", Pillow's decode errors
+        message = f"cannot read {path} as an image (PNG, JPEG, ...): {err}"
+        raise ConfigError(f"{key}: {message}") if key else ValueError(message) from err
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)   # bool, float: 1
+    arr = arr.astype(np.float32) / scale
+    image = torch.from_numpy(arr if arr.ndim == 3 else arr[..., None]).permute(2, 0, 1)
+    if image.shape[0] in (1, 2):                      # grey, grey + alpha → RGB(A)
+        image = torch.cat([image[:1].expand(3, -1, -1), image[1:]])
     if image.shape[0] == 4:
         rgb, alpha = image[:3], image[3:]
         image = rgb * alpha + (1 - alpha)
