@@ -37,7 +37,10 @@ def find_images(paths: list[str]) -> list[Path]:
 def load_resized(path: Path, size: int) -> torch.Tensor:
     """Image ``[3, size, size]`` float32 in [0, 1], alpha composited on white, resized
     (bilinear, antialiased) so that images of any size batch together."""
-    rgb = load_image(path)
+    try:
+        rgb = load_image(path)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
     if rgb.shape[-2:] != (size, size):
         rgb = F.interpolate(rgb[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
     return rgb.clamp(0, 1)
