@@ -146,6 +146,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
     pl.seed_everything(exp.seed, workers=True, verbose=False)
     system = system_cls(exp.system, run=run_ctx, data=exp.data)
 
+    if exp.resume:
+        from scorestudio.utils.checkpoint import check_checkpoint
+
+        check_checkpoint(system, exp.resume)
     parsed = to_plain(exp)
     parsed["system"] = to_plain(system.cfg)
     run_ctx.prepare(parsed, argv=["launch.py", *sys.argv[1:]] if sys.argv else None, mode=args.mode)

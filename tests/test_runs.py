@@ -166,3 +166,26 @@ def test_save_animation_formats(tmp_path, monkeypatch):
         images.save_animation(frames, tmp_path / "a.mp4")
     with pytest.raises(ValueError, match=".gif or .mp4"):
         images.save_animation(frames, tmp_path / "a.tif")
+
+
+def test_checkpoint_of_another_config_is_one_clear_error(tmp_path):
+    """A checkpoint written with other sizes or by another system is refused before Lightning
+    loads it, with what differs and how to fix it; --export of a system without exports too."""
+    from scorestudio.utils.checkpoint import SYSTEM_KEY
+    from scorestudio.utils.config import ConfigError
+
+    ctx = train(tmp_path, "trainer.max_steps=2")
+    ckpt = ctx.root / "ckpts" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state[SYSTEM_KEY] == "toy-particles"
+    with pytest.raises(ConfigError, match=r"particles is \[2, 16, 2, 2\] there but \[2, 8, 2, 2\] here.*n_particles"):
+        train(tmp_path, "trainer.max_steps=4", "system.n_realizations=8", f"resume={ckpt}")
+    state[SYSTEM_KEY] = "dreamfusion"
+    other = tmp_path / "other.ckpt"
+    torch.save(state, other)
+    args, extra = parse_args(["--config", TOY, "--test", f"exp_root_dir={tmp_path}", *SMALL, f"resume={other}"])
+    with pytest.raises(ConfigError, match="a 'dreamfusion' run, but this config runs 'toy-particles'"):
+        run(args, extra)
+    args, extra = parse_args(["--config", TOY, "--export", f"exp_root_dir={tmp_path}", *SMALL, f"resume={ckpt}"])
+    with pytest.raises(ConfigError, match="nothing to export"):
+        run(args, extra)

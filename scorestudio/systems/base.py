@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from scorestudio.utils.config import parse_structured
+from scorestudio.utils.config import ConfigError, parse_structured
 from scorestudio.utils.io import update_json
 from scorestudio.utils.run import RunContext
 
@@ -61,7 +61,9 @@ class BaseSystem(pl.LightningModule):
 
     def export(self) -> list[Path]:
         """Write exportable assets (meshes, SVGs); returns their paths."""
-        raise NotImplementedError(f"{type(self).__name__} has nothing to export")
+        name = getattr(self, "registered_name", type(self).__name__)
+        raise ConfigError(f"--export: the {name} system has nothing to export (meshes, SVGs); its pictures "
+                          "are in the run folder's save/, and --test renders them again")
 
     # ---- randomness ------------------------------------------------------------------------
     @property
@@ -105,6 +107,11 @@ class BaseSystem(pl.LightningModule):
         if rest:
             groups.append({"params": rest, "name": "default"})
         return optim_cls(groups, **opt_cfg.args)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from scorestudio.utils.checkpoint import SYSTEM_KEY
+
+        checkpoint[SYSTEM_KEY] = getattr(self, "registered_name", type(self).__name__)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Steps(), batch_size=None)

@@ -10,7 +10,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from scorestudio.utils.config import ConfigError
 from scorestudio.utils.io import atomic_open
+
+SYSTEM_KEY = "scorestudio_system"   # the registered name of the system that wrote a checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -59,3 +62,23 @@ class RunCheckpoint(pl.Callback):
         if trainer.global_step > 0:
             print(f"\n{type(exception).__name__}: saving {self.last_path} at step {trainer.global_step}")
             self._save(trainer)
+
+
+def check_checkpoint(system: pl.LightningModule, path: str | os.PathLike) -> None:
+    """A ``ConfigError`` that says how to fix it when the checkpoint at ``path`` was not written
+    by a system of this config: another system, or parameters of other names or shapes (another
+    ``n_particles``, grid resolution, ...). Read memory-mapped, before Lightning loads it."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    fix = "pass the config that wrote it (configs/parsed.yaml in its run folder)"
+    ours, theirs = getattr(system, "registered_name", None), ckpt.get(SYSTEM_KEY)
+    if theirs is not None and theirs != ours:
+        raise ConfigError(f"resume={path} is a checkpoint of a {theirs!r} run, but this config runs {ours!r}: {fix}")
+    saved, expected = ckpt["state_dict"], system.state_dict()
+    problems = [f"{k} missing" for k in expected if k not in saved]
+    problems += [f"{k} not in this config" for k in saved if k not in expected]
+    problems += [f"{k} is {list(saved[k].shape)} there but {list(v.shape)} here"   # empty here: sized at the first step
+                 for k, v in expected.items() if k in saved and v.numel() and saved[k].shape != v.shape]
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise ConfigError(f"resume={path} does not fit this config's {ours or type(system).__name__} system "
+                          f"({shown}): {fix}, with the same n_particles and sizes")
