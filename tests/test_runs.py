@@ -189,3 +189,12 @@ def test_checkpoint_of_another_config_is_one_clear_error(tmp_path):
     args, extra = parse_args(["--config", TOY, "--export", f"exp_root_dir={tmp_path}", *SMALL, f"resume={ckpt}"])
     with pytest.raises(ConfigError, match="nothing to export"):
         run(args, extra)
+
+
+def test_particle_count_and_toy_settings_are_checked(tmp_path):
+    from scorestudio.utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="system.n_particles=0: a run needs at least one particle"):
+        train(tmp_path, "system.n_particles=0")
+    with pytest.raises(ConfigError, match="system.gammas"):
+        train(tmp_path, "system.gammas=[]")

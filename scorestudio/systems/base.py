@@ -53,6 +53,8 @@ class BaseSystem(pl.LightningModule):
         self.cfg = parse_structured(self.Config, cfg, "system")
         self.run = run or RunContext(Path("outputs/scratch"))
         self.data_cfg = data or {}
+        if self.cfg.n_particles < 1:
+            raise ConfigError(f"system.n_particles={self.cfg.n_particles}: a run needs at least one particle")
         self.configure()
 
     # ---- to override ----------------------------------------------------------------------

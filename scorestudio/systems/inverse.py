@@ -509,8 +509,8 @@ class InverseSystem(BaseSystem):
 
     def configure(self) -> None:
         cfg = self.cfg
-        if cfg.n_particles < 1 or cfg.frame_every < 1:
-            raise ConfigError("system.n_particles and system.frame_every must be ≥ 1")
+        if cfg.frame_every < 1:
+            raise ConfigError(f"system.frame_every={cfg.frame_every} must be ≥ 1")
         prior = find(cfg.prior_type, kind="priors")(cfg.prior, path="system.prior")
         self.problem = build_problem(self.data_cfg, prior.image_size)
         self.solver = InverseSolver(cfg.solver, prior, self.problem.operator, self.problem.y, cfg.n_particles,

@@ -207,8 +207,8 @@ class SvgDistillationSystem(DistillationSystem):
         optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="Adam", args={"betas": [0.9, 0.9]}))
 
     def build_svg(self, canvas: int) -> None:
-        if self.cfg.frame_every < 1 or self.cfg.n_particles < 1:
-            raise ConfigError("system.frame_every and system.n_particles must be ≥ 1")
+        if self.cfg.frame_every < 1:
+            raise ConfigError(f"system.frame_every={self.cfg.frame_every} must be ≥ 1")
         self.svg = SvgParticles(self.cfg.paths, self.cfg.n_particles, canvas, self.seed)
 
     def losses(self, step: int) -> dict[str, Tensor]:

@@ -22,7 +22,7 @@ import torch
 from scorestudio.guidance.repulsion import KernelConfig, kernel_log_density_grad
 from scorestudio.guidance.schedule import alpha_sigma, ddpm_alphas_cumprod, timestep_weight
 from scorestudio.systems.base import BaseSystem, OptimizerConfig
-from scorestudio.utils.config import ScheduledFloat, schedulable
+from scorestudio.utils.config import ConfigError, ScheduledFloat, schedulable
 from scorestudio.utils.registry import register
 
 
@@ -65,8 +65,8 @@ class ToyParticlesSystem(BaseSystem):
 
     def configure(self) -> None:
         cfg = self.cfg
-        if cfg.n_particles < 1 or cfg.n_realizations < 1 or not cfg.gammas:
-            raise ValueError("toy-particles needs n_particles ≥ 1, n_realizations ≥ 1 and at least one gamma")
+        if cfg.n_realizations < 1 or not cfg.gammas:
+            raise ConfigError("toy-particles needs system.n_realizations ≥ 1 and at least one value in system.gammas")
         self.register_buffer("gammas", torch.tensor(cfg.gammas, dtype=torch.float32))
         self.register_buffer("means", torch.tensor(cfg.mode_means, dtype=torch.float32))
         self.register_buffer("alphas_cumprod", ddpm_alphas_cumprod(1000, 1e-4, 0.02, "linear"))
