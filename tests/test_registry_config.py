@@ -221,3 +221,11 @@ def test_nested_schedules_are_parsed_even_when_defaulted():
     assert cfg.other.gamma.at(5) == pytest.approx(1.5)
     cfg = parse_structured(Guided, {"repulsion": {"gamma": [0, 0, 10, 100]}})
     assert cfg.repulsion.gamma.at(50) == pytest.approx(5.0)
+
+
+def test_unknown_optimizer_is_a_config_error_with_suggestions():
+    from scorestudio.systems.toy_particles import ToyParticlesSystem
+
+    system = ToyParticlesSystem({"n_realizations": 2, "optimizer": {"name": "Adm"}})
+    with pytest.raises(ConfigError, match="'Adm' is not a torch.optim optimizer. Did you mean 'Adam'.*Known: .*SGD"):
+        system.configure_optimizers()

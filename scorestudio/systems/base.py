@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from scorestudio.utils.config import ConfigError, parse_structured
+from scorestudio.utils.config import ConfigError, did_you_mean, parse_structured
 from scorestudio.utils.io import update_json
 from scorestudio.utils.run import RunContext
 
@@ -95,14 +95,17 @@ class BaseSystem(pl.LightningModule):
     def configure_optimizers(self):
         opt_cfg = self.cfg.optimizer
         optim_cls = getattr(torch.optim, opt_cfg.name, None)
-        if optim_cls is None:
-            raise ValueError(f"system.optimizer.name={opt_cfg.name!r} is not a torch.optim optimizer")
+        if not (isinstance(optim_cls, type) and issubclass(optim_cls, torch.optim.Optimizer)):
+            names = sorted(n for n, c in vars(torch.optim).items()
+                           if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer)
+            raise ConfigError(f"system.optimizer.name={opt_cfg.name!r} is not a torch.optim optimizer."
+                              f"{did_you_mean(opt_cfg.name, names)} Known: {', '.join(names)}")
         groups = self.extra_param_groups()
         claimed = {id(p) for g in groups for p in g["params"]}
         for prefix, overrides in opt_cfg.params.items():
             params = [p for n, p in self.named_parameters() if n.startswith(prefix) and p.requires_grad]
             if not params:
-                raise ValueError(f"system.optimizer.params.{prefix}: no trainable parameter starts with {prefix!r}")
+                raise ConfigError(f"system.optimizer.params.{prefix}: no trainable parameter starts with {prefix!r}")
             claimed.update(id(p) for p in params)
             groups.append({"params": params, "name": prefix, **overrides})
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]

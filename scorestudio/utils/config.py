@@ -30,6 +30,12 @@ class ConfigError(ValueError):
     """A config that cannot be used as written. The message says which key and how to fix it."""
 
 
+def did_you_mean(name: str, known: list[str]) -> str:
+    """The hint ' Did you mean "a", "b"?' naming the known names closest to a misspelt ``name`` (or "")."""
+    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
 # --------------------------------------------------------------------------------------------
 # Resolvers usable as ${name:args} in YAML files.
 # --------------------------------------------------------------------------------------------
@@ -245,10 +251,8 @@ def parse_structured(cls: type, cfg: Any = None, path: str = "") -> Any:
     known = _field_names(cls)
     for key in raw:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ConfigError(
-                f"unknown config key '{prefix}{key}' for {cls.__module__}.{cls.__qualname__}.{hint} "
+                f"unknown config key '{prefix}{key}' for {cls.__module__}.{cls.__qualname__}.{did_you_mean(key, known)} "
                 f"Valid keys: {', '.join(known)}"
             )
 

@@ -7,8 +7,9 @@ dependencies), so ``find`` imports the known module of a name on first use.
 
 from __future__ import annotations
 
-import difflib
 import importlib
+
+from scorestudio.utils.config import did_you_mean
 
 _REGISTRY: dict[str, type] = {}
 _KINDS: dict[str, str] = {}
@@ -77,7 +78,5 @@ def find(name: str, kind: str | None = None) -> type:
     if name in _REGISTRY and (kind is None or _KINDS[name] == kind):
         return _REGISTRY[name]
     names = known_names(kind)
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     what = f"{kind} module" if kind else "module"
-    raise RegistryError(f"unknown {what} name {name!r}.{hint} Known names: {', '.join(names)}")
+    raise RegistryError(f"unknown {what} name {name!r}.{did_you_mean(name, names)} Known names: {', '.join(names)}")
