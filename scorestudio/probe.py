@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from scorestudio.metrics.probe import load_probe
+from scorestudio.utils.cli_args import positive_int
 from scorestudio.utils.images import load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--probe", default=None, help="probe folder (default: the shipped probe)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     args = parser.parse_args(argv)
     probe = load_probe(args.probe)
     files = find_images(args.paths)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import torch
 from torch import Tensor
 
+from scorestudio.utils.cli_args import positive_int
 from scorestudio.utils.images import image_grid, save_image
 from scorestudio.utils.seeding import per_particle_randn
 
@@ -130,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="DDIM samples of a prompt from a diffusion prior")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default="", help="unconditional prompt of CFG")
-    parser.add_argument("--n", type=int, default=16, help="number of samples")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--n", type=positive_int, default=16, help="number of samples")
+    parser.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
     parser.add_argument("--cfg", type=float, default=7.5, help="guidance scale s (1 = none)")
     parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                         help="apply CFG only for LO <= t/T <= HI (default: the prior's sampling_guidance_interval; "
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prior", default="embedded", choices=["embedded", "stable-diffusion", "deepfloyd-if"])
     parser.add_argument("--model", default=None, help="model folder or cached hub id (default: the prior's)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    parser.add_argument("--batch-size", type=int, default=None, help="samples per UNet batch (default: all)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="samples per UNet batch (default: all)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--repulsion-gamma", type=float, default=0.0,
                         help="γ of the RSD repulsion between the samples of a batch (0 = independent samples)")

@@ -13,6 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 from scorestudio.renderers.svg import SvgError, SvgScene, read_svg, render
+from scorestudio.utils.cli_args import positive_int
 from scorestudio.utils.images import save_image
 
 
@@ -22,8 +23,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cmd = sub.add_parser("render", help="rasterize the fills of an SVG file to an image")
     cmd.add_argument("input", help="SVG file")
     cmd.add_argument("output", help="image file (.png, .jpg, ...)")
-    cmd.add_argument("--width", type=int, help="output width in px (default: the SVG's)")
-    cmd.add_argument("--height", type=int, help="output height in px (one of the two keeps the aspect ratio)")
+    cmd.add_argument("--width", type=positive_int, help="output width in px (default: the SVG's)")
+    cmd.add_argument("--height", type=positive_int, help="output height in px (one of the two keeps the aspect ratio)")
     cmd = sub.add_parser("info", help="print the canvas size, paths, segments and fill rules")
     cmd.add_argument("input", help="SVG file")
     args = parser.parse_args(argv)

@@ -229,3 +229,18 @@ def test_unknown_optimizer_is_a_config_error_with_suggestions():
     system = ToyParticlesSystem({"n_realizations": 2, "optimizer": {"name": "Adm"}})
     with pytest.raises(ConfigError, match="'Adm' is not a torch.optim optimizer. Did you mean 'Adam'.*Known: .*SGD"):
         system.configure_optimizers()
+
+
+@pytest.mark.parametrize("module, args", [("scorestudio.sample", ["--prompt", "a cube", "--out", "x", "--n", "0"]),
+                                          ("scorestudio.sample", ["--prompt", "a cube", "--out", "x", "--steps", "-2"]),
+                                          ("scorestudio.data.procedural", ["--n", "many"])])
+def test_command_line_counts_must_be_positive(module, args, capsys):
+    """A zero or non-numeric count is a usage error naming the option (was a ZeroDivisionError)."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {next(a for a in args if a in ('--n', '--steps'))}" in err and ("≥ 1" in err)

@@ -33,6 +33,7 @@ from scorestudio.data.cameras import (
     sample_cameras,
     view_index,
 )
+from scorestudio.utils.cli_args import positive_int
 from scorestudio.utils.seeding import derive_seed
 
 SHAPES_3D = ("sphere", "cube", "cylinder", "cone", "torus", "mug", "house")
@@ -541,10 +542,10 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="preview.png")
-    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--n", type=positive_int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--index", type=int, default=0)
-    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--resolution", type=positive_int, default=64)
     parser.add_argument("--split", default="train", choices=ProceduralDataset.SPLITS)
     args = parser.parse_args(argv)
     data = ProceduralDataset(ProceduralConfig(resolution=args.resolution, seed=args.seed), args.split)

@@ -40,6 +40,7 @@ from scorestudio.guidance.manifold_corrective import (FOLDER_NAME, CorrectiveCon
                                                       parameter_count, save_corrective)
 from scorestudio.priors.train import (EMA, WORK_DIR, LatentCache, StageRun, add_run_arguments, epoch_batch,  # noqa: E402
                                       image_cache, latent_cache, prepare_run, seeded_init, train_loop)
+from scorestudio.utils.cli_args import positive_int  # noqa: E402
 from scorestudio.utils.io import atomic_open, write_json  # noqa: E402
 from scorestudio.utils.seeding import generator  # noqa: E402
 
@@ -74,11 +75,11 @@ def add_trainer_arguments(p: argparse.ArgumentParser, out: Path, out_help: str, 
     p.add_argument("--prior-work-dir", type=Path, default=WORK_DIR,
                    help="the prior trainer's work dir: embedded latent caches in <it>/unet/ (shared)")
     p.add_argument("--cache-dir", type=Path, default=None, help="rendered images (default PRIOR_WORK_DIR/cache)")
-    p.add_argument("--resolution", type=int, default=64,
+    p.add_argument("--resolution", type=positive_int, default=64,
                    help="render size for non-embedded priors (they resize to their own image size)")
     p.add_argument("--minutes", type=float, default=minutes, help="training wall-clock budget, summed over resumed runs")
-    p.add_argument("--steps", type=int, default=None, help="stop at this total step count")
-    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--steps", type=positive_int, default=None, help="stop at this total step count")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size)
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--resume", action="store_true", help="continue from WORK/ckpt.pt")
     add_run_arguments(p)   # cache sizes, checkpoint period, seed, threads, device: as the prior trainer
@@ -250,8 +251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train LMC-SDS's manifold corrective b̂ψ for a prior.")
     add_trainer_arguments(p, DEFAULT_OUT, "weights folder (config.json + model.safetensors)", DEFAULT_WORK,
                           "checkpoint, loss.csv, metrics.json", minutes=22.0, batch_size=128, lr=1e-3)
-    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128], help="filters per U-Net level")
-    p.add_argument("--time-frequencies", type=int, default=6)
+    p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128], help="filters per U-Net level")
+    p.add_argument("--time-frequencies", type=positive_int, default=6)
     p.add_argument("--t-range", type=float, nargs=2, default=[0.02, 0.98], help="t/T ~ U(lo, hi)")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True, help="store fp16 weights")
     return p.parse_args(argv)

@@ -46,6 +46,7 @@ from scorestudio.guidance.train_manifold_corrective import (add_trainer_argument
 from scorestudio.metrics.probe import DEFAULT_LATENT_PROBE_DIR, Probe, load_probe  # noqa: E402
 from scorestudio.priors.embedded_arch import ProbeConfig, parameter_count  # noqa: E402
 from scorestudio.priors.train import EMA, StageRun, epoch_batch, export_probe, prepare_run, seeded_init, train_loop  # noqa: E402,E501
+from scorestudio.utils.cli_args import positive_int  # noqa: E402
 from scorestudio.utils.io import atomic_open, write_json  # noqa: E402
 from scorestudio.utils.seeding import generator  # noqa: E402
 
@@ -209,13 +210,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_trainer_arguments(p, DEFAULT_LATENT_PROBE_DIR, "weights folder", DEFAULT_WORK,
                           "pool, checkpoint, loss.csv, metrics.json", minutes=12.0, batch_size=256, lr=2e-3)
     p.add_argument("--probe", type=Path, default=None, help="the image probe to distil (default: shipped)")
-    p.add_argument("--pool-size", type=int, default=32768, help="training pairs (decoded once)")
-    p.add_argument("--test-pool-size", type=int, default=4096, help="held-out pairs from the test split")
-    p.add_argument("--pool-chunk", type=int, default=1024, help="pairs per pool file (the unit of resumption)")
+    p.add_argument("--pool-size", type=positive_int, default=32768, help="training pairs (decoded once)")
+    p.add_argument("--test-pool-size", type=positive_int, default=4096, help="held-out pairs from the test split")
+    p.add_argument("--pool-chunk", type=positive_int, default=1024, help="pairs per pool file (the unit of resumption)")
     p.add_argument("--gauss-fraction", type=float, default=0.15, help="share of N(0, I) latents in the pool")
     p.add_argument("--blend-fraction", type=float, default=0.15, help="share of two-image blends in the pool")
-    p.add_argument("--eval-ensembles", type=int, default=16, help="ensembles per t in the gradient-cosine check")
-    p.add_argument("--channels", type=int, nargs="+", default=[128, 256], help="filters per stride-2 stage")
+    p.add_argument("--eval-ensembles", type=positive_int, default=16, help="ensembles per t in the gradient-cosine check")
+    p.add_argument("--channels", type=positive_int, nargs="+", default=[128, 256], help="filters per stride-2 stage")
     return p.parse_args(argv)
 
 

@@ -50,6 +50,7 @@ from scorestudio.data import (ALL_SHAPES, COLOR_NAMES, ICON_SHAPES, KINDS, SHAPE
                               ProceduralConfig, ProceduralDataset, caption_for)
 from scorestudio.priors.embedded_arch import (SIZES, ArchSizes, ProbeConfig, ProbeNet, build_unet,
                                               build_vae, cast_state_dict, parameter_count)
+from scorestudio.utils.cli_args import positive_int
 from scorestudio.utils.io import atomic_open, write_json
 from scorestudio.utils.seeding import generator
 
@@ -669,12 +670,12 @@ def export_unet(unet: UNet2DConditionModel, scheduler: DDPMScheduler, out: Path)
 def add_run_arguments(p: argparse.ArgumentParser, device_help: str = "training device") -> None:
     """Options every training command over the procedural caches shares (this one and
     ``scorestudio.guidance.train_manifold_corrective``)."""
-    p.add_argument("--cache-images", type=int, default=16384, help="training images rendered once")
-    p.add_argument("--test-images", type=int, default=1024, help="held-out images for the metrics")
-    p.add_argument("--chunk", type=int, default=256, help="images per cache file")
+    p.add_argument("--cache-images", type=positive_int, default=16384, help="training images rendered once")
+    p.add_argument("--test-images", type=positive_int, default=1024, help="held-out images for the metrics")
+    p.add_argument("--chunk", type=positive_int, default=256, help="images per cache file")
     p.add_argument("--ckpt-minutes", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--device", default="cpu", help=device_help)
 
 
@@ -685,8 +686,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=WORK_DIR, help="caches, checkpoints, logs (not shipped)")
     p.add_argument("--minutes", type=float, default=None,
                    help="wall-clock training budget of each stage, summed over resumed runs (default per stage)")
-    p.add_argument("--steps", type=int, default=None, help="stop at this total step count")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--steps", type=positive_int, default=None, help="stop at this total step count")
+    p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
     p.add_argument("--size", choices=tuple(SIZES), default="default", help="architecture preset")
