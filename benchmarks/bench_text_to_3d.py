@@ -62,9 +62,16 @@ def run_job(job: tuple, args: argparse.Namespace) -> dict:
            "shape_fraction": [metrics.get(f"particle{i}/shape_fraction") for i in range(n)],
            "color_fraction": [metrics.get(f"particle{i}/color_fraction") for i in range(n)],
            "majority_color": [metrics.get(f"particle{i}/majority_color") for i in range(n)],
-           "majority_shape": [metrics.get(f"particle{i}/majority_shape") for i in range(n)]}
+           "majority_shape": [metrics.get(f"particle{i}/majority_shape") for i in range(n)],
+           "translucent_fraction": metrics.get("translucent_fraction")}
     print(json.dumps(row), flush=True)
     return row
+
+
+def mean_fog(group: list[dict]) -> float | None:
+    """Mean translucent-pixel fraction of the runs (None for rows measured before it existed)."""
+    values = [r["translucent_fraction"] for r in group if r.get("translucent_fraction") is not None]
+    return statistics.fmean(values) if values else None
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -76,7 +83,7 @@ def summarize(rows: list[dict]) -> dict:
         summary["quality"][prompt] = {
             "min_shape_fraction": min(shapes), "min_color_fraction": min(colors),
             "particles_80": sum(min(s, c) >= 0.8 for s, c in zip(shapes, colors)), "particles": len(shapes),
-            "every_particle_80": min(shapes + colors) >= 0.8, "seeds": len(group),
+            "every_particle_80": min(shapes + colors) >= 0.8, "seeds": len(group), "translucent_fraction": mean_fog(group),
             "time_s": statistics.fmean(r["time_s"] for r in group)}
     for gamma in sorted({r["gamma"] for r in rows if r["kind"] == "diversity"}):
         group = [r for r in rows if r["kind"] == "diversity" and r["gamma"] == gamma]
@@ -84,21 +91,25 @@ def summarize(rows: list[dict]) -> dict:
             "distinct_colors": statistics.fmean(r["distinct_colors"] for r in group),
             "distinct_shapes": statistics.fmean(r["distinct_shapes"] for r in group),
             "diversity": statistics.fmean(r["diversity"] for r in group), "seeds": len(group),
+            "translucent_fraction": mean_fog(group),
             "time_s": statistics.fmean(r["time_s"] for r in group)}
     return summary
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| prompt | seeds | min shape fraction | min colour fraction | particles ≥ 0.8 | s / run |",
-             "|---|---|---|---|---|---|"]
+    def fog(e: dict) -> str:
+        return "–" if e.get("translucent_fraction") is None else f"{e['translucent_fraction']:.3f}"
+
+    lines = ["| prompt | seeds | min shape fraction | min colour fraction | particles ≥ 0.8 | translucent pixels | s / run |",
+             "|---|---|---|---|---|---|---|"]
     for prompt, e in summary["quality"].items():
         lines.append(f"| {prompt} | {e['seeds']} | {e['min_shape_fraction']:.2f} | {e['min_color_fraction']:.2f} | "
-                     f"{e['particles_80']}/{e['particles']} | {e['time_s']:.0f} |")
-    lines += ["", "| \"a cube\", 4 particles | distinct colours | distinct shapes | diversity | seeds |",
-              "|---|---|---|---|---|"]
+                     f"{e['particles_80']}/{e['particles']} | {fog(e)} | {e['time_s']:.0f} |")
+    lines += ["", "| \"a cube\", 4 particles | distinct colours | distinct shapes | diversity | translucent pixels | seeds |",
+              "|---|---|---|---|---|---|"]
     for key, e in summary["diversity"].items():
         lines.append(f"| γ = {key.removeprefix('gamma')} | {e['distinct_colors']:.2f} | {e['distinct_shapes']:.2f} | "
-                     f"{e['diversity']:.3f} | {e['seeds']} |")
+                     f"{e['diversity']:.3f} | {fog(e)} | {e['seeds']} |")
     return "\n".join(lines) + "\n"
 
 

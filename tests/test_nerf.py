@@ -65,6 +65,30 @@ def test_analytic_sphere_opacity_matches_closed_form():
     assert errors[256] < errors[32] / 3
 
 
+def test_translucent_fraction_tells_fog_from_a_surface():
+    """The fog metric of the test orbit on analytic balls: it matches the closed-form opacity's,
+    is about the silhouette's share for an opaque ball and most of the ball's pixels for fog."""
+    from scorestudio.metrics.opacity import translucent_fraction
+
+    r = 0.5
+    cams = cameras_from_angles(torch.tensor([0.0, 40.0]), torch.tensor([0.0, 120.0]), 2.5, 40.0)
+    origins, dirs = get_rays(cams, 32, 32)
+    origins, dirs = origins.reshape(1, -1, 3), dirs.reshape(1, -1, 3)
+    near, far = ray_sphere_interval(origins, dirs, r)
+    covered = (far > near).float().mean()
+    renderer = VolumeRenderer({"num_samples_per_ray": 256, "estimator": "dense"}, 1, radius=1.0)
+    fractions = {}
+    for name, sigma in (("surface", 200.0), ("fog", 1.5)):
+        opacity = renderer(lambda points, samples: {"density": sigma * (points.norm(dim=-1) < r).float()},
+                           origins, dirs)["opacity"]
+        fractions[name] = float(translucent_fraction(opacity))
+        expected = float(translucent_fraction(1 - torch.exp(-sigma * (far - near))))
+        assert abs(fractions[name] - expected) < 0.02, name
+    assert fractions["surface"] < 0.2 * covered < fractions["fog"]
+    assert fractions["fog"] > 0.8 * covered
+    assert translucent_fraction(torch.tensor([[0.0, 0.05, 0.5, 0.95, 1.0]])).item() == pytest.approx(3 / 5)
+
+
 def test_empty_space_skipping_renders_and_differentiates_like_dense_sampling():
     """estimator=occupancy: the field is evaluated only in occupied cells, and where the density is 0
     elsewhere the image and the gradients equal those of dense sampling."""
@@ -282,6 +306,7 @@ def test_cli_run_outputs_and_resume_equals_uninterrupted_run(tiny, tmp_path):
     assert (full / "ckpts" / "last.ckpt").is_file()
     metrics = json.loads((full / "metrics.json").read_text())
     assert metrics["step"] == 4 and "distinct_majority_colors" in metrics and "particle1/color_fraction" in metrics
+    assert 0 <= metrics["particle1/translucent_fraction"] <= 1
     assert "export/particle0/watertight" in metrics
 
     part = cli_train(tmp_path, tiny, "part", "trainer.max_steps=2", "system.export.after_test=false").root

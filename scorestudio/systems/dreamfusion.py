@@ -172,17 +172,19 @@ class DreamFusionSystem(DistillationSystem):
         return out
 
     @torch.no_grad()
-    def render_views(self, cameras: CameraBatch, resolution: int) -> Tensor:
-        """Every particle seen by the same V ``cameras``, evaluation shading: ``[N, V, 3, H, W]``."""
+    def render_views(self, cameras: CameraBatch, resolution: int) -> tuple[Tensor, Tensor]:
+        """Every particle seen by the same V ``cameras``, evaluation shading: images
+        ``[N, V, 3, H, W]`` and their accumulated opacity ``[N, V, H, W]``."""
         n, chunk = self.cfg.n_particles, self.cfg.evaluation.chunk_views
         shading = self.material.eval_shading(self.trained_steps, n)
-        frames = []
+        frames, opacity = [], []
         for start in range(0, len(cameras), chunk):
             views = torch.arange(start, min(start + chunk, len(cameras)))
             cams = cameras.index(views.repeat(n)).to(self.device)
-            images = self.render(cams, resolution, shading, normals=self.material.needs_normals(shading))["rgb"]
-            frames.append(images.view(n, len(views), *images.shape[1:]).clamp(0, 1))
-        return torch.cat(frames, dim=1)
+            out = self.render(cams, resolution, shading, normals=self.material.needs_normals(shading))
+            frames.append(out["rgb"].view(n, len(views), 3, resolution, resolution).clamp(0, 1))
+            opacity.append(out["opacity"].view(n, len(views), resolution, resolution))
+        return torch.cat(frames, dim=1), torch.cat(opacity, dim=1)
 
     # ---- training ----------------------------------------------------------------------------
     def regularizers(self, out: dict, step: int) -> dict[str, tuple[float, Tensor]]:
@@ -248,7 +250,7 @@ class DreamFusionSystem(DistillationSystem):
 
         e = self.cfg.evaluation
         camera = cameras_from_angles(e.elevation, e.val_azimuth, e.distance, e.fovy)
-        images = self.render_views(camera, e.resolution)[:, 0]
+        images = self.render_views(camera, e.resolution)[0][:, 0]
         save_grid(images, self.save_path(f"it{self.trained_steps}-val.png"))
 
     def test_step(self, batch, batch_idx):
@@ -256,7 +258,7 @@ class DreamFusionSystem(DistillationSystem):
 
         e, n = self.cfg.evaluation, self.cfg.n_particles
         step = self.trained_steps
-        frames = self.render_views(orbit_cameras(e.n_views, e.elevation, e.distance, e.fovy), e.resolution)
+        frames, opacity = self.render_views(orbit_cameras(e.n_views, e.elevation, e.distance, e.fovy), e.resolution)
         formats = ("gif", "mp4") if mp4_available() else ("gif",)
         if len(formats) == 1:
             warnings.warn("imageio-ffmpeg is not installed: orbits are written as GIF only (pip install imageio-ffmpeg for MP4)")
@@ -267,8 +269,17 @@ class DreamFusionSystem(DistillationSystem):
         save_animation(side_by_side, self.save_path(f"it{step}-test/all.gif"), fps=e.fps)
         if self.cfg.export.after_test:
             self.export()
-        metrics = self.save_metrics({"step": step, **self.probe_metrics(frames)})
+        metrics = self.save_metrics({"step": step, **self.probe_metrics(frames), **self.opacity_metrics(opacity)})
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+
+    def opacity_metrics(self, opacity: Tensor) -> dict:
+        """Fog: per particle and on average, the fraction of orbit pixels that are neither
+        background nor surface (``translucent_fraction`` of the opacity ``[N, T, H, W]``)."""
+        from scorestudio.metrics.opacity import translucent_fraction
+
+        fraction = translucent_fraction(opacity).tolist()
+        return {"translucent_fraction": sum(fraction) / len(fraction),
+                **{f"particle{i}/translucent_fraction": f for i, f in enumerate(fraction)}}
 
     @torch.no_grad()
     def probe_metrics(self, frames: Tensor) -> dict:
