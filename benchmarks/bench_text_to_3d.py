@@ -83,7 +83,8 @@ def summarize(rows: list[dict]) -> dict:
         summary["quality"][prompt] = {
             "min_shape_fraction": min(shapes), "min_color_fraction": min(colors),
             "particles_80": sum(min(s, c) >= 0.8 for s, c in zip(shapes, colors)), "particles": len(shapes),
-            "every_particle_80": min(shapes + colors) >= 0.8, "seeds": len(group), "translucent_fraction": mean_fog(group),
+            "every_particle_80": min(shapes + colors) >= 0.8, "seeds": len(group),
+            "translucent_fraction": mean_fog(group),
             "time_s": statistics.fmean(r["time_s"] for r in group)}
     for gamma in sorted({r["gamma"] for r in rows if r["kind"] == "diversity"}):
         group = [r for r in rows if r["kind"] == "diversity" and r["gamma"] == gamma]

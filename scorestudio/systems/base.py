@@ -96,8 +96,8 @@ class BaseSystem(pl.LightningModule):
         opt_cfg = self.cfg.optimizer
         optim_cls = getattr(torch.optim, opt_cfg.name, None)
         if not (isinstance(optim_cls, type) and issubclass(optim_cls, torch.optim.Optimizer)):
-            names = sorted(n for n, c in vars(torch.optim).items()
-                           if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer)
+            base = torch.optim.Optimizer
+            names = sorted(n for n, c in vars(torch.optim).items() if isinstance(c, type) and issubclass(c, base) and c is not base)
             raise ConfigError(f"system.optimizer.name={opt_cfg.name!r} is not a torch.optim optimizer."
                               f"{did_you_mean(opt_cfg.name, names)} Known: {', '.join(names)}")
         groups = self.extra_param_groups()

@@ -251,10 +251,9 @@ def parse_structured(cls: type, cfg: Any = None, path: str = "") -> Any:
     known = _field_names(cls)
     for key in raw:
         if key not in known:
-            raise ConfigError(
-                f"unknown config key '{prefix}{key}' for {cls.__module__}.{cls.__qualname__}.{did_you_mean(key, known)} "
-                f"Valid keys: {', '.join(known)}"
-            )
+            where = f"{cls.__module__}.{cls.__qualname__}"
+            raise ConfigError(f"unknown config key '{prefix}{key}' for {where}.{did_you_mean(key, known)} "
+                              f"Valid keys: {', '.join(known)}")
 
     schedules = _pop_schedulables(cls, raw, prefix)
     hints = _resolved_types(cls)
