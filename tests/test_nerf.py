@@ -297,12 +297,15 @@ def state(ckpt: Path) -> dict:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 
 
-def test_cli_run_outputs_and_resume_equals_uninterrupted_run(tiny, tmp_path):
+def test_cli_run_outputs_and_resume_equals_uninterrupted_run(tiny, tmp_path, capsys):
     full = cli_train(tmp_path, tiny, "full", "trainer.max_steps=4").root
     save = full / "save"
+    printed = capsys.readouterr().out
     for rel in ("it2-val.png", "it4-val.png", "it4-test/particle0.gif", "it4-test/particle1.mp4",
                 "it4-test/all.gif", "it4-export/particle0.obj", "it4-export/particle1.glb", "it4-export/particle1.ply"):
         assert (save / rel).is_file(), rel
+        if rel.startswith(("it4-test", "it4-export")):   # turntables and meshes are announced with their paths
+            assert f"[scorestudio] wrote {save / rel}" in printed, rel
     assert (full / "ckpts" / "last.ckpt").is_file()
     metrics = json.loads((full / "metrics.json").read_text())
     assert metrics["step"] == 4 and "distinct_majority_colors" in metrics and "particle1/color_fraction" in metrics

@@ -262,15 +262,16 @@ class DreamFusionSystem(DistillationSystem):
         formats = ("gif", "mp4") if mp4_available() else ("gif",)
         if len(formats) == 1:
             warnings.warn("imageio-ffmpeg is not installed: orbits are written as GIF only (pip install imageio-ffmpeg for MP4)")
-        for i in range(n):
-            for ext in formats:
-                save_animation(frames[i], self.save_path(f"it{step}-test/particle{i}.{ext}"), fps=e.fps)
+        written = [save_animation(frames[i], self.save_path(f"it{step}-test/particle{i}.{ext}"), fps=e.fps)
+                   for i in range(n) for ext in formats]
         side_by_side = torch.stack([image_grid(frames[:, t], ncol=n) for t in range(frames.shape[1])])
-        save_animation(side_by_side, self.save_path(f"it{step}-test/all.gif"), fps=e.fps)
+        written.append(save_animation(side_by_side, self.save_path(f"it{step}-test/all.gif"), fps=e.fps))
         if self.cfg.export.after_test:
-            self.export()
+            written += self.export()
         metrics = self.save_metrics({"step": step, **self.probe_metrics(frames), **self.opacity_metrics(opacity)})
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        for path in written:
+            print(f"[scorestudio] wrote {path}")
 
     def opacity_metrics(self, opacity: Tensor) -> dict:
         """Fog: per particle and on average, the fraction of orbit pixels that are neither
