@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -244,3 +245,15 @@ def test_command_line_counts_must_be_positive(module, args, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {next(a for a in args if a in ('--n', '--steps'))}" in err and ("≥ 1" in err)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
+def test_every_shipped_config_resolves(name):
+    """Each top-level config (base files included) resolves its interpolations and parses into the
+    run config and its system's Config, without loading any model."""
+    from scorestudio.utils.run import ExperimentConfig
+
+    raw = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    exp = parse_structured(ExperimentConfig, raw)
+    assert exp.tag and "${" not in exp.tag
+    parse_structured(find(exp.system_type, kind="systems").Config, exp.system, "system")
