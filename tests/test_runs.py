@@ -198,3 +198,17 @@ def test_particle_count_and_toy_settings_are_checked(tmp_path):
         train(tmp_path, "system.n_particles=0")
     with pytest.raises(ConfigError, match="system.gammas"):
         train(tmp_path, "system.gammas=[]")
+
+
+def test_report_metrics_prints_a_line_per_particle(tmp_path, capsys):
+    from scorestudio.systems.toy_particles import ToyParticlesSystem
+    from scorestudio.utils.run import RunContext
+
+    system = ToyParticlesSystem({"n_realizations": 2}, run=RunContext(tmp_path, 0))
+    merged = system.report_metrics({"step": 3, "quality": 0.123456, "particle1/color_fraction": 0.5,
+                                    "particle0/majority_color": "red", "export/particle1/watertight": True})
+    assert merged == json.loads((tmp_path / "metrics.json").read_text())
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:3] == ["  quality                          0.1235", "  step                             3"]
+    assert lines[3:] == ["  particle 0: majority_color red",
+                         "  particle 1: export/watertight True · color_fraction 0.5"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -20,6 +21,9 @@ class OptimizerConfig:
     name: str = "Adam"                                  # any class in torch.optim
     args: dict = field(default_factory=lambda: {"lr": 0.01})   # default kwargs for every group
     params: dict = field(default_factory=dict)          # {attribute prefix: kwargs override}, e.g. {"background": {"lr": 0.001}}
+
+
+PARTICLE_KEY = re.compile(r"^(?:(?P<group>[^/]+)/)?particle(?P<index>\d+)/(?P<name>.+)$")   # metrics.json keys
 
 
 class _Steps(IterableDataset):
@@ -86,6 +90,24 @@ class BaseSystem(pl.LightningModule):
     def save_metrics(self, metrics: dict) -> dict:
         """Merge scalar metrics into the run's metrics.json (atomic)."""
         return update_json(self.run.metrics_path, metrics)
+
+    def report_metrics(self, metrics: dict) -> dict:
+        """:meth:`save_metrics`, then print the run's metrics: run-wide ones a line each, then one
+        line per particle for keys ``[group/]particle{i}/name``. Returns the merged metrics."""
+        merged = self.save_metrics(metrics)
+        shown = {k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in sorted(merged.items())}
+        per_particle: dict[int, list[str]] = {}
+        lines = [f"[scorestudio] metrics ({self.run.metrics_path}):"]
+        for key, value in shown.items():
+            match = PARTICLE_KEY.match(key)
+            if match:
+                name = "/".join(filter(None, (match["group"], match["name"])))
+                per_particle.setdefault(int(match["index"]), []).append(f"{name} {value}")
+            else:
+                lines.append(f"  {key:32s} {value}")
+        lines += [f"  particle {i}: " + " · ".join(items) for i, items in sorted(per_particle.items())]
+        print("\n".join(lines))
+        return merged
 
     def extra_param_groups(self) -> list[dict]:
         """Optimizer groups that modules define for themselves (e.g. a LoRA with its own lr)."""

@@ -268,8 +268,7 @@ class DreamFusionSystem(DistillationSystem):
         written.append(save_animation(side_by_side, self.save_path(f"it{step}-test/all.gif"), fps=e.fps))
         if self.cfg.export.after_test:
             written += self.export()
-        metrics = self.save_metrics({"step": step, **self.probe_metrics(frames), **self.opacity_metrics(opacity)})
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        self.report_metrics({"step": step, **self.probe_metrics(frames), **self.opacity_metrics(opacity)})
         for path in written:
             print(f"[scorestudio] wrote {path}")
 

@@ -104,8 +104,7 @@ class ImageParticlesSystem(DistillationSystem):
         save_grid(images, self.save_path("particles.png"))
         for i, image in enumerate(images):
             save_image(image, self.save_path(f"particle{i}.png"))
-        metrics = self.save_metrics({"step": int(self.global_step), **self.probe_metrics(images)})
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        self.report_metrics({"step": int(self.global_step), **self.probe_metrics(images)})
 
     @torch.no_grad()
     def probe_metrics(self, images: torch.Tensor) -> dict:

@@ -557,9 +557,8 @@ class InverseSystem(BaseSystem):
         if frames:
             save_animation(torch.stack([load_image(f) for f in frames]), self.save_path("optimisation.gif"), fps=8)
         metrics = evaluate(images, problem, self.load_probe())
-        metrics = self.save_metrics({"step": int(self.global_step), "method": self.cfg.solver.method,
-                                     "operator": self.solver.operator.name, **metrics})
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        self.report_metrics({"step": int(self.global_step), "method": self.cfg.solver.method,
+                             "operator": self.solver.operator.name, **metrics})
 
     def load_probe(self) -> Optional[nn.Module]:
         from scorestudio.metrics.probe import load_probe_or_warn

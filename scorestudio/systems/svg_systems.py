@@ -463,8 +463,7 @@ class TextToSvgSystem(SvgDistillationSystem):
         if probe is not None:
             metrics.update(probe_report(images, self.prompt_processor.cfg.prompt, probe.to(images.device)))
             metrics["classes"] = [{k: p[k] for k in ("shape", "color")} for p in probe.classify(images)]
-        metrics = self.save_metrics(metrics)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        self.report_metrics(metrics)
 
 
 # --------------------------------------------------------------------------------------------
@@ -653,9 +652,8 @@ class SvgRestorationSystem(SvgDistillationSystem):
             row.append(problem.ground_truth)
         row = torch.cat(row)
         save_grid(row, self.save_path("comparison.png"), ncol=len(row))
-        metrics = self.save_metrics({"step": int(self.global_step), "operator": problem.operator.name,
-                                     "distillation": self.cfg.distillation, **self.restoration_metrics(images)})
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        self.report_metrics({"step": int(self.global_step), "operator": problem.operator.name,
+                             "distillation": self.cfg.distillation, **self.restoration_metrics(images)})
 
     @torch.no_grad()
     def restoration_metrics(self, images: Tensor) -> dict:

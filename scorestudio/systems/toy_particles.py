@@ -143,11 +143,9 @@ class ToyParticlesSystem(BaseSystem):
         self.plot_paths(self.save_path(f"it{self.global_step}-val/particle_paths.png"))
 
     def test_step(self, batch, batch_idx):
-        metrics = self.save_metrics(self.final_metrics())
+        metrics = self.report_metrics(self.final_metrics())
         self.plot_paths(self.save_path("particle_paths.png"))
         self.plot_tradeoff(self.save_path("collapse_vs_gamma.png"), metrics)
-        for key, value in sorted(metrics.items()):
-            print(f"  {key:40s} {value:.4f}" if isinstance(value, float) else f"  {key:40s} {value}")
 
     def plot_paths(self, path, n_shown: int = 12) -> None:
         """One panel per γ: the paths of the first ``n_shown`` realizations' particles."""
