@@ -7,7 +7,8 @@ overridden. "lambertian" steps compute normals (3 extra field evaluations at the
 samples); "albedo" steps are the warm-up's. The batched-vs-sequential ratio compares one
 4-particle step (with and without repulsion, which only a batch can have) with the sum of one
 step of each of 4 single-particle runs (seeds 0-3). "occupancy" rows skip empty space
-(``renderer.estimator=occupancy``: on the CPU the field is evaluated only in occupied cells).
+(``renderer.estimator=occupancy``: the field is evaluated only in occupied cells); on CUDA
+``--estimators nerfacc`` adds rows with nerfacc's occupancy grids and packed samples.
 
 By default the particles are the freshly initialised density blobs; ``--trained-geometry CKPT``
 loads the geometry of a finished 4-particle run instead (single-particle run i gets particle i),
@@ -179,6 +180,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     parser.add_argument("--trained-geometry", default=None, metavar="CKPT",
                         help="start from the geometry of a 4-particle DreamFusion checkpoint (default: blobs)")
+    parser.add_argument("--estimators", nargs="+", choices=["dense", "occupancy", "nerfacc"],
+                        default=["dense", "occupancy"],
+                        help="sampling schemes to time (nerfacc: its occupancy grids, CUDA only)")
     parser.add_argument("--out", default=str(RESULTS / "nerf.json"))
     args = parser.parse_args()
     global DEVICE
@@ -191,9 +195,13 @@ def main() -> None:
         base = [f"system.prior.pretrained_model_name_or_path={prior}", f"system.probe_path={probe}",
                 f"system.guidance.repulsion.feature_net_path={probe}", "system.resolution_milestones=[]"]
         geometry = trained_geometry(args.trained_geometry)
-        cases = [("grid", res, shading, "dense") for res in (32, 64) for shading in ("albedo", "lambertian")]
-        cases += [("grid", res, "lambertian", "occupancy") for res in (32, 64)]
-        cases += [("hashgrid", res, "lambertian", "dense") for res in (32, 64)]
+        cases = []
+        if "dense" in args.estimators:
+            cases += [("grid", res, shading, "dense") for res in (32, 64) for shading in ("albedo", "lambertian")]
+        cases += [("grid", res, "lambertian", est) for est in ("occupancy", "nerfacc") if est in args.estimators
+                  for res in (32, 64)]
+        cases += [("hashgrid", res, "lambertian", est) for est in ("dense", "nerfacc") if est in args.estimators
+                  for res in (32, 64)]
         for encoding, res, shading, estimator in cases:
             overrides = [*base, f"system.resolutions=[{res}]", f"system.geometry.encoding={encoding}", *SHADING[shading],
                          f"system.renderer.estimator={estimator}",
