@@ -187,6 +187,8 @@ def main() -> None:
     args = parser.parse_args()
     global DEVICE
     DEVICE = sharding.device(args)
+    if "nerfacc" in args.estimators and DEVICE.type != "cuda":
+        raise SystemExit("--estimators nerfacc needs --device cuda (nerfacc's occupancy grids are CUDA kernels)")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
