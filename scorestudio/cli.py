@@ -155,6 +155,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
     run_ctx.prepare(parsed, argv=["launch.py", *sys.argv[1:]] if sys.argv else None, mode=args.mode)
     print(f"[scorestudio] run folder: {run_ctx.root}")
 
+    if not args.verbose:
+        quiet_lightning()
     trainer = make_trainer(exp, run_ctx, accelerator, devices)
     if args.mode == "train":
         trainer.fit(system, ckpt_path=exp.resume)
@@ -170,6 +172,25 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
             print(f"[scorestudio] exported {path}")
     print(f"[scorestudio] outputs in {run_ctx.save_dir}")
     return run_ctx
+
+
+# Lightning warnings that ask nothing of a user: the frozen prior and feature networks stay in eval
+# mode on purpose; the camera "data" is drawn in the training step, so loader workers would only add
+# processes; and Lightning's own use of a tree API that newer torch deprecates.
+INTENDED_LIGHTNING_WARNINGS = (r".*module\(s\) in eval mode at the start of training.*",
+                               r".*does not have many workers.*",
+                               r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+
+
+def quiet_lightning() -> None:
+    """Lightning's own messages at WARNING and above only (its INFO lines, "GPU available", tips,
+    were printed twice through the root handler), without the warnings listed above. Called after
+    Lightning is imported: its import sets its logger to INFO."""
+    import lightning.pytorch  # noqa: F401
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in INTENDED_LIGHTNING_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

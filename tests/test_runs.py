@@ -212,3 +212,42 @@ def test_report_metrics_prints_a_line_per_particle(tmp_path, capsys):
     assert lines[1:3] == ["  quality                          0.1235", "  step                             3"]
     assert lines[3:] == ["  particle 0: majority_color red",
                          "  particle 1: export/watertight True · color_fraction 0.5"]
+
+
+def test_quiet_lightning_drops_its_info_lines_and_intended_warnings():
+    """Without --verbose a run prints scorestudio's lines, not Lightning's INFO ("GPU available",
+    tips) nor its warnings about what scorestudio does on purpose; other warnings still show."""
+    import logging
+    import warnings
+
+    import lightning.pytorch as pl
+
+    from scorestudio.cli import quiet_lightning
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.levels = []
+
+        def emit(self, record):
+            self.levels.append(record.levelno)
+
+    logger = logging.getLogger("lightning.pytorch")
+    level, handler = logger.level, Records()
+    logger.addHandler(handler)
+    try:
+        pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+        assert logging.INFO in handler.levels          # Lightning's default: a few INFO lines per Trainer
+        handler.levels.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            quiet_lightning()
+            pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+            warnings.warn("Found 3 module(s) in eval mode at the start of training. This may lead to ...")
+            warnings.warn("The 'train_dataloader' does not have many workers which may be a bottleneck.")
+            warnings.warn("something else")
+        assert all(lv >= logging.WARNING for lv in handler.levels)
+        assert [str(w.message) for w in caught] == ["something else"]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
