@@ -60,7 +60,10 @@ def select_devices(gpu: Optional[str]) -> tuple[str, object]:
         return "cpu", 1
     import torch
 
-    ids = [int(g) for g in gpu.split(",") if g.strip()]
+    try:
+        ids = [int(g) for g in gpu.split(",") if g.strip()]
+    except ValueError:
+        raise ConfigError(f"--gpu {gpu}: give a GPU index (--gpu 0), or cpu") from None
     if len(ids) > 1:
         # Lightning's data parallelism would copy every particle to each GPU and repeat the same
         # work there; sharding particles across devices is not built yet.

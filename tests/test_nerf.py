@@ -170,6 +170,11 @@ def test_tcnn_backend_reports_how_to_install():
         ParticleGeometry(cfg, n_particles=1, seed=0)
 
 
+def test_misspelt_encoding_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError, match="encoding='hashgrd'.*Did you mean 'hashgrid'"):
+        ParticleGeometry({"encoding": "hashgrd"}, n_particles=1, seed=0)
+
+
 # ---- cameras -----------------------------------------------------------------------------------
 
 

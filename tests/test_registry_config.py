@@ -203,6 +203,8 @@ def test_gpu_selection_falls_back_to_cpu():
             assert select_devices("0") == ("cpu", 1)
     with pytest.raises(ConfigError, match="one device"):
         select_devices("0,1")
+    with pytest.raises(ConfigError, match="give a GPU index"):
+        select_devices("abc")
 
 
 @dataclass

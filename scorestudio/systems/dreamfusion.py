@@ -104,7 +104,7 @@ class DreamFusionSystem(DistillationSystem):
                               f"system.resolution_milestones {cfg.resolution_milestones}")
         if list(cfg.resolution_milestones) != sorted(cfg.resolution_milestones):
             raise ConfigError(f"system.resolution_milestones must increase, got {cfg.resolution_milestones}")
-        if is_active(cfg.loss.lambda_tv) and cfg.geometry.encoding != "grid":
+        if is_active(cfg.loss.lambda_tv) and cfg.geometry.encoding == "hashgrid":   # other names: the geometry's error
             raise ConfigError("system.loss.lambda_tv needs system.geometry.encoding=grid; set it to 0")
         self.build_distillation()
         n = cfg.n_particles

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scorestudio.utils.config import ConfigError
+from scorestudio.utils.config import ConfigError, did_you_mean
 from scorestudio.utils.seeding import generator
 
 # tiny-cuda-nn's spatial hash primes (one per axis).
@@ -145,7 +145,8 @@ def build_encoding(kind: str, grid: GridConfig, hashgrid: HashGridConfig, n_part
     if kind == "grid":
         return GridEncoding(grid, n_particles, seed)
     if kind != "hashgrid":
-        raise ConfigError(f"{key}.encoding={kind!r}: use 'grid' (dense, CPU default) or 'hashgrid'")
+        raise ConfigError(f"{key}.encoding={kind!r}: use 'grid' (dense, CPU default) or 'hashgrid'."
+                          + did_you_mean(kind, ["grid", "hashgrid"]))
     backend = hashgrid.backend
     if backend not in ("auto", "torch", "tcnn"):
         raise ConfigError(f"{key}.hashgrid.backend={backend!r}: use 'auto', 'torch' or 'tcnn'")
