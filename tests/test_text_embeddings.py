@@ -49,3 +49,18 @@ def test_dataset_captions_cover_the_generator():
     assert {"a cube", "a red object", "an icon", "a yellow star icon", "a blue mug, back view"} <= captions
     drawn = ProceduralDataset(ProceduralConfig(seed=3)).batch(256, 0).captions
     assert set(drawn) <= captions
+
+
+def test_command_line_errors_are_usage_errors(tmp_path, capsys):
+    """No traceback: missing weights, an unknown prior and a missing prompts file are usage errors
+    (exit 2) that say how this command takes the prior's settings."""
+    out = str(tmp_path / "p.pt")
+    for argv, expected in (
+            (["--prior-arg", f"pretrained_model_name_or_path={tmp_path / 'absent'}"], "--prior-arg KEY=VALUE"),
+            (["--prior", "stable-difusion"], "Did you mean 'stable-diffusion'"),
+            (["--prompts-file", str(tmp_path / "absent.txt")], "no such file")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--out", out, *argv])
+        assert exit_info.value.code == 2
+        assert expected in capsys.readouterr().err
+    assert not (tmp_path / "p.pt").exists()

@@ -83,7 +83,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     from scorestudio.guidance.nfsd import NFSD_NEGATIVE_PROMPT
     from omegaconf import OmegaConf
 
-    from scorestudio.utils.registry import find
+    from scorestudio.utils.registry import RegistryError, find
 
     parser = argparse.ArgumentParser(description="Precompute a prior's text embeddings into one file.")
     parser.add_argument("--out", required=True, help="output file (.pt)")
@@ -98,12 +98,18 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     prompts = ["", NFSD_NEGATIVE_PROMPT, *args.prompts]
     if args.prompts_file:
+        if not Path(args.prompts_file).is_file():
+            parser.error(f"--prompts-file {args.prompts_file}: no such file")
         prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
     if args.dataset_captions:
         prompts += dataset_captions()
     prompts = list(dict.fromkeys(prompts))
     prior_cfg = {**OmegaConf.to_container(OmegaConf.from_dotlist(args.prior_arg)), "text_embeddings": None}
-    prior = find(args.prior, kind="priors")(prior_cfg)
+    try:
+        prior = find(args.prior, kind="priors")(prior_cfg)
+    except (ConfigError, RegistryError) as err:   # the messages name system.prior.KEY: here --prior-arg KEY=…
+        parser.error(f"{err}\n(this command takes the prior's settings as --prior-arg KEY=VALUE, "
+                     "e.g. --prior-arg pretrained_model_name_or_path=DIR)")
     embeddings = {}
     for start in range(0, len(prompts), 64):
         chunk = prompts[start:start + 64]
