@@ -86,3 +86,12 @@ def test_shipped_latent_probe_loads_by_default():
     net = load_feature_network("latent_probe")
     assert net.cfg.space == "latent" and net.cfg.in_channels == 4
     assert net.features(torch.randn(2, 4, 8, 8)).shape == (2, net.cfg.feature_dim)
+
+
+def test_trainers_end_with_one_message_when_the_prior_is_missing(tmp_path):
+    """Both latent trainers (this one and b̂ψ's) share load_prior: no traceback for a wrong folder."""
+    from scorestudio.metrics.train_latent_probe import main
+
+    with pytest.raises(SystemExit, match="(?s)not found at .*absent.*--prior-path FOLDER"):
+        main(["--prior-path", str(tmp_path / "absent"), "--out", str(tmp_path / "out"), "--steps", "1",
+              "--work-dir", str(tmp_path / "work")])
