@@ -163,8 +163,11 @@ def test_interpolation_and_resolvers(tmp_path):
 
 
 def test_missing_config_file_error(tmp_path):
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match="nope.yaml$"):
         load_config(tmp_path / "nope.yaml")
+    write(tmp_path / "rlsd-inpaint.yaml", "a: 1\n")
+    with pytest.raises(ConfigError, match="not found: .*rlsd-inpainting.yaml. Did you mean 'rlsd-inpaint.yaml'"):
+        load_config(tmp_path / "rlsd-inpainting.yaml")
 
 
 def test_override_without_equals_is_an_error(tmp_path):

@@ -134,7 +134,9 @@ def _load_yaml_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> DictConf
         chain = " -> ".join(str(p) for p in (*seen, path))
         raise ConfigError(f"config inheritance cycle: {chain}")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        siblings = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        hint = did_you_mean(path.name, siblings)
+        raise ConfigError(f"config file not found: {path}" + (f".{hint}" if hint else ""))
     try:
         cfg = OmegaConf.load(path)
     except Exception as err:  # yaml.YAMLError and friends: report the file
