@@ -189,6 +189,8 @@ def test_missing_embedded_weights_say_how_to_train(tmp_path):
 
 
 def test_float16_on_cpu_warns_and_keeps_float32(folders):
+    if torch.cuda.is_available():
+        pytest.skip("with CUDA present float16 weights are kept for the GPU")
     with pytest.warns(UserWarning, match="float16"):
         prior = find("stable-diffusion")({"pretrained_model_name_or_path": str(folders["stable-diffusion"]),
                                           "dtype": "float16"})

@@ -248,7 +248,8 @@ def test_quiet_lightning_drops_its_info_lines_and_intended_warnings():
             warnings.warn("The 'train_dataloader' does not have many workers which may be a bottleneck.")
             warnings.warn("something else")
         assert all(lv >= logging.WARNING for lv in handler.levels)
-        assert [str(w.message) for w in caught] == ["something else"]
+        shown = [str(w.message) for w in caught]   # on a CUDA machine also Lightning's "GPU available but not used"
+        assert "something else" in shown and not any("eval mode" in m or "many workers" in m for m in shown)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
