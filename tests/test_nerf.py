@@ -18,6 +18,7 @@ from scorestudio.cli import parse_args, run  # noqa: E402
 from scorestudio.data.cameras import CameraDistribution, cameras_from_angles, get_rays  # noqa: E402
 from scorestudio.export.mesh import ExportConfig, extract_meshes, mesh_report, save_mesh  # noqa: E402
 from scorestudio.renderers.nerf import ParticleGeometry, VolumeRenderer  # noqa: E402
+from scorestudio.renderers.nerf.encodings import GridTotalVariation  # noqa: E402
 from scorestudio.renderers.nerf.volume import ray_sphere_interval  # noqa: E402
 from scorestudio.systems.dreamfusion import EMPTY_SPACE_KEY, DreamFusionSystem, particle_cameras  # noqa: E402
 from scorestudio.utils.config import ConfigError  # noqa: E402
@@ -168,6 +169,21 @@ def test_tcnn_backend_reports_how_to_install():
     cfg = {"encoding": "hashgrid", "hashgrid": {"backend": "tcnn"}}
     with pytest.raises((ImportError, RuntimeError), match="tiny-cuda-nn|backend=torch"):
         ParticleGeometry(cfg, n_particles=1, seed=0)
+
+
+def test_grid_total_variation_is_its_definition_with_autograd_gradients():
+    """The hand-written backward against autograd on the plain expression, and finite differences."""
+    g = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
+                    requires_grad=True)
+    plain = sum((g.narrow(d, 1, g.shape[d] - 1) - g.narrow(d, 0, g.shape[d] - 1)).abs().flatten(1).mean(1)
+                for d in (2, 3, 4)) / 3
+    tv = GridTotalVariation.apply(g)
+    assert tv.shape == (2,) and torch.allclose(tv, plain)
+    weights = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    expected, = torch.autograd.grad((plain * weights).sum(), g)
+    got, = torch.autograd.grad((tv * weights).sum(), g)
+    assert torch.allclose(got, expected)
+    assert torch.autograd.gradcheck(GridTotalVariation.apply, (g,))
 
 
 def test_misspelt_encoding_is_named_with_a_suggestion():
