@@ -155,3 +155,15 @@ def test_lr_cooldown_only_in_last_fifth_of_budget():
     assert train.lr_multiplier(10_000, 0.8) == 1.0
     assert train.lr_multiplier(10_000, 1.0) == pytest.approx(train.COOLDOWN_FLOOR)
     assert train.lr_multiplier(0, 0.0) == pytest.approx(1 / train.WARMUP_STEPS)
+
+
+@pytest.mark.parametrize("module, argv", [("scorestudio.priors.train", ["--stage", "probe", "--steps", "1"]),
+                                          ("scorestudio.guidance.train_manifold_corrective", ["--steps", "1"]),
+                                          ("scorestudio.metrics.train_latent_probe", ["--steps", "1"])])
+def test_trainers_need_an_explicit_out(module, argv, capsys):
+    """No default output folder: a trial run can never overwrite the shipped weights."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(argv)
+    assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err

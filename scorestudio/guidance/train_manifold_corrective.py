@@ -39,7 +39,8 @@ from scorestudio.guidance.manifold_corrective import (FOLDER_NAME, CorrectiveCon
                                                       load_corrective, normalized_corrective_loss,
                                                       parameter_count, save_corrective)
 from scorestudio.priors.train import (EMA, WORK_DIR, LatentCache, StageRun, add_run_arguments, epoch_batch,  # noqa: E402
-                                      image_cache, latent_cache, prepare_run, seeded_init, train_loop)
+                                      image_cache, latent_cache, prepare_run, repo_relative, seeded_init,
+                                      train_loop)
 from scorestudio.utils.cli_args import positive_int  # noqa: E402
 from scorestudio.utils.config import ConfigError  # noqa: E402
 from scorestudio.utils.io import atomic_open, write_json  # noqa: E402
@@ -47,7 +48,6 @@ from scorestudio.utils.registry import RegistryError, find  # noqa: E402
 from scorestudio.utils.seeding import generator  # noqa: E402
 
 EMBEDDED_WEIGHTS = Path(__file__).resolve().parents[1] / "priors" / "weights" / "embedded"
-DEFAULT_OUT = EMBEDDED_WEIGHTS / FOLDER_NAME
 DEFAULT_WORK = Path("runs/manifold-corrective")
 ACCEPT_IMPROVEMENT = 0.30   # L_k at least 30% below the identity baseline on held-out triplets
 EMA_DECAY = 0.995           # ~200-step average: the run is only ~1-2k steps long
@@ -68,12 +68,13 @@ def load_prior(args: argparse.Namespace):
         raise SystemExit(f"error: {err}\n(this command takes the prior as --prior-type NAME --prior-path FOLDER)") from None
 
 
-def add_trainer_arguments(p: argparse.ArgumentParser, out: Path, out_help: str, work_dir: Path, work_help: str,
+def add_trainer_arguments(p: argparse.ArgumentParser, shipped: Path, out_help: str, work_dir: Path, work_help: str,
                           minutes: float, batch_size: int, lr: float) -> None:
     """Options every trainer over a prior's latents shares (this one and
     ``scorestudio.metrics.train_latent_probe``), with its own defaults: output and work folders,
-    which prior, budget, batch, learning rate, resumption, and the prior trainer's run options."""
-    p.add_argument("--out", type=Path, default=out, help=out_help)
+    which prior, budget, batch, learning rate, resumption, and the prior trainer's run options.
+    ``--out`` has no default, so that a trial run never overwrites the ``shipped`` weights."""
+    p.add_argument("--out", type=Path, required=True, help=f"{out_help}; the shipped one is {repo_relative(shipped)}")
     p.add_argument("--work-dir", type=Path, default=work_dir, help=work_help)
     p.add_argument("--prior-type", default="embedded", help="registered prior (embedded, stable-diffusion, ...)")
     p.add_argument("--prior-path", type=Path, default=EMBEDDED_WEIGHTS, help="the prior's weights folder")
@@ -178,15 +179,6 @@ def evaluate(net: torch.nn.Module, prior, lat: LatentCache, args: argparse.Names
 # --------------------------------------------------------------------------------------------
 
 
-def repo_relative(path: Path) -> str:
-    """``path`` relative to the repository when inside it (shipped configs hold no machine paths)."""
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        return str(Path(path).resolve().relative_to(repo))
-    except ValueError:
-        return str(path)
-
-
 def train(args: argparse.Namespace) -> dict:
     start = time.time()
     prior = load_prior(args)
@@ -254,7 +246,8 @@ def train(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train LMC-SDS's manifold corrective b̂ψ for a prior.")
-    add_trainer_arguments(p, DEFAULT_OUT, "weights folder (config.json + model.safetensors)", DEFAULT_WORK,
+    add_trainer_arguments(p, EMBEDDED_WEIGHTS / FOLDER_NAME, "weights folder to write (config.json + model.safetensors)",
+                          DEFAULT_WORK,
                           "checkpoint, loss.csv, metrics.json", minutes=22.0, batch_size=128, lr=1e-3)
     p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128], help="filters per U-Net level")
     p.add_argument("--time-frequencies", type=positive_int, default=6)

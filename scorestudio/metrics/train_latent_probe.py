@@ -42,10 +42,11 @@ from torch import Tensor  # noqa: E402
 
 from scorestudio.guidance.repulsion import repulsion_gradient  # noqa: E402
 from scorestudio.guidance.train_manifold_corrective import (add_trainer_arguments, latents_for, load_prior,  # noqa: E402
-                                                            repo_relative, sample_latents, setup_run)
+                                                            sample_latents, setup_run)
 from scorestudio.metrics.probe import DEFAULT_LATENT_PROBE_DIR, Probe, load_probe  # noqa: E402
 from scorestudio.priors.embedded_arch import ProbeConfig, parameter_count  # noqa: E402
-from scorestudio.priors.train import EMA, StageRun, epoch_batch, export_probe, prepare_run, seeded_init, train_loop  # noqa: E402,E501
+from scorestudio.priors.train import (EMA, StageRun, epoch_batch, export_probe, prepare_run, repo_relative,  # noqa: E402
+                                      seeded_init, train_loop)
 from scorestudio.utils.cli_args import positive_int  # noqa: E402
 from scorestudio.utils.io import atomic_open, write_json  # noqa: E402
 from scorestudio.utils.seeding import generator  # noqa: E402
@@ -207,7 +208,7 @@ def train(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Distil the probe onto a prior's latents (cheap repulsion features).")
-    add_trainer_arguments(p, DEFAULT_LATENT_PROBE_DIR, "weights folder", DEFAULT_WORK,
+    add_trainer_arguments(p, DEFAULT_LATENT_PROBE_DIR, "weights folder to write", DEFAULT_WORK,
                           "pool, checkpoint, loss.csv, metrics.json", minutes=12.0, batch_size=256, lr=2e-3)
     p.add_argument("--probe", type=Path, default=None, help="the image probe to distil (default: shipped)")
     p.add_argument("--pool-size", type=positive_int, default=32768, help="training pairs (decoded once)")

@@ -56,7 +56,8 @@ from scorestudio.utils.seeding import generator
 
 STAGES = ("probe", "vae", "unet")
 WORK_DIR = Path("runs/prior-train")
-DEFAULT_OUT = Path(__file__).parent / "weights" / "embedded"
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "embedded"
+
 UNCOND_PROB = 0.1  # captions dropped to "" for classifier-free guidance
 MIN_SNR_GAMMA = 5.0
 EMA_DECAY = 0.999
@@ -64,6 +65,15 @@ VAE_KL_WEIGHT = 1e-6  # SD's weight, relative to the per-pixel *summed* reconstr
 COOLDOWN_FROM = 0.8  # fraction of the wall-clock budget after which the LR decays
 COOLDOWN_FLOOR = 0.05
 WARMUP_STEPS = 100
+
+
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the repository when inside it (shipped configs hold no machine paths)."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        return str(Path(path).resolve().relative_to(repo))
+    except ValueError:
+        return str(path)
 
 
 @dataclass(frozen=True)
@@ -682,7 +692,8 @@ def add_run_arguments(p: argparse.ArgumentParser, device_help: str = "training d
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train the embedded prior and its probe.")
     p.add_argument("--stage", choices=(*STAGES, "all"), required=True)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="shipped weights folder")
+    p.add_argument("--out", type=Path, required=True,   # no default: a trial run never overwrites shipped weights
+                   help=f"weights folder to write; the shipped one is {repo_relative(SHIPPED_WEIGHTS)}")
     p.add_argument("--work-dir", type=Path, default=WORK_DIR, help="caches, checkpoints, logs (not shipped)")
     p.add_argument("--minutes", type=float, default=None,
                    help="wall-clock training budget of each stage, summed over resumed runs (default per stage)")
