@@ -247,8 +247,7 @@ def train(args: argparse.Namespace) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train LMC-SDS's manifold corrective b̂ψ for a prior.")
     add_trainer_arguments(p, EMBEDDED_WEIGHTS / FOLDER_NAME, "weights folder to write (config.json + model.safetensors)",
-                          DEFAULT_WORK,
-                          "checkpoint, loss.csv, metrics.json", minutes=22.0, batch_size=128, lr=1e-3)
+                          DEFAULT_WORK, "checkpoint, loss.csv, metrics.json", minutes=22.0, batch_size=128, lr=1e-3)
     p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128], help="filters per U-Net level")
     p.add_argument("--time-frequencies", type=positive_int, default=6)
     p.add_argument("--t-range", type=float, nargs=2, default=[0.02, 0.98], help="t/T ~ U(lo, hi)")

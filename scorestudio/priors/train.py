@@ -57,7 +57,6 @@ from scorestudio.utils.seeding import generator
 STAGES = ("probe", "vae", "unet")
 WORK_DIR = Path("runs/prior-train")
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "embedded"
-
 UNCOND_PROB = 0.1  # captions dropped to "" for classifier-free guidance
 MIN_SNR_GAMMA = 5.0
 EMA_DECAY = 0.999
