@@ -1,6 +1,7 @@
 """The scorestudio command line (``launch.py``, ``python -m scorestudio``, ``scorestudio``).
 
     python launch.py --config configs/toy-particles.yaml --train [--gpu 0] [--seed 1] key=value ...
+    python launch.py --config configs/dreamfusion-embedded.yaml --train --gpu 0,1   # particles sharded over 2 GPUs
 
 Any ``key=value`` argument overrides the config (dot-list syntax, e.g.
 ``system.prompt_processor.prompt="a red cube"``); ``resume=path/to/last.ckpt`` resumes a run or
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 import warnings
 from datetime import datetime
+from pathlib import Path
 from typing import Optional
 
 from scorestudio.utils.config import ConfigError, load_config, parse_structured, to_plain
+from scorestudio.utils.distributed import RUN_ROOT_ENV
 from scorestudio.utils.registry import RegistryError, find
 from scorestudio.utils.run import ExperimentConfig, RunContext, run_dir_for
 
@@ -34,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in MODES:
         mode.add_argument(f"--{name}", action="store_true", help=f"{name} the system")
     parser.add_argument("--gpu", default=None,
-                        help="the GPU to run on ('0'); absent or 'cpu' runs on the CPU")
+                        help="the GPU to run on ('0'), or GPUs to shard the particles over ('0,1'); "
+                             "absent or 'cpu' runs on the CPU")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="on the CPU: shard the particles over this many processes (--train; "
+                             "dreamfusion, image-particles)")
     parser.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     parser.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return parser
@@ -53,32 +61,32 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, li
     return args, extras
 
 
-def select_devices(gpu: Optional[str]) -> tuple[str, object]:
-    """(accelerator, devices) for Lightning: the CPU or one GPU. A requested GPU falls back to
-    the CPU (with a warning) when CUDA is unavailable."""
+def select_devices(gpu: Optional[str], processes: int = 1) -> tuple[str, object, int]:
+    """(accelerator, devices, number of processes) for Lightning: the CPU (``processes`` of
+    them) or the listed GPUs (one process each). A requested GPU falls back to the CPU (with a
+    warning) when CUDA is unavailable."""
+    if processes < 1:
+        raise ConfigError(f"--processes {processes}: give a number of processes ≥ 1")
     if gpu is None or gpu.strip().lower() in ("", "cpu", "-1"):
-        return "cpu", 1
+        return "cpu", processes, processes
     import torch
 
+    if processes != 1:
+        raise ConfigError(f"--processes {processes} shards over CPU processes; to shard over GPUs list them: --gpu 0,1")
     try:
         ids = [int(g) for g in gpu.split(",") if g.strip()]
     except ValueError:
-        raise ConfigError(f"--gpu {gpu}: give a GPU index (--gpu 0), or cpu") from None
-    if len(ids) > 1:
-        # Lightning's data parallelism would copy every particle to each GPU and repeat the same
-        # work there; sharding particles across devices is not built yet.
-        raise ConfigError(f"--gpu {gpu}: a run uses one device (all its particles in one batch); "
-                          f"pass one GPU (--gpu {ids[0]}), or start one run per GPU with different seeds")
+        raise ConfigError(f"--gpu {gpu}: give a GPU index (--gpu 0), a list (--gpu 0,1), or cpu") from None
     if not torch.cuda.is_available():
         warnings.warn(f"--gpu {gpu} requested but CUDA is not available; running on the CPU")
-        return "cpu", 1
+        return "cpu", 1, 1
     missing = [i for i in ids if i >= torch.cuda.device_count()]
     if missing:
         raise ConfigError(f"--gpu {gpu}: no such GPU {missing}; this machine has {torch.cuda.device_count()}")
-    return "gpu", ids
+    return "gpu", ids, len(ids)
 
 
-def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devices: object):
+def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devices: object, processes: int = 1):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
@@ -104,9 +112,16 @@ def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devic
     callbacks = [RunCheckpoint(run.ckpt_dir, exp.checkpoint.every_n_train_steps, exp.checkpoint.keep_all)]
     if t.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
+    strategy = "auto"
+    if processes > 1:   # particles sharded (utils.distributed): plain DDP over the processes
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # Buffers are constants (schedules, colours): no need to broadcast them every step.
+        strategy = DDPStrategy(forward_sync_buffers=False)
     return pl.Trainer(
         accelerator=accelerator,
         devices=devices,
+        strategy=strategy,
         max_steps=t.max_steps,
         log_every_n_steps=t.log_every_n_steps,
         val_check_interval=t.val_check_interval or None,
@@ -139,9 +154,14 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
     exp = parse_structured(ExperimentConfig, raw)
     if args.mode in ("test", "export", "validate") and not exp.resume:
         raise ConfigError(f"--{args.mode} needs a checkpoint: add resume=path/to/ckpts/last.ckpt")
-    accelerator, devices = select_devices(args.gpu)
+    accelerator, devices, processes = select_devices(args.gpu, args.processes)
+    if processes > 1 and args.mode != "train":
+        raise ConfigError(f"--{args.mode} runs in one process: drop --processes / the GPU list")
     system_cls = find(exp.system_type, kind="systems")
-    run_ctx = RunContext(run_dir_for(exp), exp.seed)
+    # Lightning starts the processes of ranks ≥ 1 by running this command again: they must use
+    # the run folder rank 0 chose (its timestamp), which they inherit through the environment.
+    started_by_rank0 = RUN_ROOT_ENV in os.environ
+    run_ctx = RunContext(Path(os.environ[RUN_ROOT_ENV]) if started_by_rank0 else run_dir_for(exp), exp.seed)
     import lightning.pytorch as pl
 
     # Before building the system: modules initialised by libraries (peft's LoRA, nn.Linear) draw
@@ -149,18 +169,22 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
     pl.seed_everything(exp.seed, workers=True, verbose=False)
     system = system_cls(exp.system, run=run_ctx, data=exp.data)
 
+    system.prepare_sharding(processes)
     if exp.resume:
         from scorestudio.utils.checkpoint import check_checkpoint
 
         check_checkpoint(system, exp.resume)
-    parsed = to_plain(exp)
-    parsed["system"] = to_plain(system.cfg)
-    run_ctx.prepare(parsed, argv=["launch.py", *sys.argv[1:]] if sys.argv else None, mode=args.mode)
-    print(f"[scorestudio] run folder: {run_ctx.root}")
+    if not started_by_rank0:
+        parsed = to_plain(exp)
+        parsed["system"] = to_plain(system.cfg)
+        run_ctx.prepare(parsed, argv=["launch.py", *sys.argv[1:]] if sys.argv else None, mode=args.mode)
+        print(f"[scorestudio] run folder: {run_ctx.root}" + (f" ({processes} processes)" if processes > 1 else ""))
+        if processes > 1:
+            os.environ[RUN_ROOT_ENV] = str(run_ctx.root)
 
     if not args.verbose:
         quiet_lightning()
-    trainer = make_trainer(exp, run_ctx, accelerator, devices)
+    trainer = make_trainer(exp, run_ctx, accelerator, devices, processes)
     if args.mode == "train":
         trainer.fit(system, ckpt_path=exp.resume)
         trainer.test(system, verbose=False)
@@ -173,7 +197,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
         system.export_step = step
         for path in system.export():
             print(f"[scorestudio] exported {path}")
-    print(f"[scorestudio] outputs in {run_ctx.save_dir}")
+    if not started_by_rank0:
+        print(f"[scorestudio] outputs in {run_ctx.save_dir}")
     return run_ctx
 
 

@@ -111,11 +111,11 @@ def repulsion_correction(guidance: BaseGuidance, prior: DiffusionPrior, on: Opti
     correction: the samples of a batch repel each other ("particle guidance", Corso et al. 2024).
     With ``on="clean"`` (default: the guidance's ``repulsion.on``) the kernel sees the predicted
     x̂0 = (x_t − σ_t ε̂) / α_t, with ``"noisy"`` x_t."""
-    from scorestudio.guidance.base import REPULSION_PLACEMENTS
+    from scorestudio.guidance.base import LATENT_PLACEMENTS
 
     on = on or guidance.cfg.repulsion.on
-    if on not in REPULSION_PLACEMENTS:
-        raise ValueError(f"repulsion placement {on!r}: use one of {', '.join(REPULSION_PLACEMENTS)}")
+    if on not in LATENT_PLACEMENTS:   # a sampler has latents only, no rendered images
+        raise ValueError(f"repulsion placement {on!r} for a sampler: use one of {', '.join(LATENT_PLACEMENTS)}")
 
     def correction(x: Tensor, eps: Tensor, t: Tensor, ids: Tensor) -> Optional[Tensor]:
         source = prior.denoised(x, eps, t) if on == "clean" else x
@@ -125,7 +125,7 @@ def repulsion_correction(guidance: BaseGuidance, prior: DiffusionPrior, on: Opti
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from scorestudio.guidance.base import REPULSION_FEATURES, REPULSION_PLACEMENTS
+    from scorestudio.guidance.base import LATENT_PLACEMENTS, REPULSION_FEATURES
 
     parser = argparse.ArgumentParser(prog="python -m scorestudio.sample",
                                      description="DDIM samples of a prompt from a diffusion prior")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     # On the embedded prior with probe features and CFG at every step (bench_sampler_repulsion.py) the kernel
     # on x_t spreads colours ("a cube", 64 samples: 4 → 7 colours at γ 20, quality 0.74), on x̂0
     # shapes ("an icon": 3.10 → 3.95 shapes of 4 at γ 20, where x_t leaves 3.10).
-    parser.add_argument("--repulsion-on", default="noisy", choices=REPULSION_PLACEMENTS,
+    parser.add_argument("--repulsion-on", default="noisy", choices=LATENT_PLACEMENTS,
                         help="kernel on x_t (noisy: colours spread first) or on the predicted x̂0 (clean: shapes)")
     return parser
 

@@ -147,6 +147,44 @@ def test_repulsion_on_clean_particles(tiny_embedded):
         scorestudio.find("sds")({"rgb_as_latents": True, "repulsion": {**rep, "on": "both"}})
 
 
+def test_repulsion_on_rendered_images(tiny_embedded):
+    """on="rendered": the kernel reads the rendered images themselves, and its gradient reaches them
+    as loss_repulsion = w(t)·γ·c(t)·∇_{x_i} log Σ_j k(f(x_i), f(x_j)) / B (central finite differences
+    of the log kernel density, features = pixels, fixed bandwidth); the SDS loss is the one without
+    repulsion. Latent feature maps or latent particles are a config error."""
+    prior = tiny_embedded
+    base = {"weighting": "uniform", "guidance_scale": 3.0}
+    rep = {"gamma": 2.0, "features": "pixel", "scale": "one", "on": "rendered", "kernel": {"bandwidth": 40.0}}
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(3, 3, 8, 8, generator=gen, dtype=torch.float64).float().requires_grad_(True)
+    ids, pb = torch.arange(3), prompts_for(prior, 3)
+    out = scorestudio.find("sds")({**base, "repulsion": rep})(prior, images, pb, ids, 4, 0)
+    (grad_rep,) = torch.autograd.grad(out["loss_repulsion"], images)
+    (grad_sds,) = torch.autograd.grad(out["loss_sds"], images)
+    plain = scorestudio.find("sds")(base)(prior, images, pb, ids, 4, 0)
+    assert "loss_repulsion" not in plain
+    assert torch.allclose(grad_sds, torch.autograd.grad(plain["loss_sds"], images)[0], atol=1e-6)
+
+    def log_density(x, i):   # log Σ_j exp(−‖x_i − x_j‖² / h), the others held fixed
+        d = (x[i].flatten() - x.flatten(1)).pow(2).sum(1)
+        return torch.logsumexp(-d / 40.0, dim=0)
+
+    x64, eps = images.detach().double(), 1e-4
+    for i, index in ((0, (1, 2, 3)), (2, (0, 7, 5))):
+        plus, minus = x64.clone(), x64.clone()
+        plus[(i, *index)] += eps
+        minus[(i, *index)] -= eps
+        fd = (log_density(plus, i) - log_density(minus, i)) / (2 * eps)
+        assert abs(grad_rep[(i, *index)].item() - 2.0 * fd.item() / 3) < 1e-4 * max(1.0, abs(fd.item()))
+    for bad in ({"repulsion": {**rep, "features": "latent"}}, {"repulsion": rep, "rgb_as_latents": True}):
+        with pytest.raises(ValueError, match="on=rendered"):
+            scorestudio.find("sds")(bad)
+    from scorestudio.sample import repulsion_correction
+
+    with pytest.raises(ValueError, match="for a sampler"):   # a sampler has latents, no renders
+        repulsion_correction(scorestudio.find("sds")({"repulsion": rep}), prior)
+
+
 def test_repulsion_groups_views_of_a_particle(tiny_embedded):
     prior = tiny_embedded
     guidance = scorestudio.find("sds")({"rgb_as_latents": True,

@@ -196,7 +196,7 @@ def test_misspelt_encoding_is_named_with_a_suggestion():
 
 def test_camera_sampler_ranges_and_per_particle_determinism():
     dist = CameraDistribution()
-    cams = particle_cameras(4, 3, dist, seed=0, step=5)
+    cams = particle_cameras(torch.arange(4), 3, dist, seed=0, step=5)
     assert len(cams) == 12
     for name, (lo, hi) in [("elevation", dist.elevation_range), ("distance", dist.distance_range),
                            ("fovy", dist.fovy_range)]:
@@ -206,10 +206,10 @@ def test_camera_sampler_ranges_and_per_particle_determinism():
     assert light.min() >= dist.light_distance_range[0] - 1e-5 and light.max() <= dist.light_distance_range[1] + 1e-5
     # particle p's cameras do not depend on how many particles run
     for p, fewer in ((1, 2), (2, 3)):
-        alone = particle_cameras(fewer, 3, dist, seed=0, step=5)
+        alone = particle_cameras(torch.arange(fewer), 3, dist, seed=0, step=5)
         assert torch.equal(alone.c2w[3 * p: 3 * p + 3], cams.c2w[3 * p: 3 * p + 3])
     assert not torch.equal(cams.c2w[0:3], cams.c2w[3:6])                              # particles differ
-    assert not torch.equal(cams.c2w, particle_cameras(4, 3, dist, seed=0, step=6).c2w)  # steps differ
+    assert not torch.equal(cams.c2w, particle_cameras(torch.arange(4), 3, dist, seed=0, step=6).c2w)  # steps differ
 
 
 # ---- particle independence in the system -------------------------------------------------------
@@ -225,7 +225,7 @@ def test_gradient_of_one_particle_never_reaches_another(tiny, tmp_path):
     assert any(n.startswith("background") for n in trainable) and any(n.startswith("geometry") for n in trainable)
     for i in range(3):
         loss = (out["rgb"][ids == i] * weights[ids == i]).sum()
-        loss = loss + sum(w * v[i] for w, v in system.regularizers(out, 0).values())
+        loss = loss + sum(w * v[i] for w, v in system.regularizers(out, 0, out["particles"]).values())
         grads = torch.autograd.grad(loss, list(trainable.values()), retain_graph=True, allow_unused=True)
         for (name, _), grad in zip(trainable.items(), grads):
             assert grad is not None, name

@@ -199,15 +199,20 @@ def test_cli_rejects_stray_arguments():
 def test_gpu_selection_falls_back_to_cpu():
     import torch
 
-    assert select_devices(None) == ("cpu", 1)
-    assert select_devices("cpu") == ("cpu", 1)
+    assert select_devices(None) == ("cpu", 1, 1)
+    assert select_devices("cpu") == ("cpu", 1, 1)
+    assert select_devices(None, processes=2) == ("cpu", 2, 2)
     if not torch.cuda.is_available():
         with pytest.warns(UserWarning, match="CUDA is not available"):
-            assert select_devices("0") == ("cpu", 1)
-    with pytest.raises(ConfigError, match="one device"):
-        select_devices("0,1")
+            assert select_devices("0") == ("cpu", 1, 1)
+    elif torch.cuda.device_count() >= 2:
+        assert select_devices("0,1") == ("gpu", [0, 1], 2)
     with pytest.raises(ConfigError, match="give a GPU index"):
         select_devices("abc")
+    with pytest.raises(ConfigError, match="--gpu 0,1"):
+        select_devices("0", processes=2)
+    with pytest.raises(ConfigError, match="≥ 1"):
+        select_devices(None, processes=0)
 
 
 @dataclass

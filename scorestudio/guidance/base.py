@@ -11,7 +11,9 @@ rest, identically for all methods:
 
 - timestep sampling t ~ U[min_step, max_step]·T with scheduled bounds, one t for the whole batch
   or one per particle, from generators keyed by (seed, particle, step);
-- the RSD repulsion between particles (:class:`RepulsionConfig`), added to δ of any method;
+- the RSD repulsion between particles (:class:`RepulsionConfig`), added to δ of any method (or,
+  with ``on: rendered``, to the rendered images as ``loss_repulsion``), across processes when the
+  particles are sharded (``utils.distributed``);
 - weighting g = w(t) (δ + γ c(t) r), optional clipping, NaN/Inf replaced by 0 and counted;
 - the reparameterisation loss ½‖z − sg(z − g)‖² / B, whose gradient w.r.t. z is exactly g / B.
 """
@@ -28,6 +30,7 @@ from scorestudio.guidance.repulsion import KernelConfig, repulsion_gradient
 from scorestudio.guidance.schedule import timestep_weight
 from scorestudio.utils.base import BaseModule
 from scorestudio.utils.config import ConfigError, ScheduledFloat, schedulable
+from scorestudio.utils.distributed import gather_rows, world
 from scorestudio.utils.seeding import generator
 
 if TYPE_CHECKING:
@@ -37,7 +40,9 @@ if TYPE_CHECKING:
 
 NETWORK_FEATURES = ("probe", "latent_probe", "dinov2")   # feature maps that load a network
 REPULSION_FEATURES = ("latent", "pixel", *NETWORK_FEATURES)
-REPULSION_PLACEMENTS = ("noisy", "clean")   # the kernel on x_t, or on the clean x_0 / predicted x̂0
+LATENT_PLACEMENTS = ("noisy", "clean")                 # the kernel on z_t, or on the clean z_0 / predicted x̂0
+REPULSION_PLACEMENTS = (*LATENT_PLACEMENTS, "rendered")  # ... or on the generator's rendered images
+IMAGE_FEATURES = ("pixel", "probe", "dinov2")             # feature maps that read an image [B, 3, H, W]
 
 
 @dataclass
@@ -53,8 +58,10 @@ class RepulsionConfig:
     feature_net_path: Optional[str] = None  # folder of the feature net: (latent_)probe (default: shipped), dinov2 (required)
     scale: str = "sigma"                  # c(t): "sigma" (σ_t), "sigma2" (σ_t²), "one"
     # Kernel on the noisy particles z_t (RSD/RLSD's derivation: the forward diffusion of the
-    # repulsive distribution) or on the clean particles z_0, where feature differences are content only.
-    on: str = "noisy"                     # "noisy" or "clean"
+    # repulsive distribution), on the clean particles z_0, where feature differences are content only,
+    # or on the generator's rendered images themselves ("rendered": no decoder pass; its gradient
+    # enters the images as its own loss_repulsion; features pixel, probe or dinov2).
+    on: str = "noisy"                     # "noisy", "clean" or "rendered"
     t_window: list = field(default_factory=lambda: [0.0, 1.0])  # active only for t/T in [lo, hi]
     kernel: KernelConfig = field(default_factory=KernelConfig)
 
@@ -102,6 +109,11 @@ class BaseGuidance(BaseModule):
                                     ("on", rep.on, REPULSION_PLACEMENTS)):
             if value not in choices:   # at build time, not at the first repulsive step
                 raise ConfigError(f"{self.config_path}.repulsion.{key}={value!r}: use one of {', '.join(choices)}")
+        if rep.on == "rendered" and (self.cfg.rgb_as_latents or rep.features not in IMAGE_FEATURES):
+            raise ConfigError(f"{self.config_path}.repulsion.on=rendered needs rendered images and a feature map that "
+                              f"reads them (features: {', '.join(IMAGE_FEATURES)}; rgb_as_latents: false), got "
+                              f"features={rep.features!r}, rgb_as_latents={self.cfg.rgb_as_latents}; for latent "
+                              "particles use on=clean")
 
     # ---- to override ------------------------------------------------------------------------
     def attach(self, prior: "DiffusionPrior") -> None:
@@ -144,20 +156,28 @@ class BaseGuidance(BaseModule):
         call = GuidanceCall(prior, latents, noisy, noise, t, prompts, particle_ids, step, seed, cameras)
         with torch.no_grad():
             delta, logs = self.noise_residual(call)
-        repulsion = self.repulsion_term(call)
+        weight = timestep_weight(prior.alphas_cumprod, t, self.cfg.weighting).view(-1, 1, 1, 1)
+        on_images = self.cfg.repulsion.on == "rendered"
+        repulsion = self.repulsion_term(call, rendered if on_images else None)
         if repulsion is not None:
-            delta = delta + repulsion
             logs["repulsion_norm"] = repulsion.flatten(1).norm(dim=1).mean()
-        grad = timestep_weight(prior.alphas_cumprod, t, self.cfg.weighting).view(-1, 1, 1, 1) * delta
-        grad, n_bad = self.sanitize(grad)
-        batch = latents.shape[0]
-        # ½‖z − sg(z − g)‖² / B: ∂/∂z = g / B exactly, whatever the generator behind z.
-        target = (latents - grad).detach()
-        loss = 0.5 * (latents - target).pow(2).sum() / batch
-        out = {self.loss_name: loss, **self.extra_losses(call)}
+            if not on_images:
+                delta = delta + repulsion
+        grad, n_bad = self.sanitize(weight * delta)
+        out = {self.loss_name: self.gradient_loss(latents, grad), **self.extra_losses(call)}
+        if on_images and repulsion is not None:
+            image_grad, n_bad_images = self.sanitize(weight * repulsion)
+            out["loss_repulsion"] = self.gradient_loss(rendered, image_grad)
+            n_bad += n_bad_images
         out.update(grad_norm=grad.flatten(1).norm(dim=1).mean(), t=t.float().mean(),
                    n_nonfinite=torch.tensor(float(n_bad)), **logs)
         return out
+
+    @staticmethod
+    def gradient_loss(x: Tensor, grad: Tensor) -> Tensor:
+        """½‖x − sg(x − g)‖² / B: ∂/∂x = g / B exactly, whatever the generator behind x ``[B, ...]``."""
+        target = (x - grad).detach()
+        return 0.5 * (x - target).pow(2).sum() / x.shape[0]
 
     # ---- pieces -----------------------------------------------------------------------------
     def step_bounds(self, prior: "DiffusionPrior", step: int) -> tuple[int, int]:
@@ -208,13 +228,18 @@ class BaseGuidance(BaseModule):
         return grad, n_bad
 
     # ---- repulsion --------------------------------------------------------------------------
-    def repulsion_term(self, call: GuidanceCall) -> Optional[Tensor]:
-        """:meth:`repulsion` of the call's noisy latents z_t (``on="clean"``: of z_0)."""
+    def repulsion_term(self, call: GuidanceCall, rendered: Optional[Tensor] = None) -> Optional[Tensor]:
+        """:meth:`repulsion` of the call's noisy latents z_t (``on="clean"``: of z_0), or of the
+        ``rendered`` images ``[B, 3, H, W]`` when given (``on="rendered"``)."""
+        if rendered is not None:
+            return self.repulsion(call.prior, rendered.detach(), call.t, call.particle_ids, call.step, images=True)
         source = call.noisy if self.cfg.repulsion.on == "noisy" else call.latents.detach()
         return self.repulsion(call.prior, source, call.t, call.particle_ids, call.step)
 
-    def repulsion(self, prior: "DiffusionPrior", source: Tensor, t: Tensor, ids: Tensor, step: int) -> Optional[Tensor]:
-        """γ c(t) ∇_z log Σ_j k(f(z^i), f(z^j)) for latents ``source [B, C, h, w]`` at ``t [B]`` of
+    def repulsion(self, prior: "DiffusionPrior", source: Tensor, t: Tensor, ids: Tensor, step: int,
+                  images: bool = False) -> Optional[Tensor]:
+        """γ c(t) ∇_z log Σ_j k(f(z^i), f(z^j)) for latents ``source [B, C, h, w]`` (``images``:
+        images ``[B, 3, H, W]`` in [0, 1], read by the feature map without decoding) at ``t [B]`` of
         particles ``ids [B]``, or None when inactive. Added to an ε-like direction (δ of a guidance,
         ε̂ of a sampler) it moves each particle down the kernel density of the others.
 
@@ -225,13 +250,14 @@ class BaseGuidance(BaseModule):
         rep = self.cfg.repulsion
         gamma = rep.gamma.at(step)
         particles = ids.unique()
-        if gamma == 0 or len(particles) < 2:
+        _, processes = world()   # > 1: the particles are sharded; every process has as many
+        if gamma == 0 or len(particles) * processes < 2:
             return None
         frac = t.float() / prior.num_train_timesteps
         active = (frac >= rep.t_window[0]) & (frac <= rep.t_window[1])
-        if not bool(active.any()):
+        if not bool(active.any()) and processes == 1:   # sharded: every process joins the gather
             return None
-        feature_fn = self.feature_fn(prior)
+        feature_fn = self.feature_fn(prior, decode=not images)
         order = torch.argsort(ids, stable=True)
         views = len(ids) // len(particles)
         if views * len(particles) != len(ids) or not torch.equal(ids[order].view(len(particles), views),
@@ -242,8 +268,8 @@ class BaseGuidance(BaseModule):
             return feature_fn(z_sorted).reshape(len(particles), views, -1).flatten(1)
 
         source_sorted = source[order].reshape(len(particles), views, *source.shape[1:])
-        grad_sorted = repulsion_gradient(
-            source_sorted, lambda z: grouped_features(z.flatten(0, 1)), **rep.kernel.kwargs())
+        grad_sorted = repulsion_gradient(source_sorted, lambda z: grouped_features(z.flatten(0, 1)),
+                                         gather_rows if processes > 1 else None, **rep.kernel.kwargs())
         grad = torch.empty_like(source)
         grad[order] = grad_sorted.flatten(0, 1)
         scale = self.time_scale(prior, t) * active.float()
@@ -260,18 +286,20 @@ class BaseGuidance(BaseModule):
             return torch.ones_like(t, dtype=torch.float32)
         raise ValueError(f"repulsion.scale={kind!r}: use 'sigma', 'sigma2' or 'one'")
 
-    def feature_fn(self, prior: "DiffusionPrior") -> Callable[[Tensor], Tensor]:
-        """z ``[B, C, h, w]`` → features ``[B, D]`` for the repulsion kernel (differentiable)."""
+    def feature_fn(self, prior: "DiffusionPrior", decode: bool = True) -> Callable[[Tensor], Tensor]:
+        """z ``[B, C, h, w]`` → features ``[B, D]`` for the repulsion kernel (differentiable);
+        ``decode=False``: of images ``[B, 3, H, W]`` (image feature maps only)."""
         kind = self.cfg.repulsion.features
+        to_image = prior.decode_latents if decode else (lambda x: x)
         if kind == "latent":
             return lambda z: z.flatten(1)
         if kind == "pixel":
-            return lambda z: prior.decode_latents(z).flatten(1)
+            return lambda z: to_image(z).flatten(1)
         if kind == "latent_probe":
             return self.feature_network(prior).features
         if kind in ("probe", "dinov2"):
             net = self.feature_network(prior)
-            return lambda z: net.features(prior.decode_latents(z))
+            return lambda z: net.features(to_image(z))
         raise ValueError(f"repulsion.features={kind!r}: use 'latent', 'pixel', 'probe', 'latent_probe' or 'dinov2'")
 
     def feature_network(self, prior: "DiffusionPrior") -> torch.nn.Module:

@@ -99,25 +99,33 @@ def kernel_log_density_grad(features: torch.Tensor, bandwidth: float | torch.Ten
     return out
 
 
-def repulsion_gradient(particles: torch.Tensor, feature_fn=None, **kernel_kwargs) -> torch.Tensor:
+def repulsion_gradient(particles: torch.Tensor, feature_fn=None, gather=None, **kernel_kwargs) -> torch.Tensor:
     """Repulsion pulled back to the particles: ``J_fᵀ r`` for all particles in one VJP.
 
     Args:
         particles: ``[N, ...]`` particle variables (e.g. noisy latents z_t).
         feature_fn: maps ``[N, ...]`` → ``[N, D]`` features (decoder + feature net). ``None`` →
             features are the flattened particles.
+        gather: ``features [N, D] → (features of the whole ensemble [M, D], where these N start)``
+            when the ensemble is sharded over processes (``utils.distributed.gather_rows``); the
+            kernel then sees all M particles. ``None``: the N particles are the ensemble.
         **kernel_kwargs: passed to :func:`kernel_log_density_grad`.
 
     Returns:
         ``[N, ...]`` gradient of ``log Σ_j k`` w.r.t. each particle; add ``γ·c(t)·`` it to a
         descent direction to push particles apart.
     """
+    def kernel_grad(feats: torch.Tensor) -> torch.Tensor:
+        if gather is None:
+            return kernel_log_density_grad(feats, **kernel_kwargs)
+        everyone, start = gather(feats)
+        return kernel_log_density_grad(everyone, **kernel_kwargs)[start: start + feats.shape[0]]
+
     if feature_fn is None:
         flat = particles.detach().reshape(particles.shape[0], -1)
-        return kernel_log_density_grad(flat, **kernel_kwargs).reshape(particles.shape)
+        return kernel_grad(flat).reshape(particles.shape)
     with torch.enable_grad():
         x = particles.detach().requires_grad_(True)
         feats = feature_fn(x).reshape(x.shape[0], -1)
-        r = kernel_log_density_grad(feats, **kernel_kwargs)
-        (grad,) = torch.autograd.grad(feats, x, grad_outputs=r)
+        (grad,) = torch.autograd.grad(feats, x, grad_outputs=kernel_grad(feats))
     return grad

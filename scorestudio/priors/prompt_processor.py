@@ -31,6 +31,11 @@ class PromptBatch:
     uncond: Tensor  # [B, L, D] embedding of the negative prompt ("" = unconditional)
     prompts: list[str]  # the B prompt strings behind ``cond``
 
+    def index(self, rows: Tensor) -> "PromptBatch":
+        """The items ``rows`` (long ``[b]``) of the batch."""
+        rows = rows.to(self.cond.device)
+        return PromptBatch(self.cond[rows], self.uncond[rows], [self.prompts[int(i)] for i in rows.tolist()])
+
 
 @register("prompt-processor")
 class PromptProcessor(Configurable):

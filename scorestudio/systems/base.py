@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from scorestudio.utils.config import ConfigError, did_you_mean, parse_structured
+from scorestudio.utils.distributed import particle_block, world
 from scorestudio.utils.io import update_json
 from scorestudio.utils.run import RunContext
 
@@ -70,6 +71,41 @@ class BaseSystem(pl.LightningModule):
         name = getattr(self, "registered_name", type(self).__name__)
         raise ConfigError(f"--export: the {name} system has nothing to export (meshes, SVGs); its pictures "
                           "are in the run folder's save/, and --test renders them again")
+
+    # ---- particles sharded over processes (utils.distributed) -----------------------------
+    shardable = False   # True in systems whose training step computes only local_particles()
+
+    def local_particles(self) -> torch.Tensor:
+        """Long ``[n]``: the particles this process trains: all N, or its block of N / W when
+        the run is sharded over W processes."""
+        rank, size = world()
+        return particle_block(self.cfg.n_particles, rank, size).to(self.device)
+
+    @property
+    def writes_outputs(self) -> bool:
+        """Only the first process of a sharded run writes pictures, metrics and exports (every
+        process holds all particles, so it has them all)."""
+        return world()[0] == 0
+
+    def prepare_sharding(self, processes: int) -> None:
+        """Check that this run can be sharded over ``processes`` (before any process starts) and
+        keep the frozen parts (the prior) out of DDP's synchronisation."""
+        if processes == 1:
+            return
+        if not self.shardable:
+            name = getattr(self, "registered_name", type(self).__name__)
+            raise ConfigError(f"the {name} system runs in one process: drop --processes / the GPU list "
+                              "(sharding particles over processes: dreamfusion, image-particles)")
+        particle_block(self.cfg.n_particles, 0, processes)
+        self._ddp_params_and_buffers_to_ignore = [n for n, p in self.named_parameters() if not p.requires_grad]
+
+    def log_scalars(self, scalars: dict[str, torch.Tensor], prog_bar=lambda key: key.startswith("loss_")) -> None:
+        """Log ``train/<key>`` for every scalar but ``loss``; averaged over the processes of a
+        sharded run (each process sees only its particles)."""
+        sync = world()[1] > 1
+        for key, value in scalars.items():
+            if key != "loss":
+                self.log(f"train/{key}", value, prog_bar=prog_bar(key), sync_dist=sync)
 
     # ---- randomness ------------------------------------------------------------------------
     @property

@@ -61,10 +61,10 @@ class EvalConfig:
     chunk_views: int = 6            # views of every particle rendered in one batch
 
 
-def particle_cameras(n_particles: int, views: int, dist: CameraDistribution, seed: int, step: int) -> CameraBatch:
-    """``n_particles · views`` cameras, particle-major; particle i's come from the stream
-    (seed, "camera", i, step), so they do not depend on the number of particles."""
-    batches = [sample_cameras(views, dist, generator(seed, "camera", i, step)) for i in range(n_particles)]
+def particle_cameras(particles: Tensor, views: int, dist: CameraDistribution, seed: int, step: int) -> CameraBatch:
+    """``K · views`` cameras of the particles ``particles`` (long ``[K]``), particle-major; particle
+    i's come from the stream (seed, "camera", i, step), so they do not depend on the others."""
+    batches = [sample_cameras(views, dist, generator(seed, "camera", i, step)) for i in particles.tolist()]
     return CameraBatch(**{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(CameraBatch)})
 
 
@@ -75,6 +75,8 @@ def is_active(weight) -> bool:
 
 @register("dreamfusion")
 class DreamFusionSystem(DistillationSystem):
+    shardable = True
+
     @dataclass
     class Config(DistillationSystem.Config):
         n_particles: int = 4
@@ -136,37 +138,38 @@ class DreamFusionSystem(DistillationSystem):
     def resolution_at(self, step: int) -> int:
         return int(self.cfg.resolutions[bisect.bisect_right(self.cfg.resolution_milestones, step)])
 
-    def training_cameras(self, step: int) -> CameraBatch:
-        return particle_cameras(self.cfg.n_particles, self.cfg.views_per_particle, self.cfg.cameras, self.seed, step)
+    def training_cameras(self, step: int, particles: Tensor) -> CameraBatch:
+        return particle_cameras(particles, self.cfg.views_per_particle, self.cfg.cameras, self.seed, step)
 
     # ---- rendering ---------------------------------------------------------------------------
     def render(self, cameras: CameraBatch, resolution: int, shading: Tensor, jitter: Optional[Tensor] = None,
-               normals: bool = True) -> dict:
+               normals: bool = True, particles: Optional[Tensor] = None) -> dict:
         """Render N·V particle-major ``cameras`` (V per particle) at ``resolution``².
 
-        shading: long ``[N]`` (indices into ``material.SHADINGS``); jitter: ``[N, V·H·W, S]`` or None.
+        particles: long ``[N]``, the particles to render (None: all, in order); shading: long ``[N]``
+        (indices into ``material.SHADINGS``); jitter: ``[N, V·H·W, S]`` or None.
         Returns ``rgb`` ``[N·V, 3, H, W]`` plus the renderer's per-ray ``[N, V·H·W]`` and
         per-sample outputs, and the ray ``dirs`` ``[N, V·H·W, 3]``.
         """
-        n = self.cfg.n_particles
+        n = self.cfg.n_particles if particles is None else len(particles)
         origins, dirs = get_rays(cameras, resolution, resolution)                 # [N·V, H, W, 3]
         origins, dirs = origins.reshape(n, -1, 3), dirs.reshape(n, -1, 3)
         pixels = resolution * resolution
         lights = cameras.light_position[:, None, :].expand(-1, pixels, -1).reshape(n, -1, 3)
 
         def field_fn(points: Tensor, samples) -> dict[str, Tensor]:
-            geo = self.geometry(points)
+            geo = self.geometry(points, particles)
             return {"density": geo["density"], "raw": geo["raw"], "albedo": geo["albedo"],
                     "rgb": self.material.base_color(geo["albedo"], shading)}
 
         def detail_fn(points: Tensor, fields: dict[str, Tensor], rays: Tensor) -> dict[str, Tensor]:
-            normal = self.geometry.normals(points, fields["raw"])
+            normal = self.geometry.normals(points, fields["raw"], particles)
             light = lights.gather(1, rays[..., None].expand(-1, -1, 3))
             rgb = self.material.diffuse_color(fields["albedo"], normal, points, light, shading)
             return {"rgb": rgb, "normal": normal}
 
-        out = self.renderer(field_fn, origins, dirs, jitter, detail_fn if normals else None)
-        rgb = out["rgb"] + (1 - out["opacity"][..., None]) * self.background(dirs)
+        out = self.renderer(field_fn, origins, dirs, jitter, detail_fn if normals else None, particles)
+        rgb = out["rgb"] + (1 - out["opacity"][..., None]) * self.background(dirs, particles)
         out["rgb"] = rgb.reshape(-1, resolution, resolution, 3).permute(0, 3, 1, 2)
         out["dirs"] = dirs
         return out
@@ -187,8 +190,9 @@ class DreamFusionSystem(DistillationSystem):
         return torch.cat(frames, dim=1), torch.cat(opacity, dim=1)
 
     # ---- training ----------------------------------------------------------------------------
-    def regularizers(self, out: dict, step: int) -> dict[str, tuple[float, Tensor]]:
-        """Active regularisers at ``step``: name → (weight, per-particle value ``[N]``)."""
+    def regularizers(self, out: dict, step: int, particles: Tensor) -> dict[str, tuple[float, Tensor]]:
+        """Active regularisers at ``step`` of the rendered ``particles`` (long ``[K]``): name →
+        (weight, per-particle value ``[K]``)."""
         loss, terms = self.cfg.loss, {}
         opacity = out["opacity"]                                                   # [N, R]
         if (w := loss.lambda_sparsity.at(step)) != 0:
@@ -203,51 +207,53 @@ class DreamFusionSystem(DistillationSystem):
             hit = (opacity > 0).sum(-1).clamp_min(1)
             terms["orient"] = (w, (detail["weights"].detach() * facing_away).sum(-1) / hit)
         if (w := loss.lambda_tv.at(step)) != 0:
-            terms["tv"] = (w, self.geometry.tv_loss())
+            terms["tv"] = (w, self.geometry.tv_loss()[particles])
         return terms
 
     def render_step(self, step: int) -> tuple[CameraBatch, dict]:
-        """The training cameras of ``step`` and the particles' renders of them (with gradients)."""
-        cfg, n = self.cfg, self.cfg.n_particles
-        cameras = self.training_cameras(step).to(self.device)
+        """The training cameras of ``step`` and the renders of them (with gradients) of this
+        process's particles (all unless sharded; ``out["particles"]``)."""
+        cfg, ids = self.cfg, self.local_particles()
+        cameras = self.training_cameras(step, ids).to(self.device)
         resolution = self.resolution_at(step)
-        shading = self.material.training_shading(step, n, self.seed)
+        shading = self.material.training_shading(step, ids, self.seed)
         jitter = None
         if cfg.renderer.stratified:
             rays = cfg.views_per_particle * resolution * resolution
-            jitter = per_particle_rand((rays, cfg.renderer.num_samples_per_ray), self.seed, range(n),
+            jitter = per_particle_rand((rays, cfg.renderer.num_samples_per_ray), self.seed, ids,
                                        "stratified", step, device=self.device)
         self.renderer.update(step, self.geometry.density, self.device)
         normals = self.material.needs_normals(shading) or cfg.loss.lambda_orient.at(step) != 0
-        return cameras, self.render(cameras, resolution, shading, jitter, normals=normals)
+        out = self.render(cameras, resolution, shading, jitter, normals=normals, particles=ids)
+        return cameras, {**out, "particles": ids}
 
     def step_losses(self, cameras: CameraBatch, out: dict, step: int) -> dict[str, Tensor]:
         """Guidance and regulariser losses of the renders ``out``; ``"loss"`` is their sum."""
-        n, views = self.cfg.n_particles, self.cfg.views_per_particle
+        particles = out["particles"]
         prompts = self.prompt_processor(self.prior, cameras.elevation, cameras.azimuth)
-        ids = torch.arange(n, device=self.device).repeat_interleave(views)
+        ids = particles.repeat_interleave(self.cfg.views_per_particle)
         losses = self.guidance(self.prior, out["rgb"], prompts, ids, step, seed=self.seed, cameras=cameras)
-        for name, (weight, value) in self.regularizers(out, step).items():
+        for name, (weight, value) in self.regularizers(out, step, particles).items():
             losses[f"loss_{name}"] = weight * value.mean()   # mean over particles, like the guidance's 1/B
         losses["loss"] = sum(v for k, v in losses.items() if k.startswith("loss_"))
         return losses
 
     def distill_step(self, step: int) -> dict[str, Tensor]:
-        """All losses of all particles at ``step``; ``"loss"`` is what to minimise."""
+        """All losses of this process's particles at ``step``; ``"loss"`` is what to minimise."""
         cameras, out = self.render_step(step)
         return self.step_losses(cameras, out, step)
 
     def training_step(self, batch, batch_idx):
         out = self.distill_step(self.global_step)
-        for key, value in out.items():
-            if key != "loss":
-                self.log(f"train/{key}", value, prog_bar=key.startswith("loss_"))
+        self.log_scalars(out)
         return out["loss"]
 
     # ---- validation, test, export ------------------------------------------------------------
     def validation_step(self, batch, batch_idx):
         from scorestudio.utils.images import save_grid
 
+        if not self.writes_outputs:
+            return
         e = self.cfg.evaluation
         camera = cameras_from_angles(e.elevation, e.val_azimuth, e.distance, e.fovy)
         images = self.render_views(camera, e.resolution)[0][:, 0]
@@ -256,6 +262,8 @@ class DreamFusionSystem(DistillationSystem):
     def test_step(self, batch, batch_idx):
         from scorestudio.utils.images import image_grid, mp4_available, save_animation
 
+        if not self.writes_outputs:
+            return
         e, n = self.cfg.evaluation, self.cfg.n_particles
         step = self.trained_steps
         frames, opacity = self.render_views(orbit_cameras(e.n_views, e.elevation, e.distance, e.fovy), e.resolution)

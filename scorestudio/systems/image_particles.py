@@ -26,6 +26,7 @@ from scorestudio.utils.registry import register
 
 @register("image-particles")
 class ImageParticlesSystem(DistillationSystem):
+    shardable = True
     @dataclass
     class Config(DistillationSystem.Config):
         n_particles: int = 8
@@ -72,19 +73,17 @@ class ImageParticlesSystem(DistillationSystem):
         return PromptBatch(cond=cond, uncond=uncond, prompts=prompts)
 
     def distill_step(self, step: int) -> dict[str, torch.Tensor]:
-        """Guidance outputs for all particles at ``step``; ``"loss"`` is what to minimise."""
-        n = self.cfg.n_particles
-        prompts = self.prompt_batch()
-        out = self.guidance(self.prior, self.latents, prompts, torch.arange(n, device=self.device),
-                            step, seed=self.seed)
+        """Guidance outputs for this process's particles (all of them unless sharded) at
+        ``step``; ``"loss"`` is what to minimise."""
+        ids = self.local_particles()
+        prompts = self.prompt_batch().index(ids)
+        out = self.guidance(self.prior, self.latents[ids], prompts, ids, step, seed=self.seed)
         out["loss"] = sum(v for k, v in out.items() if k.startswith("loss_"))
         return out
 
     def training_step(self, batch, batch_idx):
         out = self.distill_step(self.global_step)
-        for key, value in out.items():
-            if key != "loss":
-                self.log(f"train/{key}", value, prog_bar=key.startswith("loss_") or key == "t")
+        self.log_scalars(out, prog_bar=lambda key: key.startswith("loss_") or key == "t")
         return out["loss"]
 
     @torch.no_grad()
@@ -95,11 +94,14 @@ class ImageParticlesSystem(DistillationSystem):
     def validation_step(self, batch, batch_idx):
         from scorestudio.utils.images import save_grid
 
-        save_grid(self.decoded(), self.save_path(f"it{self.global_step}-val.png"))
+        if self.writes_outputs:
+            save_grid(self.decoded(), self.save_path(f"it{self.global_step}-val.png"))
 
     def test_step(self, batch, batch_idx):
         from scorestudio.utils.images import save_grid, save_image
 
+        if not self.writes_outputs:
+            return
         images = self.decoded()
         save_grid(images, self.save_path("particles.png"))
         for i, image in enumerate(images):

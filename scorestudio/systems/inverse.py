@@ -526,8 +526,7 @@ class InverseSystem(BaseSystem):
             self.save_frame(0)
         logs: dict[str, float] = {}
         self.optimizers().step(closure=lambda: logs.update(self.solver.step(step, n_steps)))
-        for key, value in logs.items():
-            self.log(f"train/{key}", value, prog_bar=key in ("t", "loss_z_data"))
+        self.log_scalars(logs, prog_bar=lambda key: key in ("t", "loss_z_data"))
         if (step + 1) % self.cfg.frame_every == 0 or step + 1 == n_steps:
             self.save_frame(step + 1)
 

@@ -245,8 +245,7 @@ class SvgDistillationSystem(DistillationSystem):
         if step % self.cfg.frame_every == 0:
             self.save_frame(images, step)
         loss = sum(v for k, v in out.items() if k.startswith("loss_"))
-        for key, value in out.items():
-            self.log(f"train/{key}", value, prog_bar=key.startswith("loss_"))
+        self.log_scalars(out)
         return loss
 
     def configure_optimizers(self):
@@ -401,9 +400,9 @@ class TextToSvgSystem(SvgDistillationSystem):
             self.prompt_processor = PromptProcessor({**vars(pp), "prompt": pp.prompt + self.cfg.prompt_suffix},
                                                     path="system.prompt_processor")
         self.build_svg(self.cfg.canvas_size)
-        from scorestudio.guidance.base import REPULSION_PLACEMENTS
+        from scorestudio.guidance.base import LATENT_PLACEMENTS
 
-        if self.cfg.init_from_sample.repulsion not in (*REPULSION_PLACEMENTS, "off"):
+        if self.cfg.init_from_sample.repulsion not in (*LATENT_PLACEMENTS, "off"):
             raise ConfigError(f"system.init_from_sample.repulsion={self.cfg.init_from_sample.repulsion!r}: "
                               f"use 'clean' (kernel on x̂0), 'noisy' (on x_t) or 'off'")
         if self.cfg.init_from_sample.enabled:   # the samples, kept for the anchor term and for resuming

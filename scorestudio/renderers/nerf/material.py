@@ -62,12 +62,12 @@ class DiffuseMaterial(BaseModule):
             raise ConfigError(f"{key}.eval_shading={cfg.eval_shading!r}: use one of {SHADINGS}")
         self.register_buffer("cumulative", torch.tensor(probs).cumsum(0), persistent=False)
 
-    def training_shading(self, step: int, n_particles: int, seed: int) -> Tensor:
-        """Shading index into ``SHADINGS`` per particle, long ``[N]``; particle i's draw comes from
-        the stream (seed, "shading", i, step)."""
+    def training_shading(self, step: int, particles: Tensor, seed: int) -> Tensor:
+        """Shading index into ``SHADINGS`` per particle of ``particles`` (long ``[K]``), long ``[K]``;
+        particle i's draw comes from the stream (seed, "shading", i, step)."""
         if step < self.cfg.ambient_only_steps:
-            return torch.zeros(n_particles, dtype=torch.long)
-        u = torch.stack([torch.rand((), generator=generator(seed, "shading", i, step)) for i in range(n_particles)])
+            return torch.zeros(len(particles), dtype=torch.long)
+        u = torch.stack([torch.rand((), generator=generator(seed, "shading", i, step)) for i in particles.tolist()])
         return torch.searchsorted(self.cumulative.cpu(), u, right=True).clamp(max=len(SHADINGS) - 1)
 
     def eval_shading(self, step: int, n_particles: int) -> Tensor:

@@ -169,9 +169,12 @@ class OccupancyGridSampler(nn.Module):
 
     @torch.no_grad()
     def sample(self, origins: Tensor, dirs: Tensor, near: Tensor, far: Tensor, step_size: float,
-               stratified: bool) -> RaySamples:
-        per = [est.sampling(origins[i], dirs[i], t_min=near[i], t_max=far[i], render_step_size=step_size,
-                            stratified=stratified) for i, est in enumerate(self.estimators)]
+               stratified: bool, particles: Optional[Tensor] = None) -> RaySamples:
+        """Rays ``[K, R, 3]`` of the particles ``particles`` (long ``[K]``; None: all N)."""
+        ids = range(len(self.estimators)) if particles is None else particles.tolist()
+        per = [self.estimators[p].sampling(origins[i], dirs[i], t_min=near[i], t_max=far[i],
+                                           render_step_size=step_size, stratified=stratified)
+               for i, p in enumerate(ids)]
         m = max(1, max(len(ray) for ray, _, _ in per))
         n, r = origins.shape[:2]
         ray_index = torch.zeros(n, m, dtype=torch.long, device=origins.device)
@@ -212,14 +215,18 @@ class EmptySpaceMask:
         occupied = F.max_pool3d(occupied, width, stride=1, padding=self.cfg.dilation) > 0
         self.occupied = occupied.view(n_particles, -1)
 
-    def lookup(self, points: Tensor) -> Tensor:
-        """Whether each point ``[N, M, 3]`` lies in an occupied cell: bool ``[N, M]``."""
+    def lookup(self, points: Tensor, particles: Optional[Tensor] = None) -> Tensor:
+        """Whether each point ``[K, M, 3]`` of the particles ``particles`` (long ``[K]``; None: all
+        N) lies in one of their occupied cells: bool ``[K, M]``."""
         g = self.cfg.resolution
-        cell = ((points + self.radius) / (2 * self.radius) * g).long().clamp(0, g - 1)
-        flat = cell[..., 0] + g * (cell[..., 1] + g * cell[..., 2])
+        # Cell coordinates and the flat index in float32 (exact below 2^24 cells), one conversion to
+        # long at the end: 2-3x faster than integer arithmetic on the [N, M, 3] coordinates on a CPU.
+        cell = ((points.float() + self.radius) * (g / (2 * self.radius))).clamp_(0, g - 1).floor_()
+        flat = (cell[..., 0] + g * (cell[..., 1] + g * cell[..., 2])).long()
         if self.occupied.device != points.device:             # restored from a checkpoint on the CPU
             self.occupied = self.occupied.to(points.device)
-        return self.occupied.gather(1, flat)
+        occupied = self.occupied if particles is None else self.occupied[particles.to(self.occupied.device)]
+        return occupied.gather(1, flat)
 
 
 def pack(keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -268,6 +275,8 @@ class VolumeRenderer(BaseModule):
                                   ("dilation", occ.dilation, 0)):
             if value < least:
                 raise ConfigError(f"{self.config_path}.occupancy.{key}={value}: must be ≥ {least}")
+        if occ.resolution > 256:   # EmptySpaceMask.lookup indexes cells in float32: exact up to 2^24 cells
+            raise ConfigError(f"{self.config_path}.occupancy.resolution={occ.resolution}: at most 256 cells per axis")
         if cfg.estimator in ("nerfacc", "auto"):
             self.occupancy = OccupancyGridSampler(cfg.occupancy, self.n_particles, self.radius)
         self.empty_space = EmptySpaceMask(cfg.occupancy, self.radius)
@@ -300,16 +309,19 @@ class VolumeRenderer(BaseModule):
             self.empty_space.update(step, lambda points: density_fn(points, None), self.n_particles,
                                     self.step_size, device)
 
-    def sample(self, origins: Tensor, dirs: Tensor, jitter: Optional[Tensor]) -> RaySamples:
+    def sample(self, origins: Tensor, dirs: Tensor, jitter: Optional[Tensor],
+               particles: Optional[Tensor] = None) -> RaySamples:
         if self.uses_nerfacc(origins.device):
             near, far = ray_sphere_interval(origins, dirs, self.radius)
-            return self.occupancy.sample(origins, dirs, near, far, self.step_size, jitter is not None)
+            return self.occupancy.sample(origins, dirs, near, far, self.step_size, jitter is not None, particles)
         return dense_samples(origins, dirs, self.radius, self.cfg.num_samples_per_ray, jitter)
 
     def forward(self, field_fn: Callable[[Tensor, RaySamples], dict[str, Tensor]], origins: Tensor,
                 dirs: Tensor, jitter: Optional[Tensor] = None,
-                detail_fn: Optional[Callable[[Tensor, dict[str, Tensor], Tensor], dict[str, Tensor]]] = None) -> dict:
-        """Render rays ``origins``, ``dirs`` ``[N, R, 3]`` (unit directions).
+                detail_fn: Optional[Callable[[Tensor, dict[str, Tensor], Tensor], dict[str, Tensor]]] = None,
+                particles: Optional[Tensor] = None) -> dict:
+        """Render rays ``origins``, ``dirs`` ``[N, R, 3]`` (unit directions) of the particles
+        ``particles`` (long ``[N]``, for their occupancy grids; None: all of them, in order).
 
         ``jitter`` ``[N, R, S]`` in [0, 1) (dense samples) or any tensor (nerfacc: its own
         stratification) turns stratified sampling on; None samples bin centres.
@@ -325,10 +337,10 @@ class VolumeRenderer(BaseModule):
         ``detail_fn`` also ``detail`` = :meth:`visible`'s ``index``, ``rays``, ``valid``,
         ``weights`` ``[N, K]`` and the second pass's per-sample values.
         """
-        samples = self.sample(origins, dirs, jitter)
+        samples = self.sample(origins, dirs, jitter, particles)
         points = samples.gather(origins) + samples.gather(dirs) * samples.t_points[..., None]
         if self.skips_empty_space and self.empty_space.occupied is not None:
-            fields = evaluate_where(field_fn, points, samples, self.empty_space.lookup(points))
+            fields = evaluate_where(field_fn, points, samples, self.empty_space.lookup(points, particles))
         else:
             fields = field_fn(points, samples)
         values = {k: v for k, v in fields.items() if k != "density" and v.ndim == 3}
