@@ -179,15 +179,19 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
         parsed["system"] = to_plain(system.cfg)
         run_ctx.prepare(parsed, argv=["launch.py", *sys.argv[1:]] if sys.argv else None, mode=args.mode)
         print(f"[scorestudio] run folder: {run_ctx.root}" + (f" ({processes} processes)" if processes > 1 else ""))
-        if processes > 1:
-            os.environ[RUN_ROOT_ENV] = str(run_ctx.root)
 
     if not args.verbose:
         quiet_lightning()
     trainer = make_trainer(exp, run_ctx, accelerator, devices, processes)
     if args.mode == "train":
-        trainer.fit(system, ckpt_path=exp.resume)
-        trainer.test(system, verbose=False)
+        if processes > 1 and not started_by_rank0:
+            os.environ[RUN_ROOT_ENV] = str(run_ctx.root)   # for the processes trainer.fit starts
+        try:
+            trainer.fit(system, ckpt_path=exp.resume)
+            trainer.test(system, verbose=False)
+        finally:
+            if not started_by_rank0:
+                os.environ.pop(RUN_ROOT_ENV, None)
     elif args.mode == "validate":
         trainer.validate(system, ckpt_path=exp.resume, verbose=False)
     elif args.mode == "test":

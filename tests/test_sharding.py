@@ -77,21 +77,26 @@ def checkpoint(tmp_path, system, tag):
 
 
 def test_image_particles_sharded_over_two_processes_equal_one_process(tmp_path, tiny):
-    steps = ["trainer.max_steps=4", "trainer.val_check_interval=2", "system.guidance.repulsion.gamma=20"]
-    run_in_one_process(launch_args(tmp_path, tiny, "image-particles-sds.yaml", "one", *steps))
-    run_in_one_process(launch_args(tmp_path, tiny, "image-particles-sds.yaml", "free", *steps[:2],
-                                   "system.guidance.repulsion.gamma=0"))
-    stdout = run_in_two_processes(launch_args(tmp_path, tiny, "image-particles-sds.yaml", "two", *steps))
+    """4 steps in one process == 2 steps in one process, resumed for 2 more over 2 processes
+    (checkpoints do not depend on the number of processes), with repulsion that matters."""
+    steps = ["trainer.val_check_interval=2", "system.guidance.repulsion.gamma=20"]
+    run_in_one_process(launch_args(tmp_path, tiny, "image-particles-sds.yaml", "one", "trainer.max_steps=4", *steps))
+    run_in_one_process(launch_args(tmp_path, tiny, "image-particles-sds.yaml", "free", "trainer.max_steps=4",
+                                   steps[0], "system.guidance.repulsion.gamma=0"))
+    run_in_one_process(launch_args(tmp_path, tiny, "image-particles-sds.yaml", "two", "trainer.max_steps=2", *steps))
+    part = tmp_path / "image-particles" / "two"
+    stdout = run_in_two_processes(launch_args(tmp_path, tiny, "image-particles-sds.yaml", "two", "trainer.max_steps=4",
+                                              *steps, f"resume={part / 'ckpts' / 'last.ckpt'}"))
     one, two = (checkpoint(tmp_path, "image-particles", tag) for tag in ("one", "two"))
+    assert two["global_step"] == 4
     free = checkpoint(tmp_path, "image-particles", "free")["state_dict"]["latents"]
     latents = one["state_dict"]["latents"]
     assert torch.allclose(two["state_dict"]["latents"], latents, atol=1e-5)
     assert (free - latents).abs().max() > 1e-3            # the repulsion (across processes) mattered
     state_one, state_two = (c["optimizer_states"][0]["state"][0] for c in (one, two))
     assert torch.allclose(state_two["exp_avg"], state_one["exp_avg"], atol=1e-5)
-    folder = tmp_path / "image-particles" / "two"
-    assert {f"particle{i}.png" for i in range(4)} <= {p.name for p in (folder / "save").iterdir()}
-    assert len((folder / "cmd.txt").read_text().splitlines()) == 1    # rank 1 wrote nothing of its own
+    assert {f"particle{i}.png" for i in range(4)} | {"it4-val.png"} <= {p.name for p in (part / "save").iterdir()}
+    assert len((part / "cmd.txt").read_text().splitlines()) == 2    # rank 1 wrote nothing of its own
     assert stdout.count("[scorestudio] run folder") == 1
 
 
