@@ -39,6 +39,8 @@ class TcnnHashGrid(nn.Module):
     """Same interface and config as ``HashGridEncoding``: points ``[K, P, 3]`` in [-1, 1] →
     features ``[K, P, L · F]`` (float32)."""
 
+    per_particle_modules = True   # one tcnn encoding (own parameters) per particle, not a stacked tensor
+
     def __init__(self, cfg, n_particles: int, seed: int) -> None:
         super().__init__()
         try:

@@ -86,7 +86,8 @@ def select_devices(gpu: Optional[str], processes: int = 1) -> tuple[str, object,
     return "gpu", ids, len(ids)
 
 
-def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devices: object, processes: int = 1):
+def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devices: object, processes: int = 1,
+                 find_unused_parameters: bool = False):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
@@ -117,7 +118,7 @@ def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devic
         from lightning.pytorch.strategies import DDPStrategy
 
         # Buffers are constants (schedules, colours): no need to broadcast them every step.
-        strategy = DDPStrategy(forward_sync_buffers=False)
+        strategy = DDPStrategy(forward_sync_buffers=False, find_unused_parameters=find_unused_parameters)
     return pl.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -182,7 +183,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
 
     if not args.verbose:
         quiet_lightning()
-    trainer = make_trainer(exp, run_ctx, accelerator, devices, processes)
+    trainer = make_trainer(exp, run_ctx, accelerator, devices, processes,
+                           getattr(system, "ddp_find_unused_parameters", False))
     if args.mode == "train":
         if processes > 1 and not started_by_rank0:
             os.environ[RUN_ROOT_ENV] = str(run_ctx.root)   # for the processes trainer.fit starts

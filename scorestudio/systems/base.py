@@ -98,6 +98,9 @@ class BaseSystem(pl.LightningModule):
                               "(sharding particles over processes: dreamfusion, image-particles)")
         particle_block(self.cfg.n_particles, 0, processes)
         self._ddp_params_and_buffers_to_ignore = [n for n, p in self.named_parameters() if not p.requires_grad]
+        # A module per particle (tiny-cuda-nn encodings) gets no gradient in the processes that do
+        # not compute that particle: DDP must then look for unused parameters at every step.
+        self.ddp_find_unused_parameters = any(getattr(m, "per_particle_modules", False) for m in self.modules())
 
     def log_scalars(self, scalars: dict[str, torch.Tensor], prog_bar=lambda key: key.startswith("loss_")) -> None:
         """Log ``train/<key>`` for every scalar but ``loss``; averaged over the processes of a
