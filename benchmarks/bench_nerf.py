@@ -25,6 +25,7 @@ alternate step by step so that a busy machine slows both alike.
     python benchmarks/bench_nerf.py --trained-geometry outputs/dreamfusion-embedded/<run>/ckpts/last.ckpt \
         --out benchmarks/results/nerf_trained.json
     python benchmarks/bench_nerf.py --device cuda --out benchmarks/results/nerf_cuda.json
+    python benchmarks/bench_nerf.py --estimators occupancy --overrides system.guidance.repulsion.on=rendered
 
 Prints a table and writes benchmarks/results/nerf.json (or ``--out``).
 """
@@ -183,6 +184,8 @@ def main() -> None:
     parser.add_argument("--estimators", nargs="+", choices=["dense", "occupancy", "nerfacc"],
                         default=["dense", "occupancy"],
                         help="sampling schemes to time (nerfacc: its occupancy grids, CUDA only)")
+    parser.add_argument("--overrides", nargs="*", default=[],
+                        help="config overrides for every configuration, e.g. system.guidance.repulsion.on=rendered")
     parser.add_argument("--out", default=str(RESULTS / "nerf.json"))
     args = parser.parse_args()
     global DEVICE
@@ -195,7 +198,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prior, probe, prior_desc = prepare_prior(args.prior, Path(tmp) / "prior")
         base = [f"system.prior.pretrained_model_name_or_path={prior}", f"system.probe_path={probe}",
-                f"system.guidance.repulsion.feature_net_path={probe}", "system.resolution_milestones=[]"]
+                f"system.guidance.repulsion.feature_net_path={probe}", "system.resolution_milestones=[]", *args.overrides]
         geometry = trained_geometry(args.trained_geometry)
         cases = []
         if "dense" in args.estimators:
@@ -229,7 +232,7 @@ def main() -> None:
     out = {"prior": prior_desc, "device": str(DEVICE) if DEVICE.type == "cpu" else torch.cuda.get_device_name(DEVICE),
            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
            "machine": platform.processor() or platform.machine(), "timed_steps": args.steps,
-           "geometry": args.trained_geometry or "initial density blobs",
+           "geometry": args.trained_geometry or "initial density blobs", "overrides": args.overrides,
            "hashgrid_cpu_settings": CPU_HASHGRID, "rows": rows}
     out_path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {out_path}")
