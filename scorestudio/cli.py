@@ -86,6 +86,17 @@ def select_devices(gpu: Optional[str], processes: int = 1) -> tuple[str, object,
     return "gpu", ids, len(ids)
 
 
+def share_cpu_threads(processes: int) -> None:
+    """Give each of the ``processes`` CPU processes its share of the cores (torch would give each
+    all of them, and 2 processes × 2 threads on 2 cores run slower than one process). The
+    processes Lightning starts inherit OMP_NUM_THREADS; a value the user set is kept."""
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devices: object, processes: int = 1,
                  find_unused_parameters: bool = False):
     import lightning.pytorch as pl
@@ -171,6 +182,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
     system = system_cls(exp.system, run=run_ctx, data=exp.data)
 
     system.prepare_sharding(processes)
+    if accelerator == "cpu" and processes > 1:
+        share_cpu_threads(processes)
     if exp.resume:
         from scorestudio.utils.checkpoint import check_checkpoint
 
