@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "absent or 'cpu' runs on the CPU")
     parser.add_argument("--processes", type=int, default=1,
                         help="on the CPU: shard the particles over this many processes (--train; "
-                             "dreamfusion, image-particles)")
+                             "image-particles, dreamfusion, text-to-svg, svg-restoration)")
     parser.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     parser.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return parser

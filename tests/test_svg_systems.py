@@ -72,7 +72,7 @@ def system_for(tmp_path, tiny, **overrides) -> TextToSvgSystem:
 
 def point_grads(system: TextToSvgSystem, step: int = 2) -> torch.Tensor:
     system.svg.points.grad = None
-    out = system.losses(step)
+    out = system.losses(step, system.local_particles())
     sum(v for k, v in out.items() if k.startswith("loss_")).backward()
     return system.svg.points.grad.clone()
 
@@ -194,7 +194,7 @@ def test_anchor_term_is_the_squared_distance_to_the_samples(tmp_path, tiny):
                             init_from_sample={"enabled": True, "ddim_steps": 3, "fit_steps": 5, "anchor_weight": weight})
         system.fit_to_samples()
         assert system.samples.abs().sum() > 0                       # the buffer holds the samples
-        out = system.losses(step=1)
+        out = system.losses(1, system.local_particles())
         if weight == 0:
             assert "loss_anchor" not in out
             continue
@@ -308,7 +308,8 @@ def test_distillation_weight_schedule_scales_the_distillation_loss(tmp_path, tin
         return SvgRestorationSystem(cfg, run=RunContext(tmp_path, seed=0), data=data)
 
     plain, scheduled = system(1.0), system([0, 2.0, 0.0, 10])
-    first, weighted = plain.losses(0), scheduled.losses(0)
+    ids = plain.local_particles()
+    first, weighted = plain.losses(0, ids), scheduled.losses(0, ids)
     assert torch.allclose(weighted["loss_dreamsampler"], 2 * first["loss_dreamsampler"])
     assert torch.allclose(weighted["loss_dc"], first["loss_dc"])
-    assert scheduled.losses(10)["loss_dreamsampler"].item() == 0.0
+    assert scheduled.losses(10, ids)["loss_dreamsampler"].item() == 0.0

@@ -232,16 +232,21 @@ class BaseGuidance(BaseModule):
         """:meth:`repulsion` of the call's noisy latents z_t (``on="clean"``: of z_0), or of the
         ``rendered`` images ``[B, 3, H, W]`` when given (``on="rendered"``)."""
         if rendered is not None:
-            return self.repulsion(call.prior, rendered.detach(), call.t, call.particle_ids, call.step, images=True)
+            return self.repulsion(call.prior, rendered.detach(), call.t, call.particle_ids, call.step, images=True,
+                                  sharded=True)
         source = call.noisy if self.cfg.repulsion.on == "noisy" else call.latents.detach()
-        return self.repulsion(call.prior, source, call.t, call.particle_ids, call.step)
+        return self.repulsion(call.prior, source, call.t, call.particle_ids, call.step, sharded=True)
 
     def repulsion(self, prior: "DiffusionPrior", source: Tensor, t: Tensor, ids: Tensor, step: int,
-                  images: bool = False) -> Optional[Tensor]:
+                  images: bool = False, sharded: bool = False) -> Optional[Tensor]:
         """γ c(t) ∇_z log Σ_j k(f(z^i), f(z^j)) for latents ``source [B, C, h, w]`` (``images``:
         images ``[B, 3, H, W]`` in [0, 1], read by the feature map without decoding) at ``t [B]`` of
         particles ``ids [B]``, or None when inactive. Added to an ε-like direction (δ of a guidance,
         ε̂ of a sampler) it moves each particle down the kernel density of the others.
+
+        ``sharded``: the batch is this process's block of a run sharded over processes (a
+        guidance call in training); the kernel then gathers the other blocks' features. A sampler
+        called with all particles in every process leaves it False.
 
         A particle's feature is the concatenation of the features of all its views in the
         batch, so B = particles × views items repel as N particles. One VJP through the
@@ -250,7 +255,7 @@ class BaseGuidance(BaseModule):
         rep = self.cfg.repulsion
         gamma = rep.gamma.at(step)
         particles = ids.unique()
-        _, processes = world()   # > 1: the particles are sharded; every process has as many
+        processes = world()[1] if sharded else 1   # > 1: every process has a block of as many particles
         if gamma == 0 or len(particles) * processes < 2:
             return None
         frac = t.float() / prior.num_train_timesteps

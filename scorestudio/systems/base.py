@@ -81,6 +81,11 @@ class BaseSystem(pl.LightningModule):
         rank, size = world()
         return particle_block(self.cfg.n_particles, rank, size).to(self.device)
 
+    def row_selection(self, particles: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """``particles`` for indexing stacked parameters, or None when they are all N in order
+        (one process has them all: no copies of selected rows)."""
+        return None if particles is None or len(particles) == self.cfg.n_particles else particles
+
     @property
     def writes_outputs(self) -> bool:
         """Only the first process of a sharded run writes pictures, metrics and exports (every
@@ -94,8 +99,8 @@ class BaseSystem(pl.LightningModule):
             return
         if not self.shardable:
             name = getattr(self, "registered_name", type(self).__name__)
-            raise ConfigError(f"the {name} system runs in one process: drop --processes / the GPU list "
-                              "(sharding particles over processes: dreamfusion, image-particles)")
+            raise ConfigError(f"the {name} system runs in one process: drop --processes / the GPU list (particles "
+                              "are sharded over processes by image-particles, dreamfusion, text-to-svg, svg-restoration)")
         particle_block(self.cfg.n_particles, 0, processes)
         self._ddp_params_and_buffers_to_ignore = [n for n, p in self.named_parameters() if not p.requires_grad]
         # A module per particle (tiny-cuda-nn encodings) gets no gradient in the processes that do

@@ -151,8 +151,7 @@ class DreamFusionSystem(DistillationSystem):
         Returns ``rgb`` ``[N·V, 3, H, W]`` plus the renderer's per-ray ``[N, V·H·W]`` and
         per-sample outputs, and the ray ``dirs`` ``[N, V·H·W, 3]``.
         """
-        if particles is not None and len(particles) == self.cfg.n_particles:
-            particles = None            # all of them, in order: no copies of the selected parameters
+        particles = self.row_selection(particles)
         n = self.cfg.n_particles if particles is None else len(particles)
         origins, dirs = get_rays(cameras, resolution, resolution)                 # [N·V, H, W, 3]
         origins, dirs = origins.reshape(n, -1, 3), dirs.reshape(n, -1, 3)

@@ -92,10 +92,14 @@ class SvgParticles(nn.Module):
         # 0 = a pruned path: fully transparent, so it neither shows nor receives gradient.
         self.register_buffer("visible", torch.ones(n_particles, p))
 
-    def scene(self) -> SvgScene:
-        """The current scenes (differentiable w.r.t. the parameters)."""
+    def scene(self, particles: Optional[Tensor] = None) -> SvgScene:
+        """The current scenes of ``particles`` (long ``[K]``; None: all N), differentiable w.r.t.
+        the parameters."""
+        def rows(x: Tensor) -> Tensor:
+            return x if particles is None else x[particles]
+
         colors = torch.cat([self.colors[..., :3], self.colors[..., 3:] * self.visible[..., None]], -1)
-        return SvgScene(self.points, colors, self.canvas, self.canvas, background=self.background)
+        return SvgScene(rows(self.points), rows(colors), self.canvas, self.canvas, background=rows(self.background))
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -191,7 +195,9 @@ def augment(images: Tensor, particle_ids: Tensor, step: int, seed: int, cfg: Aug
 class SvgDistillationSystem(DistillationSystem):
     """What both SVG systems share: particles, optimiser and lr schedule, colour clamping, the Xing
     loss, augmentation, frames, and the per-particle SVG/PNG outputs. Subclasses call
-    :meth:`build_svg` in ``configure`` and implement :meth:`losses`."""
+    :meth:`build_svg` in ``configure`` and implement :meth:`losses` for ``local_particles()``."""
+
+    shardable = True
 
     @dataclass
     class Config(DistillationSystem.Config):
@@ -211,24 +217,19 @@ class SvgDistillationSystem(DistillationSystem):
             raise ConfigError(f"system.frame_every={self.cfg.frame_every} must be ≥ 1")
         self.svg = SvgParticles(self.cfg.paths, self.cfg.n_particles, canvas, self.seed)
 
-    def losses(self, step: int) -> dict[str, Tensor]:
-        """Named losses (``loss_*`` are summed) and scalars to log at ``step``; also ``"images"``,
-        the renderings ``[N, 3, H, W]`` before the update."""
+    def losses(self, step: int, ids: Tensor) -> dict[str, Tensor]:
+        """Named losses (``loss_*`` are summed) and scalars to log at ``step`` for the particles
+        ``ids`` (long ``[K]``); also ``"images"``, their renderings ``[K, 3, H, W]`` before the update."""
         raise NotImplementedError
 
     # ---- pieces -------------------------------------------------------------------------------
-    @property
-    def particle_ids(self) -> Tensor:
-        return torch.arange(self.cfg.n_particles, device=self.svg.points.device)
-
-    def render(self) -> tuple[SvgScene, Tensor]:
-        """(scene, renderings ``[N, 3, canvas, canvas]`` in [0, 1])."""
-        scene = self.svg.scene()
+    def render(self, particles: Optional[Tensor] = None) -> tuple[SvgScene, Tensor]:
+        """(scene, renderings ``[K, 3, canvas, canvas]`` in [0, 1]) of ``particles`` (None: all N)."""
+        scene = self.svg.scene(self.row_selection(particles))
         return scene, render(scene, self.cfg.renderer)
 
-    def distillation(self, images: Tensor, step: int) -> dict[str, Tensor]:
-        """Guidance losses of the (optionally augmented) renderings."""
-        ids = self.particle_ids
+    def distillation(self, images: Tensor, step: int, ids: Tensor) -> dict[str, Tensor]:
+        """Guidance losses of the (optionally augmented) renderings ``images`` of the particles ``ids``."""
         if self.cfg.augment.enabled:
             images = augment(images, ids, step, self.seed, self.cfg.augment)
         prompts = self.prompt_processor(self.prior, batch_size=len(ids))
@@ -240,9 +241,13 @@ class SvgDistillationSystem(DistillationSystem):
     # ---- Lightning ----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         step = self.global_step
-        out = self.losses(step)
+        ids = self.local_particles()
+        out = self.losses(step, ids)
         images = out.pop("images")
-        if step % self.cfg.frame_every == 0:
+        if step % self.cfg.frame_every == 0 and self.writes_outputs:
+            if len(ids) < self.cfg.n_particles:     # sharded: the frame shows every particle
+                with torch.no_grad():
+                    images = self.render()[1]
             self.save_frame(images, step)
         loss = sum(v for k, v in out.items() if k.startswith("loss_"))
         self.log_scalars(out)
@@ -277,7 +282,8 @@ class SvgDistillationSystem(DistillationSystem):
     def validation_step(self, batch, batch_idx):
         from scorestudio.utils.images import save_grid
 
-        save_grid(self.render()[1], self.save_path(f"it{self.global_step}-val.png"))
+        if self.writes_outputs:
+            save_grid(self.render()[1], self.save_path(f"it{self.global_step}-val.png"))
 
     # ---- outputs ------------------------------------------------------------------------------
     def save_frame(self, images: Tensor, step: int) -> None:
@@ -429,12 +435,15 @@ class TextToSvgSystem(SvgDistillationSystem):
                              align_corners=False).clamp(0, 1)
 
     def fit_to_samples(self) -> None:
+        """Every process fits all particles, identically (their samples come from per-particle
+        streams), so a sharded run starts where a one-process run does."""
         from scorestudio.utils.images import save_grid
 
         init = self.cfg.init_from_sample
         samples = self.prompt_samples()
         self.samples.copy_(samples)
-        save_grid(samples, self.save_path("init_samples.png"))
+        if self.writes_outputs:
+            save_grid(samples, self.save_path("init_samples.png"))
         with torch.enable_grad():
             fit_to_images(self.svg, samples, init.fit_steps, init.fit_lr, self.cfg.lr.color_ratio,
                           self.cfg.renderer, self.cfg.xing_weight)
@@ -442,20 +451,23 @@ class TextToSvgSystem(SvgDistillationSystem):
             prune_paths(self.svg, samples, self.cfg.renderer, init.prune_tolerance)
         with torch.no_grad():
             mse = fit_error(self.svg.scene(), samples, self.cfg.renderer)
-        self.save_metrics({"init_fit_psnr": [round(float(-10 * torch.log10(m)), 2) for m in mse.clamp_min(1e-10)],
-                           "init_visible_paths": self.svg.visible.sum(1).int().tolist()})
+        if self.writes_outputs:
+            self.save_metrics({"init_fit_psnr": [round(float(-10 * torch.log10(m)), 2) for m in mse.clamp_min(1e-10)],
+                               "init_visible_paths": self.svg.visible.sum(1).int().tolist()})
 
-    def losses(self, step: int) -> dict[str, Tensor]:
-        scene, images = self.render()
-        out = {**self.distillation(images, step), **self.regularisers(scene), "images": images}
+    def losses(self, step: int, ids: Tensor) -> dict[str, Tensor]:
+        scene, images = self.render(ids)
+        out = {**self.distillation(images, step, ids), **self.regularisers(scene), "images": images}
         weight = self.cfg.init_from_sample.anchor_weight
         if self.cfg.init_from_sample.enabled and weight:
-            out["loss_anchor"] = weight * (images - self.samples).pow(2).flatten(1).sum(1).mean()
+            out["loss_anchor"] = weight * (images - self.samples[ids]).pow(2).flatten(1).sum(1).mean()
         return out
 
     def test_step(self, batch, batch_idx):
         from scorestudio.metrics.attributes import probe_report
 
+        if not self.writes_outputs:
+            return
         images = self.save_particles()
         metrics = {"step": int(self.global_step)}
         probe = load_probe_or_warn(self.cfg.probe_path)
@@ -630,18 +642,20 @@ class SvgRestorationSystem(SvgDistillationSystem):
         residual = self.y - self.operator(2 * images - 1)
         return self.cfg.lambda_dc * residual.pow(2).flatten(1).sum(1).mean()
 
-    def losses(self, step: int) -> dict[str, Tensor]:
-        scene, images = self.render()
+    def losses(self, step: int, ids: Tensor) -> dict[str, Tensor]:
+        scene, images = self.render(ids)
         out = {"loss_dc": self.data_term(images), **self.regularisers(scene), "images": images}
         if self.cfg.distillation:
             weight = self.cfg.distillation_weight.at(step)
             out.update({k: weight * v if k.startswith("loss_") else v
-                        for k, v in self.distillation(images, step).items()})
+                        for k, v in self.distillation(images, step, ids).items()})
         return out
 
     def test_step(self, batch, batch_idx):
         from scorestudio.utils.images import save_grid, save_image
 
+        if not self.writes_outputs:
+            return
         images = self.save_particles()
         problem = self.problem
         save_image(((self.y[0] + 1) / 2).clamp(0, 1), self.save_path("measurement.png"))
