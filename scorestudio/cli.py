@@ -196,8 +196,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
 
     if not args.verbose:
         quiet_lightning()
-    trainer = make_trainer(exp, run_ctx, accelerator, devices, processes,
-                           getattr(system, "ddp_find_unused_parameters", False))
+    trainer = make_trainer(exp, run_ctx, accelerator, devices, processes, system.ddp_find_unused_parameters)
     if args.mode == "train":
         if processes > 1 and not started_by_rank0:
             os.environ[RUN_ROOT_ENV] = str(run_ctx.root)   # for the processes trainer.fit starts

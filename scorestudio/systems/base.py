@@ -74,6 +74,7 @@ class BaseSystem(pl.LightningModule):
 
     # ---- particles sharded over processes (utils.distributed) -----------------------------
     shardable = False   # True in systems whose training step computes only local_particles()
+    ddp_find_unused_parameters = False   # set by prepare_sharding (a module per particle)
 
     def local_particles(self) -> torch.Tensor:
         """Long ``[n]``: the particles this process trains: all N, or its block of N / W when

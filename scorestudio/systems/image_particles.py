@@ -77,7 +77,9 @@ class ImageParticlesSystem(DistillationSystem):
         ``step``; ``"loss"`` is what to minimise."""
         ids = self.local_particles()
         prompts = self.prompt_batch().index(ids)
-        out = self.guidance(self.prior, self.latents[ids], prompts, ids, step, seed=self.seed)
+        rows = self.row_selection(ids)
+        latents = self.latents if rows is None else self.latents[rows]
+        out = self.guidance(self.prior, latents, prompts, ids, step, seed=self.seed)
         out["loss"] = sum(v for k, v in out.items() if k.startswith("loss_"))
         return out
 

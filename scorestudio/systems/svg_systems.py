@@ -245,7 +245,7 @@ class SvgDistillationSystem(DistillationSystem):
         out = self.losses(step, ids)
         images = out.pop("images")
         if step % self.cfg.frame_every == 0 and self.writes_outputs:
-            if len(ids) < self.cfg.n_particles:     # sharded: the frame shows every particle
+            if self.row_selection(ids) is not None:     # sharded: the frame shows every particle
                 with torch.no_grad():
                     images = self.render()[1]
             self.save_frame(images, step)
