@@ -41,10 +41,8 @@ from scorestudio.guidance.manifold_corrective import (FOLDER_NAME, CorrectiveCon
 from scorestudio.priors.train import (EMA, WORK_DIR, LatentCache, StageRun, add_run_arguments, epoch_batch,  # noqa: E402
                                       image_cache, latent_cache, prepare_run, repo_relative, seeded_init,
                                       train_loop)
-from scorestudio.utils.cli_args import positive_int  # noqa: E402
-from scorestudio.utils.config import ConfigError  # noqa: E402
+from scorestudio.utils.cli_args import build_prior, positive_int  # noqa: E402
 from scorestudio.utils.io import atomic_open, write_json  # noqa: E402
-from scorestudio.utils.registry import RegistryError, find  # noqa: E402
 from scorestudio.utils.seeding import generator  # noqa: E402
 
 EMBEDDED_WEIGHTS = Path(__file__).resolve().parents[1] / "priors" / "weights" / "embedded"
@@ -62,10 +60,8 @@ T_BINS = 5                  # held-out L_k also reported per fifth of [t_lo, t_h
 def load_prior(args: argparse.Namespace):
     """The prior named by ``--prior-type`` / ``--prior-path``; missing weights or an unknown type end
     the command with one message (the prior's own errors name the launch.py setting)."""
-    try:
-        return find(args.prior_type, kind="priors")({"pretrained_model_name_or_path": str(args.prior_path)})
-    except (ConfigError, RegistryError) as err:
-        raise SystemExit(f"error: {err}\n(this command takes the prior as --prior-type NAME --prior-path FOLDER)") from None
+    return build_prior(args.prior_type, {"pretrained_model_name_or_path": str(args.prior_path)},
+                       "this command takes the prior as --prior-type NAME --prior-path FOLDER")
 
 
 def add_trainer_arguments(p: argparse.ArgumentParser, shipped: Path, out_help: str, work_dir: Path, work_help: str,

@@ -83,7 +83,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     from scorestudio.guidance.nfsd import NFSD_NEGATIVE_PROMPT
     from omegaconf import OmegaConf
 
-    from scorestudio.utils.registry import RegistryError, find
+    from scorestudio.utils.cli_args import build_prior
 
     parser = argparse.ArgumentParser(description="Precompute a prior's text embeddings into one file.")
     parser.add_argument("--out", required=True, help="output file (.pt)")
@@ -105,11 +105,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         prompts += dataset_captions()
     prompts = list(dict.fromkeys(prompts))
     prior_cfg = {**OmegaConf.to_container(OmegaConf.from_dotlist(args.prior_arg)), "text_embeddings": None}
-    try:
-        prior = find(args.prior, kind="priors")(prior_cfg)
-    except (ConfigError, RegistryError) as err:   # the messages name system.prior.KEY: here --prior-arg KEY=…
-        parser.error(f"{err}\n(this command takes the prior's settings as --prior-arg KEY=VALUE, "
-                     "e.g. --prior-arg pretrained_model_name_or_path=DIR)")
+    prior = build_prior(args.prior, prior_cfg, "this command takes the prior's settings as --prior-arg KEY=VALUE, "
+                                               "e.g. --prior-arg pretrained_model_name_or_path=DIR")
     embeddings = {}
     for start in range(0, len(prompts), 64):
         chunk = prompts[start:start + 64]
