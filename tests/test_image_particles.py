@@ -17,7 +17,8 @@ def launch(tmp_path, tiny, method, *overrides, tag="run"):
     argv = ["--config", str(ROOT / "configs" / f"image-particles-{method}.yaml"), "--train",
             f"exp_root_dir={tmp_path}", f"tag={tag}", "use_timestamp=false", "trainer.enable_progress_bar=false",
             f"system.prior.pretrained_model_name_or_path={prior}", f"system.probe_path={probe}",
-            "system.n_particles=3", "trainer.val_check_interval=2", *overrides]
+            "system.n_particles=3", "trainer.val_check_interval=2",
+            "system.guidance.repulsion.features=probe", *overrides]   # the shipped latent probe reads the embedded prior only
     args, extra = parse_args(argv)
     return run(args, extra)
 

@@ -55,7 +55,8 @@ def launch_args(tmp_path, tiny, config, tag, *overrides):
     return ["--config", str(ROOT / "configs" / config), "--train", f"exp_root_dir={tmp_path}", f"tag={tag}",
             "use_timestamp=false", "trainer.enable_progress_bar=false",
             f"system.prior.pretrained_model_name_or_path={prior}", f"system.probe_path={probe}",
-            f"system.guidance.repulsion.feature_net_path={probe}", "system.n_particles=4", *overrides]
+            "system.guidance.repulsion.features=probe", f"system.guidance.repulsion.feature_net_path={probe}",
+            "system.n_particles=4", *overrides]
 
 
 def run_in_one_process(argv):
