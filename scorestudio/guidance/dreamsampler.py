@@ -42,7 +42,7 @@ from torch import Tensor
 
 from scorestudio.guidance.base import BaseGuidance, GuidanceCall
 from scorestudio.utils.config import ConfigError, ScheduledFloat, schedulable
-from scorestudio.utils.distributed import gather_rows, world
+from scorestudio.utils.distributed import gather_rows
 from scorestudio.utils.registry import register
 
 if TYPE_CHECKING:
@@ -129,10 +129,10 @@ class DreamSamplerGuidance(BaseGuidance):
     def remember(self, particle_ids: Tensor, eps: Tensor) -> None:
         """Store ``eps [B, C, h, w]`` as the items' previous estimate (growing the buffers). In a
         run sharded over processes every process stores every particle's estimate, as it holds
-        every particle's parameters, so that any process's checkpoint resumes all of them."""
-        if world()[1] > 1:
-            particle_ids, _ = gather_rows(particle_ids.to(eps.device))
-            eps, _ = gather_rows(eps)
+        every particle's parameters, so that any process's checkpoint resumes all of them
+        (:func:`gather_rows` returns the rows themselves in a run of one process)."""
+        particle_ids, _ = gather_rows(particle_ids.to(eps.device))
+        eps, _ = gather_rows(eps)
         p, k = self.state_index(particle_ids)
         rows, cols = int(p.max()) + 1, int(k.max()) + 1
         old_rows, old_cols = self.prev_valid.shape

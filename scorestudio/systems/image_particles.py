@@ -27,6 +27,7 @@ from scorestudio.utils.registry import register
 @register("image-particles")
 class ImageParticlesSystem(DistillationSystem):
     shardable = True
+
     @dataclass
     class Config(DistillationSystem.Config):
         n_particles: int = 8
