@@ -19,7 +19,7 @@ from scorestudio.data.cameras import CameraDistribution, cameras_from_angles, ge
 from scorestudio.export.mesh import ExportConfig, extract_meshes, mesh_report, save_mesh  # noqa: E402
 from scorestudio.renderers.nerf import ParticleGeometry, VolumeRenderer  # noqa: E402
 from scorestudio.renderers.nerf.encodings import GridTotalVariation  # noqa: E402
-from scorestudio.renderers.nerf.volume import ray_sphere_interval  # noqa: E402
+from scorestudio.renderers.nerf.volume import pack, ray_sphere_interval  # noqa: E402
 from scorestudio.systems.dreamfusion import EMPTY_SPACE_KEY, DreamFusionSystem, particle_cameras  # noqa: E402
 from scorestudio.utils.config import ConfigError  # noqa: E402
 from scorestudio.utils.run import RunContext  # noqa: E402
@@ -128,6 +128,19 @@ def test_empty_space_skipping_renders_and_differentiates_like_dense_sampling():
     evaluated.clear()
     renderer(field_fn, origins, dirs)
     assert evaluated[0] == dense[3]
+
+
+def test_pack_lists_each_rows_kept_entries_in_order():
+    keep = torch.rand(5, 300, generator=torch.Generator().manual_seed(0)) < torch.tensor([0.0, 0.05, 0.3, 0.9, 1.0])[:, None]
+    index, valid = pack(keep)
+    counts = [int(row.sum()) for row in keep]
+    assert index.shape == valid.shape == (5, max(counts))
+    for row, count, idx, ok in zip(keep, counts, index, valid):
+        assert idx[:count].tolist() == row.nonzero()[:, 0].tolist()        # kept entries, in order
+        assert ok.tolist() == [True] * count + [False] * (len(ok) - count)
+        assert ((idx >= 0) & (idx < 300)).all()                             # padding indexes a real entry
+    index, valid = pack(torch.zeros(2, 7, dtype=torch.bool))               # nothing kept: one padding column
+    assert index.shape == (2, 1) and not valid.any()
 
 
 @pytest.mark.parametrize("bad, match", [({"estimator": "occupied"}, "estimator='occupied': use one of auto, dense, occupancy, nerfacc"),
