@@ -18,7 +18,7 @@ from scorestudio.cli import parse_args, run  # noqa: E402
 from scorestudio.data.cameras import CameraDistribution, cameras_from_angles, get_rays  # noqa: E402
 from scorestudio.export.mesh import ExportConfig, extract_meshes, mesh_report, save_mesh  # noqa: E402
 from scorestudio.renderers.nerf import ParticleGeometry, VolumeRenderer  # noqa: E402
-from scorestudio.renderers.nerf.encodings import GridTotalVariation  # noqa: E402
+from scorestudio.renderers.nerf.encodings import GridTotalVariation, sample_grid  # noqa: E402
 from scorestudio.renderers.nerf.volume import pack, ray_sphere_interval  # noqa: E402
 from scorestudio.systems.dreamfusion import EMPTY_SPACE_KEY, DreamFusionSystem, particle_cameras  # noqa: E402
 from scorestudio.utils.config import ConfigError  # noqa: E402
@@ -128,6 +128,23 @@ def test_empty_space_skipping_renders_and_differentiates_like_dense_sampling():
     evaluated.clear()
     renderer(field_fn, origins, dirs)
     assert evaluated[0] == dense[3]
+
+
+@pytest.mark.parametrize("items", [1, 2, 3, 11, 20])
+def test_grid_sampled_in_several_batch_items_equals_one_grid_sample(items):
+    """sample_grid cuts each particle's points into batch items (to use every CPU thread): same
+    features and grid gradients as one trilinear grid_sample, whatever the cut and the padding."""
+    gen = torch.Generator().manual_seed(0)
+    grid = torch.randn(2, 3, 5, 6, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    x = torch.rand(2, 11, 3, dtype=torch.float64, generator=gen) * 2.2 - 1.1      # some beyond the border
+    weights = torch.randn(2, 11, 3, dtype=torch.float64, generator=gen)
+    ref = torch.nn.functional.grid_sample(grid, x.view(2, 11, 1, 1, 3), align_corners=True,
+                                          padding_mode="border").view(2, 3, 11).transpose(1, 2)
+    out = sample_grid(grid, x, items)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    grad_ref, = torch.autograd.grad((ref * weights).sum(), grid)
+    grad, = torch.autograd.grad((out * weights).sum(), grid)
+    torch.testing.assert_close(grad, grad_ref, rtol=0, atol=1e-12)
 
 
 def test_pack_lists_each_rows_kept_entries_in_order():

@@ -64,15 +64,33 @@ class GridEncoding(nn.Module):
 
     def forward(self, x: Tensor, particles: Optional[Tensor] = None) -> Tensor:
         """Points ``[K, P, 3]`` in [-1, 1] → features ``[K, P, C]`` (x indexes the last grid axis)."""
-        grid = select_particles(self.grid, particles)
-        k, p, _ = x.shape
-        out = F.grid_sample(grid, x.view(k, p, 1, 1, 3), mode="bilinear", padding_mode="border",
-                            align_corners=True)                       # [K, C, P, 1, 1]
-        return out.view(k, -1, p).transpose(1, 2)
+        return sample_grid(select_particles(self.grid, particles), x)
 
     def tv_loss(self) -> Tensor:
         """Total variation per particle ``[N]``: mean |difference| of neighbouring voxels."""
         return GridTotalVariation.apply(self.grid)
+
+
+def sample_grid(grid: Tensor, x: Tensor, items: Optional[int] = None) -> Tensor:
+    """Trilinear features ``[K, P, C]`` of volumes ``grid`` ``[K, C, R, R, R]`` at points ``x``
+    ``[K, P, 3]`` in [-1, 1] (x indexes the last axis), borders clamped.
+
+    PyTorch's CPU ``grid_sample`` (5-D, forward and backward) spreads over threads by batch item
+    only, so a single particle would use one core. On the CPU each particle's points are therefore
+    cut into ``items`` batch items (default: enough for every thread; 1 on other devices) that read
+    the same volume: one particle's 49k points, forward + backward on 2 threads, 54-85 → 28-48 ms.
+    """
+    k, p, _ = x.shape
+    if items is None:
+        items = max(1, torch.get_num_threads() // k) if x.device.type == "cpu" else 1
+    items = max(1, min(items, p))
+    per_item = -(-p // items)
+    x = F.pad(x, (0, 0, 0, per_item * items - p))                      # [K, items · per_item, 3]
+    volumes = grid[:, None].expand(k, items, *grid.shape[1:]).flatten(0, 1)   # a view when K = 1
+    out = F.grid_sample(volumes, x.view(k * items, per_item, 1, 1, 3), mode="bilinear",
+                        padding_mode="border", align_corners=True)       # [K · items, C, per_item, 1, 1]
+    out = out.view(k, items, -1, per_item).transpose(2, 3)             # [K, items, per_item, C]
+    return out.flatten(1, 2)[:, :p]
 
 
 class GridTotalVariation(torch.autograd.Function):
