@@ -17,8 +17,7 @@ start from blobs).
 
 The prior is the trained embedded prior when it is installed; otherwise a randomly initialised
 prior of the same architecture (the same cost per step; pass --prior tiny for the unit-test size).
-On the CPU it reuses freed memory as ``launch.py`` does (``scorestudio.utils.allocator``;
-``--glibc-malloc`` keeps glibc's settings). Times are medians over the timed steps; the 4-particle run and the 4 single-particle runs
+Times are medians over the timed steps; the 4-particle run and the 4 single-particle runs
 alternate step by step so that a busy machine slows both alike.
 
     python benchmarks/bench_nerf.py                 # all rows, 3 timed steps each
@@ -49,7 +48,6 @@ import sharding  # noqa: E402
 import torch  # noqa: E402
 
 from scorestudio.systems.dreamfusion import DreamFusionSystem  # noqa: E402
-from scorestudio.utils.allocator import reuse_freed_memory  # noqa: E402
 from scorestudio.utils.config import load_config  # noqa: E402
 from scorestudio.utils.run import RunContext  # noqa: E402
 
@@ -188,8 +186,6 @@ def main() -> None:
                         help="sampling schemes to time (nerfacc: its occupancy grids, CUDA only)")
     parser.add_argument("--overrides", nargs="*", default=[],
                         help="config overrides for every configuration, e.g. system.guidance.repulsion.on=rendered")
-    parser.add_argument("--glibc-malloc", action="store_true",
-                        help="keep glibc's malloc settings (default: reuse freed memory, as launch.py does on the CPU)")
     parser.add_argument("--out", default=str(RESULTS / "nerf.json"))
     args = parser.parse_args()
     global DEVICE
@@ -198,7 +194,6 @@ def main() -> None:
         raise SystemExit("--estimators nerfacc needs --device cuda (nerfacc's occupancy grids are CUDA kernels)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    reused = DEVICE.type == "cpu" and not args.glibc_malloc and reuse_freed_memory()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         prior, probe, prior_desc = prepare_prior(args.prior, Path(tmp) / "prior")
@@ -238,7 +233,6 @@ def main() -> None:
            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
            "machine": platform.processor() or platform.machine(), "timed_steps": args.steps,
            "geometry": args.trained_geometry or "initial density blobs", "overrides": args.overrides,
-           "malloc_reuses_freed_memory": reused,
            "hashgrid_cpu_settings": CPU_HASHGRID, "rows": rows}
     out_path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {out_path}")

@@ -20,7 +20,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-from scorestudio.utils.allocator import reuse_freed_memory
 from scorestudio.utils.config import ConfigError, load_config, parse_structured, to_plain
 from scorestudio.utils.distributed import RUN_ROOT_ENV
 from scorestudio.utils.registry import RegistryError, find
@@ -168,8 +167,6 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
     if args.mode in ("test", "export", "validate") and not exp.resume:
         raise ConfigError(f"--{args.mode} needs a checkpoint: add resume=path/to/ckpts/last.ckpt")
     accelerator, devices, processes = select_devices(args.gpu, args.processes)
-    if accelerator == "cpu":
-        reuse_freed_memory()
     if processes > 1 and args.mode != "train":
         raise ConfigError(f"--{args.mode} runs in one process: drop --processes / the GPU list")
     system_cls = find(exp.system_type, kind="systems")
