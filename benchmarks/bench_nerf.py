@@ -27,7 +27,8 @@ alternate step by step so that a busy machine slows both alike.
     python benchmarks/bench_nerf.py --device cuda --out benchmarks/results/nerf_cuda.json
     python benchmarks/bench_nerf.py --estimators occupancy --overrides system.guidance.repulsion.on=rendered
 
-Prints a table and writes benchmarks/results/nerf.json (or ``--out``).
+Prints a table and writes benchmarks/results/nerf.json (or ``--out``) and a bar chart of the phases
+(the same name, .png).
 """
 
 from __future__ import annotations
@@ -173,6 +174,44 @@ def measure(overrides: list[str], steps: int, workdir: Path, geometry: Optional[
     return {name: median_of(r) for name, r in rows.items()}
 
 
+def plot(rows: list[dict], title: str, path: Path) -> None:
+    """Stacked phase times per configuration: one particle, 4 batched, 4 batched with repulsion;
+    the sum of 4 single-particle steps as a line and half of it (issue 5's target) dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [r for r in rows if r["particles"] == 1]
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * len(cases)), 4.2))
+    colors = dict(zip(PHASES, ("tab:blue", "tab:orange", "tab:green", "tab:gray")))
+    width = 0.26
+    for i, single in enumerate(cases):
+        key = {k: single[k] for k in ("encoding", "resolution", "shading", "estimator")}
+        batched = [r for r in rows if r["particles"] == 4 and all(r[k] == v for k, v in key.items())]
+        bars = [single] + sorted(batched, key=lambda r: r["repulsion"])
+        for j, row in enumerate(bars):
+            bottom = 0.0
+            for phase in PHASES:
+                ax.bar(i + (j - 1) * width, row[phase], width * 0.9, bottom=bottom, color=colors[phase],
+                       label=phase if i == 0 and j == 0 else None)
+                bottom += row[phase]
+        if batched:
+            seq = batched[0]["sequential_total"]
+            ax.hlines(seq, i - 1.6 * width, i + 1.6 * width, color="k", label="4 single-particle steps" if i == 0 else None)
+            ax.hlines(seq / 2, i - 1.6 * width, i + 1.6 * width, color="k", linestyles="--",
+                      label="half of that (target)" if i == 0 else None)
+    ax.set_xticks(range(len(cases)), [f"{c['encoding']} {c['resolution']}²\n{c['estimator']}, {c['shading']}\n"
+                                      "1 | 4 | 4 + rep." for c in cases], fontsize=8)
+    ax.set_ylabel("seconds per step")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
@@ -235,7 +274,8 @@ def main() -> None:
            "geometry": args.trained_geometry or "initial density blobs", "overrides": args.overrides,
            "hashgrid_cpu_settings": CPU_HASHGRID, "rows": rows}
     out_path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {out_path}")
+    plot(rows, f"{out['device']}, {prior_desc}, {out['geometry']}", out_path.with_suffix(".png"))
+    print(f"wrote {out_path} and {out_path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
