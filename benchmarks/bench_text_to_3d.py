@@ -16,7 +16,8 @@ repulsion) through ``launch.py``'s ``run`` and reads the probe metrics of the te
         --work-dir outputs/t3d-textureless      # a variant over seeds (here threestudio's shading mix)
     python benchmarks/bench_text_to_3d.py --device cuda --shard 0/4 --out /tmp/t0.json   # see sharding.py
 
-Writes ``benchmarks/results/text_to_3d.json`` (arguments, summary, per-run rows) and ``text_to_3d.md``.
+Writes ``benchmarks/results/text_to_3d.json`` (arguments, summary, per-run rows), ``text_to_3d.md`` and
+``text_to_3d_particles.png`` (the first orbit frame of every run whose folder is on this machine).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import sharding
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = "dreamfusion-embedded.yaml"
+RUN_NAME = "dreamfusion-embedded"        # the config's name: runs are in <work dir>/<name>/<tag>
 QUALITY_PROMPTS = ("a red cube", "a blue sphere")
 
 
@@ -43,6 +45,11 @@ def jobs(args: argparse.Namespace) -> list[tuple]:
     return out
 
 
+def run_tag(kind: str, prompt: str, value, seed: int) -> str:
+    """The tag (run folder name) of a job; ``value``: γ for a diversity run, unused for quality."""
+    return f"{kind}-{prompt.replace(' ', '_')}-{value if kind == 'diversity' else ''}-seed{seed}"
+
+
 def run_job(job: tuple, args: argparse.Namespace) -> dict:
     kind, value, seed = job
     prompt = value if kind == "quality" else "a cube"
@@ -52,8 +59,7 @@ def run_job(job: tuple, args: argparse.Namespace) -> dict:
     gamma = value if kind == "diversity" else args.quality_gamma   # None: the config's γ
     if gamma is not None:
         overrides.append(f"system.guidance.repulsion.gamma={gamma}")
-    tag = f"{kind}-{prompt.replace(' ', '_')}-{value if kind == 'diversity' else ''}-seed{seed}"
-    metrics = sharding.launch(CONFIG, args, tag, *overrides)
+    metrics = sharding.launch(CONFIG, args, run_tag(kind, prompt, value, seed), *overrides)
     n = sum(1 for k in metrics if k.endswith("/shape_fraction"))
     row = {"kind": kind, "prompt": prompt, "seed": seed, "gamma": gamma,
            "time_s": metrics["time_s"], "diversity": metrics.get("diversity"),
@@ -114,6 +120,38 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def orbit_sheet(rows: list[dict], work_dir: Path, path: Path) -> int:
+    """One picture of the runs: per run (a line, labelled with its prompt, γ and seed) the first
+    frame of its test orbit, particles side by side (``all.gif``). Runs whose folders are not on
+    this machine (shards merged from elsewhere) are left out; returns how many are shown."""
+    import imageio.v3 as iio
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = []
+    for row in rows:
+        value = row["gamma"] if row["kind"] == "diversity" else None
+        save = work_dir / RUN_NAME / run_tag(row["kind"], row["prompt"], value, row["seed"]) / "save"
+        gifs = sorted(save.glob("it*-test/all.gif"), key=lambda f: int(f.parent.name[2:].split("-")[0]))
+        if gifs:
+            label = f"{row['prompt']}, γ {row['gamma']:g}" if row["gamma"] is not None else row["prompt"]
+            found.append((f"{label}, seed {row['seed']}", iio.imread(gifs[-1], index=0)))
+    if not found:
+        return 0
+    height, width = found[0][1].shape[:2]
+    fig, axes = plt.subplots(len(found), 1, figsize=(2.2 * width / height, 1.9 * len(found)), squeeze=False)
+    for ax, (label, frame) in zip(axes[:, 0], found):
+        ax.imshow(frame)
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return len(found)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
@@ -137,8 +175,11 @@ def main() -> None:
     out.write_text(json.dumps({"args": vars(args), "summary": summary, "rows": rows}, indent=2))
     table = markdown(summary)
     out.with_suffix(".md").write_text(table)
+    sheet = out.with_name(out.stem + "_particles.png")
+    shown = orbit_sheet(rows, Path(args.work_dir), sheet)
     print("\n" + table)
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    print(f"wrote {out} and {out.with_suffix('.md')}"
+          + (f", and {sheet} ({shown} of {len(rows)} runs)" if shown else " (no run folders here for a picture)"))
 
 
 if __name__ == "__main__":
