@@ -92,7 +92,8 @@ def sample_grid(grid: Tensor, x: Tensor, items: Optional[int] = None) -> Tensor:
         items = min(torch.get_num_threads() // k, p // MIN_POINTS_PER_ITEM) if x.device.type == "cpu" else 1
     items = max(1, min(items, p))
     per_item = -(-p // items)
-    x = F.pad(x, (0, 0, 0, per_item * items - p))                      # [K, items · per_item, 3]
+    if per_item * items != p:
+        x = F.pad(x, (0, 0, 0, per_item * items - p))                  # [K, items · per_item, 3]
     volumes = grid[:, None].expand(k, items, *grid.shape[1:]).flatten(0, 1)   # a view when K = 1
     out = F.grid_sample(volumes, x.view(k * items, per_item, 1, 1, 3), mode="bilinear",
                         padding_mode="border", align_corners=True)       # [K · items, C, per_item, 1, 1]
