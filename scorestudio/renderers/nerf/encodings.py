@@ -8,7 +8,7 @@ so gradients never cross particles.
   (trilinear, batched over particles). The CPU default; has a total-variation regulariser.
 - ``hashgrid``: the multiresolution hash encoding of Instant-NGP (Müller et al. 2022), tables
   ``[N, T, F]`` per level, vectorised in PyTorch; on CUDA with tiny-cuda-nn installed (``backend: auto``
-  or ``tcnn``) the fused kernels of ``extern/tcnn_backend.py`` run instead, same config keys.
+  or ``tcnn``) the fused kernels of :mod:`~scorestudio.renderers.nerf.tcnn_backend` run instead, same config keys.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scorestudio.renderers.nerf.tcnn_backend import TcnnHashGrid, tcnn_available
 from scorestudio.utils.config import ConfigError, did_you_mean
 from scorestudio.utils.seeding import generator
 
@@ -204,12 +205,6 @@ def build_encoding(kind: str, grid: GridConfig, hashgrid: HashGridConfig, n_part
         raise ConfigError(f"{key}.hashgrid.backend={backend!r}: use 'auto', 'torch' or 'tcnn'")
     if backend == "torch":
         return HashGridEncoding(hashgrid, n_particles, seed)
-    try:
-        from extern import tcnn_backend
-    except ImportError:   # extern/ is not on the path (an installed package run outside the repository)
-        tcnn_backend = None
-    if backend == "tcnn" or (tcnn_backend is not None and tcnn_backend.tcnn_available()):
-        if tcnn_backend is None:
-            raise ConfigError(f"{key}.hashgrid.backend=tcnn needs extern/tcnn_backend.py: run from the repository root")
-        return tcnn_backend.TcnnHashGrid(hashgrid, n_particles, seed)
+    if backend == "tcnn" or tcnn_available():
+        return TcnnHashGrid(hashgrid, n_particles, seed)
     return HashGridEncoding(hashgrid, n_particles, seed)

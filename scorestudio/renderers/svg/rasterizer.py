@@ -1,7 +1,7 @@
 """A differentiable, vectorised PyTorch rasterizer for :class:`SvgScene` (fills only).
 
 Hand-written because no differentiable vector rasterizer is pip-installable (diffvg must be built
-from source; ``extern/pydiffvg_backend.py`` uses it when you have it). ``tests/test_svg.py``
+from source; :mod:`~scorestudio.renderers.svg.pydiffvg_backend` uses it when you have it). ``tests/test_svg.py``
 checks it against resvg. The pipeline, for the N scenes of a batch at once:
 
 1. **Flatten** each cubic into K line edges with a Bernstein matrix (differentiable). K is fixed
@@ -41,6 +41,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from scorestudio.renderers.svg.pydiffvg_backend import render as render_pydiffvg
 from scorestudio.renderers.svg.scene import SvgScene
 from scorestudio.utils.config import parse_structured
 
@@ -69,11 +70,6 @@ def render(scene: SvgScene, cfg: Union[RasterizerConfig, dict, None] = None,
     :class:`RasterizerConfig`, a mapping of its keys, or None for the defaults."""
     cfg = RasterizerConfig() if cfg is None else parse_structured(RasterizerConfig, cfg)
     if cfg.backend == "pydiffvg":
-        try:
-            from extern.pydiffvg_backend import render as render_pydiffvg
-        except ModuleNotFoundError as err:
-            raise ImportError("the pydiffvg backend is extern/pydiffvg_backend.py of the scorestudio "
-                              "repository: run from the repository root") from err
         rgb, alpha = render_pydiffvg(scene, cfg)
     elif cfg.backend == "torch":
         rgb, alpha = _render_torch(scene, cfg)
