@@ -16,11 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from scorestudio.guidance.base import BaseGuidance, GuidanceCall
+from scorestudio.priors.prompt_processor import NFSD_NEGATIVE_PROMPT
 from scorestudio.utils.config import ScheduledFloat, schedulable
 from scorestudio.utils.registry import register
-
-NFSD_NEGATIVE_PROMPT = ("unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, "
-                        "dark, low-resolution, gloomy")
 
 
 @register("nfsd")

@@ -22,6 +22,11 @@ from scorestudio.utils.registry import register
 if TYPE_CHECKING:
     from scorestudio.priors.base import DiffusionPrior
 
+# The NFSD paper's negative prompt (guidance/nfsd.py): a prompt, so it lives with the prompts; the
+# text-embeddings command always encodes it.
+NFSD_NEGATIVE_PROMPT = ("unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, "
+                        "dark, low-resolution, gloomy")
+
 
 @dataclass
 class PromptBatch:

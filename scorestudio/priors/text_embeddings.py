@@ -80,9 +80,9 @@ def dataset_captions() -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from scorestudio.guidance.nfsd import NFSD_NEGATIVE_PROMPT
     from omegaconf import OmegaConf
 
+    from scorestudio.priors.prompt_processor import NFSD_NEGATIVE_PROMPT
     from scorestudio.utils.cli_args import build_prior
 
     parser = argparse.ArgumentParser(description="Precompute a prior's text embeddings into one file.")
