@@ -86,6 +86,10 @@ class Schedule:
         frac = (step - self.start_step) / (self.end_step - self.start_step)
         return self.start_value + frac * (self.end_value - self.start_value)
 
+    def ever_nonzero(self) -> bool:
+        """Whether the value is nonzero at some step (a linear ramp is zero only where both ends are)."""
+        return self.start_value != 0 or self.end_value != 0
+
 
 # Annotation of schedulable fields: a number or a [s0, v0, v1, s1] list in YAML, a Schedule after parsing.
 ScheduledFloat = Any
