@@ -16,8 +16,8 @@ from scorestudio.data.procedural import ProceduralDataset
 from scorestudio.metrics.image_quality import psnr
 from scorestudio.renderers.svg import SvgScene, circle_scene, polygon_points
 from scorestudio.renderers.svg import RasterizerConfig, render
-from scorestudio.systems.svg_systems import (SvgInitConfig, SvgParticles, TextToSvgSystem, fit_error, fit_to_images,
-                                             load_problem, prune_paths, xing_loss)
+from scorestudio.generators.svg import SvgGenerator, fit_error, fit_to_images, prune_paths, xing_loss
+from scorestudio.systems.svg_systems import TextToSvgSystem, load_problem
 from scorestudio.utils.config import ConfigError
 from scorestudio.utils.images import load_image, save_image
 from scorestudio.utils.run import RunContext
@@ -129,7 +129,7 @@ def test_fit_to_images_vectorises_icons(tmp_path):
     data = ProceduralDataset(split="test")
     targets = torch.cat([data.render("star", "yellow", 1, torch.Generator().manual_seed(0)),
                          data.render("heart", "blue", 1, torch.Generator().manual_seed(1))])
-    svg = SvgParticles(SvgInitConfig(num_paths=32), n_particles=2, canvas=64, seed=0)
+    svg = SvgGenerator({"paths": {"num_paths": 32}, "canvas_size": 64}, n_particles=2, seed=0)
     renderer = RasterizerConfig(samples_per_segment=8)
     with torch.no_grad():
         before = psnr(render(svg.scene(), renderer), targets)
