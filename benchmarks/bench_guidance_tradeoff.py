@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 import sharding
-from scorestudio.guidance.base import REPULSION_FEATURES
+from scorestudio.guidance.repulsion import REPULSION_FEATURES
 from scorestudio.metrics.attributes import probe_report
 from scorestudio.metrics.probe import load_probe
 from scorestudio.sample import ddim_sample

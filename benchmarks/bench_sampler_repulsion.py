@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from scorestudio.guidance.repulsion import Repulsion  # noqa: E402
 from scorestudio.metrics.attributes import probe_report  # noqa: E402
 from scorestudio.metrics.probe import load_probe  # noqa: E402
 from scorestudio.sample import ddim_sample, repulsion_correction  # noqa: E402
@@ -39,9 +40,8 @@ def sampler_report(prior, probe, args, gamma: float, on: str) -> dict:
     """Per-seed means over ``args.n`` samples with repulsion (γ, placement): distinct shapes and
     colours, quality (the probe's mean probability of the attributes the prompt names) and
     diversity (1 − mean pairwise cosine similarity of the probe's features)."""
-    guidance = find("sds", kind="guidance")({"repulsion": {"gamma": gamma, "features": args.features,
-                                                           "t_window": args.t_window}})
-    correction = repulsion_correction(guidance, prior, on=on) if gamma else None
+    repulsion = Repulsion({"gamma": gamma, "features": args.features, "t_window": args.t_window}, path="repulsion")
+    correction = repulsion_correction(repulsion, prior, on=on) if gamma else None
     reports = []
     for seed in range(args.seeds):
         images = ddim_sample(prior, [args.prompt] * args.n, args.steps, args.cfg, seed, eps_correction=correction)

@@ -12,10 +12,9 @@ a batch repel each other (the RSD kernel of the guidance modules, applied to the
 Guidance interval (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval improves
 sample and distribution quality"): CFG is applied only at the steps with lo ≤ t/T ≤ hi; the other
 steps use the conditional ε alone (one UNet pass instead of two). Guidance at the noisiest steps
-is what collapses an ambiguous prompt onto its largest mode: on the embedded prior, 64 samples of
-"a cube" at CFG 7.5 hold 4 colours with guidance at every step and 8 with guidance for t ≤ 0.6 T,
-while fully specified captions get more accurate (``benchmarks/results/prior.json`` vs
-``prior_cfg_every_step.json``).
+is what collapses an ambiguous prompt onto its largest mode, while guidance at the later steps
+makes fully specified captions more accurate (on the embedded prior:
+``benchmarks/results/prior.json`` vs ``prior_cfg_every_step.json``).
 The CLI defaults to the prior's ``sampling_guidance_interval``; :func:`ddim_sample` to every step.
 """
 
@@ -36,6 +35,7 @@ from scorestudio.utils.seeding import per_particle_randn
 
 if TYPE_CHECKING:
     from scorestudio.guidance.base import BaseGuidance
+    from scorestudio.guidance.repulsion import Repulsion
     from scorestudio.priors.base import DiffusionPrior
 
 EpsCorrection = Callable[[Tensor, Tensor, Tensor, Tensor], Optional[Tensor]]
@@ -66,8 +66,8 @@ def ddim_sample(prior: DiffusionPrior, prompts: list[str], steps: int, cfg: floa
         batch_size: samples per UNet batch (each call runs 2 × batch_size for CFG); None = all N.
         progress: show a tqdm bar over the denoising steps.
         eps_correction: ``(x_t, ε̂, t [B], sample ids [B]) → [B, C, h, w]`` or None, added to the
-            CFG estimate ε̂ ``[B, C, h, w]`` at every step: e.g. a guidance's particle repulsion
-            (:meth:`BaseGuidance.repulsion`), which then acts within each batch of samples.
+            CFG estimate ε̂ ``[B, C, h, w]`` at every step: e.g. the particle repulsion of
+            :func:`repulsion_correction`, which then acts within each batch of samples.
         guidance_interval: ``(lo, hi)`` fractions of T: CFG at the steps with lo ≤ t/T ≤ hi, the
             conditional ε alone elsewhere. (0, 1) = CFG at every step.
     """
@@ -106,26 +106,30 @@ def ddim_sample(prior: DiffusionPrior, prompts: list[str], steps: int, cfg: floa
     return torch.cat(images)
 
 
-def repulsion_correction(guidance: BaseGuidance, prior: DiffusionPrior, on: Optional[str] = None) -> EpsCorrection:
-    """A guidance's RSD repulsion (its γ at step 0, features, kernel and c(t)) as a sampler ε
-    correction: the samples of a batch repel each other ("particle guidance", Corso et al. 2024).
-    With ``on="clean"`` (default: the guidance's ``repulsion.on``) the kernel sees the predicted
-    x̂0 = (x_t − σ_t ε̂) / α_t, with ``"noisy"`` x_t."""
-    from scorestudio.guidance.base import LATENT_PLACEMENTS
+def repulsion_correction(repulsion: Repulsion | BaseGuidance, prior: DiffusionPrior,
+                         on: Optional[str] = None) -> EpsCorrection:
+    """An RSD :class:`Repulsion` (or a guidance's own) as a sampler ε correction, with its γ at
+    step 0, features, kernel and c(t): the samples of a batch repel each other ("particle
+    guidance", Corso et al. 2024). With ``on="clean"`` (default: the repulsion's ``on``) the
+    kernel sees the predicted x̂0 = (x_t − σ_t ε̂) / α_t, with ``"noisy"`` x_t."""
+    from scorestudio.guidance.base import BaseGuidance
+    from scorestudio.guidance.repulsion import LATENT_PLACEMENTS
 
-    on = on or guidance.cfg.repulsion.on
+    if isinstance(repulsion, BaseGuidance):
+        repulsion = repulsion.repulsion
+    on = on or repulsion.cfg.on
     if on not in LATENT_PLACEMENTS:   # a sampler has latents only, no rendered images
         raise ValueError(f"repulsion placement {on!r} for a sampler: use one of {', '.join(LATENT_PLACEMENTS)}")
 
     def correction(x: Tensor, eps: Tensor, t: Tensor, ids: Tensor) -> Optional[Tensor]:
         source = prior.denoised(x, eps, t) if on == "clean" else x
-        return guidance.repulsion(prior, source, t, ids, step=0)
+        return repulsion(prior, source, t, ids, step=0)
 
     return correction
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from scorestudio.guidance.base import LATENT_PLACEMENTS, REPULSION_FEATURES
+    from scorestudio.guidance.repulsion import LATENT_PLACEMENTS, REPULSION_FEATURES
 
     parser = argparse.ArgumentParser(prog="python -m scorestudio.sample",
                                      description="DDIM samples of a prompt from a diffusion prior")
@@ -149,9 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="γ of the RSD repulsion between the samples of a batch (0 = independent samples)")
     parser.add_argument("--repulsion-features", default="probe", choices=REPULSION_FEATURES,
                         help="kernel features (see RepulsionConfig)")
-    # On the embedded prior with probe features and CFG at every step (bench_sampler_repulsion.py) the kernel
-    # on x_t spreads colours ("a cube", 64 samples: 4 → 7 colours at γ 20, quality 0.74), on x̂0
-    # shapes ("an icon": 3.10 → 3.95 shapes of 4 at γ 20, where x_t leaves 3.10).
+    # On the embedded prior the kernel on x_t mostly spreads colours, on x̂0 shapes
+    # (benchmarks/bench_sampler_repulsion.py).
     parser.add_argument("--repulsion-on", default="noisy", choices=LATENT_PLACEMENTS,
                         help="kernel on x_t (noisy: colours spread first) or on the predicted x̂0 (clean: shapes)")
     return parser
@@ -175,8 +178,11 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
         sys.exit(2)
     correction = None
     if args.repulsion_gamma:
-        repulsion = {"gamma": args.repulsion_gamma, "features": args.repulsion_features, "on": args.repulsion_on}
-        correction = repulsion_correction(find("sds", kind="guidance")({"repulsion": repulsion}), prior)
+        from scorestudio.guidance.repulsion import Repulsion
+
+        repulsion = Repulsion({"gamma": args.repulsion_gamma, "features": args.repulsion_features,
+                               "on": args.repulsion_on}, path="repulsion")
+        correction = repulsion_correction(repulsion, prior)
     try:
         interval = checked_guidance_interval(args.guidance_interval or prior.sampling_guidance_interval)
     except ValueError as err:

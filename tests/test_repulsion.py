@@ -1,4 +1,5 @@
-"""Repulsion math: closed form vs finite differences, sign, N = 2, hybrid, VJP pull-back."""
+"""Repulsion math: closed form vs finite differences, sign, N = 2, hybrid, VJP pull-back; the
+:class:`Repulsion` module on its own and inside a guidance."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ import math
 import pytest
 import torch
 
+import scorestudio
+from scorestudio.guidance.base import GuidanceCall
 from scorestudio.guidance.repulsion import (
+    Repulsion,
     kernel_log_density_grad,
     median_bandwidth,
     pairwise_sq_dists,
     repulsion_gradient,
 )
+from scorestudio.utils.config import ConfigError
+from tests.tiny_models import make_tiny_embedded, make_tiny_probe
 
 
 def log_density(features: torch.Tensor, i: int, h: float) -> torch.Tensor:
@@ -110,3 +116,46 @@ def test_pullback_through_a_feature_map_is_the_vjp():
 def test_identity_features_default():
     x = torch.randn(3, 2, 2)
     assert torch.allclose(repulsion_gradient(x), kernel_log_density_grad(x.reshape(3, 4)).reshape(3, 2, 2))
+
+
+
+# ------------------------------------------------------------------------------ the Repulsion module
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(tiny embedded prior, tiny probe folder)."""
+    base = tmp_path_factory.mktemp("tiny-repulsion")
+    folder, probe = make_tiny_embedded(base / "prior"), make_tiny_probe(base / "probe")
+    return scorestudio.find("embedded")({"pretrained_model_name_or_path": str(folder)}), probe
+
+
+@pytest.mark.parametrize("on", ["noisy", "clean"])
+def test_repulsion_alone_equals_the_guidance_repulsion(tiny, on):
+    """A Repulsion built from the config alone gives the guidance's repulsion tensor, bit for bit
+    (decoded pixel features, c(t) = σ_t, 2 particles × 2 views, a t-window cutting one item)."""
+    prior, _ = tiny
+    cfg = {"gamma": [0, 1.0, 3.0, 10], "features": "pixel", "scale": "sigma", "on": on, "t_window": [0.3, 1.0]}
+    gen = torch.Generator().manual_seed(4)
+    shape = (4, prior.latent_channels, prior.latent_size, prior.latent_size)
+    z, noisy = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    t, ids = torch.tensor([900, 500, 200, 700]), torch.tensor([0, 1, 0, 1])
+    guidance = scorestudio.find("sds")({"rgb_as_latents": True, "repulsion": cfg})
+    expected = guidance.repulsion_term(GuidanceCall(prior, z, noisy, noisy, t, None, ids, 5, 0))
+    alone = Repulsion(cfg)(prior, noisy if on == "noisy" else z, t, ids, 5)
+    assert torch.equal(alone, expected)
+    assert alone[2].abs().sum() == 0 and alone[0].abs().sum() > 0   # t/T = 0.2 is outside the window
+
+
+def test_repulsion_checks_its_config_and_keeps_its_network_out_of_state_dicts(tiny):
+    prior, probe = tiny
+    with pytest.raises(ConfigError, match="system.solver.repulsion.scale='sigma3'"):
+        Repulsion({"scale": "sigma3"}, path="system.solver.repulsion")
+    with pytest.raises(ConfigError, match="on=rendered"):
+        Repulsion({"on": "rendered", "features": "latent"})
+    repulsion = Repulsion({"gamma": [0, 0.0, 2.0, 10], "feature_net_path": str(probe)})
+    assert not repulsion.is_active(0) and repulsion.is_active(5)
+    guidance = scorestudio.find("sds")({"repulsion": {"gamma": 1.0, "feature_net_path": str(probe)}})
+    keys = set(guidance.state_dict())
+    guidance.repulsion.load_network(prior)
+    assert guidance.repulsion.feature_network(prior) is not None and set(guidance.state_dict()) == keys

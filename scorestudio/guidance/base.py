@@ -11,9 +11,9 @@ rest, identically for all methods:
 
 - timestep sampling t ~ U[min_step, max_step]·T with scheduled bounds, one t for the whole batch
   or one per particle, from generators keyed by (seed, particle, step);
-- the RSD repulsion between particles (:class:`RepulsionConfig`), added to δ of any method (or,
-  with ``on: rendered``, to the rendered images as ``loss_repulsion``), across processes when the
-  particles are sharded (``utils.distributed``);
+- the RSD repulsion between particles (a :class:`~scorestudio.guidance.repulsion.Repulsion` built
+  from ``cfg.repulsion``), added to δ of any method (or, with ``on: rendered``, to the rendered
+  images as ``loss_repulsion``), across processes when the particles are sharded;
 - weighting g = w(t) (δ + γ c(t) r), optional clipping, NaN/Inf replaced by 0 and counted;
 - the reparameterisation loss ½‖z − sg(z − g)‖² / B, whose gradient w.r.t. z is exactly g / B.
 """
@@ -21,49 +21,20 @@ rest, identically for all methods:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor
 
-from scorestudio.guidance.repulsion import KernelConfig, repulsion_gradient
+from scorestudio.guidance.repulsion import Repulsion, RepulsionConfig
 from scorestudio.guidance.schedule import timestep_weight
 from scorestudio.utils.base import BaseModule
 from scorestudio.utils.config import ConfigError, ScheduledFloat, schedulable
-from scorestudio.utils.distributed import gather_rows, world
 from scorestudio.utils.seeding import generator
 
 if TYPE_CHECKING:
     from scorestudio.priors.base import DiffusionPrior
     from scorestudio.priors.prompt_processor import PromptBatch
-
-
-NETWORK_FEATURES = ("probe", "latent_probe", "dinov2")   # feature maps that load a network
-REPULSION_FEATURES = ("latent", "pixel", *NETWORK_FEATURES)
-LATENT_PLACEMENTS = ("noisy", "clean")                 # the kernel on z_t, or on the clean z_0 / predicted x̂0
-REPULSION_PLACEMENTS = (*LATENT_PLACEMENTS, "rendered")  # ... or on the generator's rendered images
-IMAGE_FEATURES = ("pixel", "probe", "dinov2")             # feature maps that read an image [B, 3, H, W]
-
-
-@dataclass
-class RepulsionConfig:
-    """RSD repulsion between particles, usable on top of any guidance (γ = 0 turns it off)."""
-
-    gamma: ScheduledFloat = schedulable(0.0)  # repulsion weight γ
-    # Feature map f of the kernel: "latent" (flattened z_t), "pixel" (decoded image),
-    # "probe" (the embedded probe's features of the decoded image), "latent_probe" (the probe
-    # distilled onto the embedded prior's latents: no decoder pass; SDS overhead +8% instead of +216%),
-    # "dinov2" (local weights).
-    features: str = "probe"
-    feature_net_path: Optional[str] = None  # folder of the feature net: (latent_)probe (default: shipped), dinov2 (required)
-    scale: str = "sigma"                  # c(t): "sigma" (σ_t), "sigma2" (σ_t²), "one"
-    # Kernel on the noisy particles z_t (RSD/RLSD's derivation: the forward diffusion of the
-    # repulsive distribution), on the clean particles z_0, where feature differences are content only,
-    # or on the generator's rendered images themselves ("rendered": no decoder pass; its gradient
-    # enters the images as its own loss_repulsion; features pixel, probe or dinov2).
-    on: str = "noisy"                     # "noisy", "clean" or "rendered"
-    t_window: list = field(default_factory=lambda: [0.0, 1.0])  # active only for t/T in [lo, hi]
-    kernel: KernelConfig = field(default_factory=KernelConfig)
 
 
 @dataclass
@@ -83,7 +54,11 @@ class GuidanceCall:
 
 
 class BaseGuidance(BaseModule):
-    """Score-distillation guidance; subclasses implement :meth:`noise_residual`."""
+    """Score-distillation guidance; subclasses implement :meth:`noise_residual`.
+
+    ``self.repulsion`` is the :class:`Repulsion` of ``cfg.repulsion`` (callable on any latents or
+    images, e.g. by a sampler that reuses a guidance's repulsion).
+    """
 
     loss_name = "loss_sds"
 
@@ -101,19 +76,12 @@ class BaseGuidance(BaseModule):
     cfg: Config
 
     def configure(self) -> None:
-        # A plain dict, so the frozen feature network never enters this module's state dict.
+        # A plain dict, so the frozen networks of a method never enter this module's state dict.
         self._frozen: dict[str, torch.nn.Module] = {}
-        rep = self.cfg.repulsion
-        for key, value, choices in (("features", rep.features, REPULSION_FEATURES),
-                                    ("scale", rep.scale, ("sigma", "sigma2", "one")),
-                                    ("on", rep.on, REPULSION_PLACEMENTS)):
-            if value not in choices:   # at build time, not at the first repulsive step
-                raise ConfigError(f"{self.config_path}.repulsion.{key}={value!r}: use one of {', '.join(choices)}")
-        if rep.on == "rendered" and (self.cfg.rgb_as_latents or rep.features not in IMAGE_FEATURES):
-            raise ConfigError(f"{self.config_path}.repulsion.on=rendered needs rendered images and a feature map that "
-                              f"reads them (features: {', '.join(IMAGE_FEATURES)}; rgb_as_latents: false), got "
-                              f"features={rep.features!r}, rgb_as_latents={self.cfg.rgb_as_latents}; for latent "
-                              "particles use on=clean")
+        self.repulsion = Repulsion(self.cfg.repulsion, path=f"{self.config_path}.repulsion")
+        if self.repulsion.on_images and self.cfg.rgb_as_latents:
+            raise ConfigError(f"{self.config_path}.repulsion.on=rendered needs rendered images, but the inputs are "
+                              "latents (rgb_as_latents: true); for latent particles use on=clean")
 
     # ---- to override ------------------------------------------------------------------------
     def attach(self, prior: "DiffusionPrior") -> None:
@@ -157,7 +125,7 @@ class BaseGuidance(BaseModule):
         with torch.no_grad():
             delta, logs = self.noise_residual(call)
         weight = timestep_weight(prior.alphas_cumprod, t, self.cfg.weighting).view(-1, 1, 1, 1)
-        on_images = self.cfg.repulsion.on == "rendered"
+        on_images = self.repulsion.on_images
         repulsion = self.repulsion_term(call, rendered if on_images else None)
         if repulsion is not None:
             logs["repulsion_norm"] = repulsion.flatten(1).norm(dim=1).mean()
@@ -229,90 +197,11 @@ class BaseGuidance(BaseModule):
 
     # ---- repulsion --------------------------------------------------------------------------
     def repulsion_term(self, call: GuidanceCall, rendered: Optional[Tensor] = None) -> Optional[Tensor]:
-        """:meth:`repulsion` of the call's noisy latents z_t (``on="clean"``: of z_0), or of the
-        ``rendered`` images ``[B, 3, H, W]`` when given (``on="rendered"``)."""
+        """:attr:`repulsion` of the call's noisy latents z_t (``on="clean"``: of z_0), or of the
+        ``rendered`` images ``[B, 3, H, W]`` when given (``on="rendered"``); this process's block
+        of a sharded run."""
         if rendered is not None:
             return self.repulsion(call.prior, rendered.detach(), call.t, call.particle_ids, call.step, images=True,
                                   sharded=True)
-        source = call.noisy if self.cfg.repulsion.on == "noisy" else call.latents.detach()
+        source = self.repulsion.latent_source(call.noisy, call.latents.detach())
         return self.repulsion(call.prior, source, call.t, call.particle_ids, call.step, sharded=True)
-
-    def repulsion(self, prior: "DiffusionPrior", source: Tensor, t: Tensor, ids: Tensor, step: int,
-                  images: bool = False, sharded: bool = False) -> Optional[Tensor]:
-        """γ c(t) ∇_z log Σ_j k(f(z^i), f(z^j)) for latents ``source [B, C, h, w]`` (``images``:
-        images ``[B, 3, H, W]`` in [0, 1], read by the feature map without decoding) at ``t [B]`` of
-        particles ``ids [B]``, or None when inactive. Added to an ε-like direction (δ of a guidance,
-        ε̂ of a sampler) it moves each particle down the kernel density of the others.
-
-        ``sharded``: the batch is this process's block of a run sharded over processes (a
-        guidance call in training); the kernel then gathers the other blocks' features. A sampler
-        called with all particles in every process leaves it False.
-
-        A particle's feature is the concatenation of the features of all its views in the
-        batch, so B = particles × views items repel as N particles. One VJP through the
-        decoder and the feature network serves the whole batch.
-        """
-        rep = self.cfg.repulsion
-        gamma = rep.gamma.at(step)
-        particles = ids.unique()
-        processes = world()[1] if sharded else 1   # > 1: every process has a block of as many particles
-        if gamma == 0 or len(particles) * processes < 2:
-            return None
-        frac = t.float() / prior.num_train_timesteps
-        active = (frac >= rep.t_window[0]) & (frac <= rep.t_window[1])
-        if not bool(active.any()) and processes == 1:   # sharded: every process joins the gather
-            return None
-        feature_fn = self.feature_fn(prior, decode=not images)
-        order = torch.argsort(ids, stable=True)
-        views = len(ids) // len(particles)
-        if views * len(particles) != len(ids) or not torch.equal(ids[order].view(len(particles), views),
-                                                                  particles[:, None].expand(-1, views)):
-            raise ValueError("repulsion needs the same number of views for every particle in the batch")
-
-        def grouped_features(z_sorted: Tensor) -> Tensor:   # [B, ...] sorted by particle → [N, views · D]
-            return feature_fn(z_sorted).reshape(len(particles), views, -1).flatten(1)
-
-        source_sorted = source[order].reshape(len(particles), views, *source.shape[1:])
-        grad_sorted = repulsion_gradient(source_sorted, lambda z: grouped_features(z.flatten(0, 1)),
-                                         gather_rows if processes > 1 else None, **rep.kernel.kwargs())
-        grad = torch.empty_like(source)
-        grad[order] = grad_sorted.flatten(0, 1)
-        scale = self.time_scale(prior, t) * active.float()
-        return gamma * scale.view(-1, 1, 1, 1) * grad
-
-    def time_scale(self, prior: "DiffusionPrior", t: Tensor) -> Tensor:
-        """c(t) ``[B]``: σ_t, σ_t² or 1."""
-        kind = self.cfg.repulsion.scale
-        if kind == "sigma":
-            return prior.sigma(t)
-        if kind == "sigma2":
-            return prior.sigma(t) ** 2
-        if kind == "one":
-            return torch.ones_like(t, dtype=torch.float32)
-        raise ValueError(f"repulsion.scale={kind!r}: use 'sigma', 'sigma2' or 'one'")
-
-    def feature_fn(self, prior: "DiffusionPrior", decode: bool = True) -> Callable[[Tensor], Tensor]:
-        """z ``[B, C, h, w]`` → features ``[B, D]`` for the repulsion kernel (differentiable);
-        ``decode=False``: of images ``[B, 3, H, W]`` (image feature maps only)."""
-        kind = self.cfg.repulsion.features
-        to_image = prior.decode_latents if decode else (lambda x: x)
-        if kind == "latent":
-            return lambda z: z.flatten(1)
-        if kind == "pixel":
-            return lambda z: to_image(z).flatten(1)
-        if kind == "latent_probe":
-            return self.feature_network(prior).features
-        if kind in ("probe", "dinov2"):
-            net = self.feature_network(prior)
-            return lambda z: net.features(to_image(z))
-        raise ValueError(f"repulsion.features={kind!r}: use 'latent', 'pixel', 'probe', 'latent_probe' or 'dinov2'")
-
-    def feature_network(self, prior: "DiffusionPrior") -> torch.nn.Module:
-        """The frozen feature network (loaded once, kept out of the state dict)."""
-        if "features" not in self._frozen:
-            from scorestudio.metrics.features import load_feature_network
-
-            net = load_feature_network(self.cfg.repulsion.features, self.cfg.repulsion.feature_net_path)
-            self._frozen["features"] = net
-        self._frozen["features"].to(prior.device)
-        return self._frozen["features"]

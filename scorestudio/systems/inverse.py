@@ -31,7 +31,7 @@ with f the probe (or latent/pixel/DINOv2) features of the decoded *noisy* latent
 as **+γ c(t) r** to the descent direction, which moves particles *down* the kernel density, i.e.
 apart. (The paper writes "− γ∇σ_t log Σ k" with the opposite convention for the force; the
 tests check that one step increases the distances between particles.) The computation is
-:meth:`scorestudio.guidance.base.BaseGuidance.repulsion_term`, shared with every guidance.
+:class:`scorestudio.guidance.repulsion.Repulsion`, shared with every guidance.
 
 Methods (:data:`METHODS`):
 
@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from scorestudio.data.operators import Operator, build_operator
-from scorestudio.guidance.base import NETWORK_FEATURES, BaseGuidance, GuidanceCall, RepulsionConfig
+from scorestudio.guidance.repulsion import Repulsion, RepulsionConfig
 from scorestudio.priors.base import DiffusionPrior, resize_square
 from scorestudio.systems.base import BaseSystem
 from scorestudio.utils.config import ConfigError, parse_structured
@@ -180,18 +180,17 @@ class InverseSolver(nn.Module):
         self.optimizer = torch.optim.Adam(groups, betas=tuple(self.cfg.betas))
 
     # ---- set-up -------------------------------------------------------------------------------
-    def build_repulsion(self, path: str) -> Optional[BaseGuidance]:
-        """The shared repulsion (a :class:`BaseGuidance` used only for its ``repulsion_term``),
-        or None when the method has none. Hybrid defaults to k = N − 1 interacting particles."""
+    def build_repulsion(self, path: str) -> Optional[Repulsion]:
+        """The particles' :class:`Repulsion`, or None when the method has none. Hybrid defaults
+        to k = N − 1 interacting particles."""
         rep = self.cfg.repulsion
         if not self.method.repulsion:
             return None
         if self.method.hybrid and rep.kernel.interacting is None:
             rep = dataclasses.replace(rep, kernel=dataclasses.replace(rep.kernel, interacting=self.n_particles - 1))
-        guidance = BaseGuidance({"repulsion": rep}, path=path)
-        if rep.features in NETWORK_FEATURES and (rep.gamma.start_value or rep.gamma.end_value):
-            guidance.feature_network(self.prior)   # fail now, not at the first step, if weights are missing
-        return guidance
+        repulsion = Repulsion(rep, path=f"{path}.repulsion")
+        repulsion.load_network(self.prior)
+        return repulsion
 
     @torch.no_grad()
     def initial_variables(self) -> tuple[Tensor, Tensor]:
@@ -237,8 +236,7 @@ class InverseSolver(nn.Module):
             residual = prior.predict_noise(z_t, ts, text) - noise
         logs = {}
         if self.repulsion is not None:
-            call = GuidanceCall(prior, z0, z_t, noise, ts, None, self.particle_ids, step, self.seed)
-            rep = self.repulsion.repulsion_term(call)
+            rep = self.repulsion(prior, self.repulsion.latent_source(z_t, z0), ts, self.particle_ids, step)
             if rep is not None:
                 residual = residual + rep
                 logs["repulsion_norm"] = float(rep.flatten(1).norm(dim=1).mean())

@@ -406,7 +406,7 @@ class TextToSvgSystem(SvgDistillationSystem):
             self.prompt_processor = PromptProcessor({**vars(pp), "prompt": pp.prompt + self.cfg.prompt_suffix},
                                                     path="system.prompt_processor")
         self.build_svg(self.cfg.canvas_size)
-        from scorestudio.guidance.base import LATENT_PLACEMENTS
+        from scorestudio.guidance.repulsion import LATENT_PLACEMENTS
 
         if self.cfg.init_from_sample.repulsion not in (*LATENT_PLACEMENTS, "off"):
             raise ConfigError(f"system.init_from_sample.repulsion={self.cfg.init_from_sample.repulsion!r}: "
