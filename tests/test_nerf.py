@@ -20,7 +20,9 @@ from scorestudio.export.mesh import ExportConfig, extract_meshes, mesh_report, s
 from scorestudio.renderers.nerf import ParticleGeometry, VolumeRenderer  # noqa: E402
 from scorestudio.renderers.nerf.encodings import GridTotalVariation, sample_grid  # noqa: E402
 from scorestudio.renderers.nerf.volume import pack, ray_sphere_interval  # noqa: E402
-from scorestudio.systems.dreamfusion import EMPTY_SPACE_KEY, DreamFusionSystem, particle_cameras  # noqa: E402
+from scorestudio.generators.nerf import EMPTY_SPACE_KEY  # noqa: E402
+from scorestudio.systems.distillation import particle_cameras  # noqa: E402
+from scorestudio.systems.dreamfusion import DreamFusionSystem  # noqa: E402
 from scorestudio.utils.config import ConfigError  # noqa: E402
 from scorestudio.utils.run import RunContext  # noqa: E402
 
@@ -248,14 +250,14 @@ def test_camera_sampler_ranges_and_per_particle_determinism():
 def test_gradient_of_one_particle_never_reaches_another(tiny, tmp_path):
     system = DreamFusionSystem(small_system_cfg(tiny, n_particles=3), run=RunContext(tmp_path))
     cameras, out = system.render_step(0)
-    assert "detail" in out                               # normals and point light are in the graph
+    assert "detail" in out.aux                           # normals and point light are in the graph
     ids = torch.arange(3).repeat_interleave(system.cfg.views_per_particle)
-    weights = torch.rand(out["rgb"].shape, generator=torch.Generator().manual_seed(0))
-    trainable = {n: p for n, p in system.named_parameters() if p.requires_grad and p.shape[0] == 3}
+    weights = torch.rand(out.images.shape, generator=torch.Generator().manual_seed(0))
+    trainable = {n.removeprefix("generator."): p for n, p in system.named_parameters() if p.requires_grad and p.shape[0] == 3}
     assert any(n.startswith("background") for n in trainable) and any(n.startswith("geometry") for n in trainable)
     for i in range(3):
-        loss = (out["rgb"][ids == i] * weights[ids == i]).sum()
-        loss = loss + sum(w * v[i] for w, v in system.regularizers(out, 0, out["particles"]).values())
+        loss = (out.images[ids == i] * weights[ids == i]).sum()
+        loss = loss + sum(w * v[i] for w, v in system.generator.regularizer_terms(out, 0).values())
         grads = torch.autograd.grad(loss, list(trainable.values()), retain_graph=True, allow_unused=True)
         for (name, _), grad in zip(trainable.items(), grads):
             assert grad is not None, name
@@ -272,11 +274,11 @@ def test_guided_step_of_a_particle_ignores_the_others_without_repulsion(tiny, tm
     def particle0_grads():
         system.zero_grad()
         system.distill_step(3)["loss"].backward()
-        return [p.grad[0].clone() for p in system.geometry.parameters()]
+        return [p.grad[0].clone() for p in system.generator.geometry.parameters()]
 
     before = particle0_grads()
     with torch.no_grad():
-        for p in system.geometry.parameters():
+        for p in system.generator.geometry.parameters():
             p[1].add_(torch.randn(p[1].shape, generator=torch.Generator().manual_seed(1)))
     after = particle0_grads()
     for a, b in zip(before, after):
@@ -289,7 +291,7 @@ def test_a_particle_renders_the_same_in_any_ensemble(tiny, tmp_path):
     for n in (2, 4):
         system = DreamFusionSystem(small_system_cfg(tiny, n_particles=n), run=RunContext(tmp_path, seed=3))
         with torch.no_grad():
-            renders[n] = system.render_step(2)[1]["rgb"][1]
+            renders[n] = system.render_step(2)[1].images[1]
     torch.testing.assert_close(renders[2], renders[4], rtol=1e-5, atol=1e-6)
 
 
@@ -345,7 +347,9 @@ def cli_train(tmp_path, tiny, tag, *overrides):
 
 
 def state(ckpt: Path) -> dict:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    """The checkpoint's state, named as the generator's modules (``geometry.*``, ``background.*``)."""
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return {k.removeprefix("generator."): v for k, v in saved.items()}
 
 
 def test_cli_run_outputs_and_resume_equals_uninterrupted_run(tiny, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,19 @@ class OptimizerConfig:
 PARTICLE_KEY = re.compile(r"^(?:(?P<group>[^/]+)/)?particle(?P<index>\d+)/(?P<name>.+)$")   # metrics.json keys
 
 
+def finite_or_null(metrics: dict) -> dict:
+    """``metrics`` with every NaN / ±inf float replaced by None, and why under ``null_reasons``."""
+    out, reasons = {}, dict(metrics.get("null_reasons") or {})
+    for key, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+            reasons.setdefault(key, "not a finite number: the run diverged or the metric is undefined here")
+        out[key] = value
+    if reasons:
+        out["null_reasons"] = reasons
+    return out
+
+
 class _Steps(IterableDataset):
     """An endless stream of empty batches: systems draw their randomness from the step index."""
 
@@ -45,7 +59,7 @@ class BaseSystem(pl.LightningModule):
 
     Subclasses implement ``configure()`` (build modules), ``training_step`` and optionally
     ``validation_step`` / ``test_step`` / ``export``. Randomness must come from
-    ``self.generator(stream, particle, step)`` so results do not depend on resumption or sharding.
+    ``self.random_stream(stream, particle, step)`` so results do not depend on resumption or sharding.
     """
 
     @dataclass
@@ -121,7 +135,8 @@ class BaseSystem(pl.LightningModule):
     def seed(self) -> int:
         return self.run.seed
 
-    def generator(self, *keys: int | str) -> torch.Generator:
+    def random_stream(self, *keys: int | str) -> torch.Generator:
+        """The torch.Generator of the stream (run seed, *keys)."""
         from scorestudio.utils.seeding import generator
 
         return generator(self.seed, *keys)
@@ -133,8 +148,9 @@ class BaseSystem(pl.LightningModule):
         return path
 
     def save_metrics(self, metrics: dict) -> dict:
-        """Merge scalar metrics into the run's metrics.json (atomic)."""
-        return update_json(self.run.metrics_path, metrics)
+        """Merge scalar metrics into the run's metrics.json (atomic, strict JSON: a non-finite
+        number is written as null with its reason under ``null_reasons``)."""
+        return update_json(self.run.metrics_path, finite_or_null(metrics))
 
     def report_metrics(self, metrics: dict) -> dict:
         """:meth:`save_metrics`, then print the run's metrics: run-wide ones a line each, then one
@@ -158,19 +174,15 @@ class BaseSystem(pl.LightningModule):
         """Optimizer groups that modules define for themselves (e.g. a LoRA with its own lr)."""
         return []
 
-    # ---- Lightning plumbing ----------------------------------------------------------------
-    def configure_optimizers(self):
-        opt_cfg = self.cfg.optimizer
-        optim_cls = getattr(torch.optim, opt_cfg.name, None)
-        if not (isinstance(optim_cls, type) and issubclass(optim_cls, torch.optim.Optimizer)):
-            base = torch.optim.Optimizer
-            names = sorted(n for n, c in vars(torch.optim).items() if isinstance(c, type) and issubclass(c, base) and c is not base)
-            raise ConfigError(f"system.optimizer.name={opt_cfg.name!r} is not a torch.optim optimizer."
-                              f"{did_you_mean(opt_cfg.name, names)} Known: {', '.join(names)}")
+    # ---- optimiser ---------------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups: the modules' own (:meth:`extra_param_groups`), one per
+        ``system.optimizer.params`` prefix, and the rest of the trainable parameters."""
         groups = self.extra_param_groups()
         claimed = {id(p) for g in groups for p in g["params"]}
-        for prefix, overrides in opt_cfg.params.items():
-            params = [p for n, p in self.named_parameters() if n.startswith(prefix) and p.requires_grad]
+        for prefix, overrides in self.cfg.optimizer.params.items():
+            full = self.parameter_prefix(prefix)
+            params = [p for n, p in self.named_parameters() if n.startswith(full) and p.requires_grad]
             if not params:
                 raise ConfigError(f"system.optimizer.params.{prefix}: no trainable parameter starts with {prefix!r}")
             claimed.update(id(p) for p in params)
@@ -178,8 +190,32 @@ class BaseSystem(pl.LightningModule):
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
         if rest:
             groups.append({"params": rest, "name": "default"})
-        return optim_cls(groups, **opt_cfg.args)
+        return groups
 
+    def parameter_prefix(self, prefix: str) -> str:
+        """The parameter-name prefix a ``system.optimizer.params`` key stands for."""
+        return prefix
+
+    def configure_optimizers(self):
+        """``system.optimizer`` over :meth:`param_groups`; groups that carry an ``"lr_lambda"``
+        (a function of the step scaling their lr) get it through one LambdaLR stepped every step."""
+        opt_cfg = self.cfg.optimizer
+        optim_cls = getattr(torch.optim, opt_cfg.name, None)
+        if not (isinstance(optim_cls, type) and issubclass(optim_cls, torch.optim.Optimizer)):
+            base = torch.optim.Optimizer
+            names = sorted(n for n, c in vars(torch.optim).items() if isinstance(c, type) and issubclass(c, base) and c is not base)
+            raise ConfigError(f"system.optimizer.name={opt_cfg.name!r} is not a torch.optim optimizer."
+                              f"{did_you_mean(opt_cfg.name, names)} Known: {', '.join(names)}")
+        groups = self.param_groups()
+        lambdas = [g.pop("lr_lambda", None) for g in groups]
+        args = {k: tuple(v) if k == "betas" else v for k, v in opt_cfg.args.items()}
+        optimizer = optim_cls(groups, **args)
+        if all(f is None for f in lambdas):
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [f or (lambda _: 1.0) for f in lambdas])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- Lightning plumbing ----------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from scorestudio.utils.checkpoint import SYSTEM_KEY
 

@@ -71,7 +71,7 @@ class ToyParticlesSystem(BaseSystem):
         self.register_buffer("means", torch.tensor(cfg.mode_means, dtype=torch.float32))
         self.register_buffer("alphas_cumprod", ddpm_alphas_cumprod(1000, 1e-4, 0.02, "linear"))
         init = torch.stack([
-            torch.randn(cfg.n_particles, 2, generator=self.generator("init", r)) * cfg.init_std
+            torch.randn(cfg.n_particles, 2, generator=self.random_stream("init", r)) * cfg.init_std
             for r in range(cfg.n_realizations)
         ])                                                       # [R, N, 2]
         g = len(cfg.gammas)
@@ -87,7 +87,7 @@ class ToyParticlesSystem(BaseSystem):
         hi = max(lo, int(cfg.max_step_percent.at(step) * t_max))
         ts, eps = [], []
         for r in range(cfg.n_realizations):
-            gen = self.generator("step", r, step)
+            gen = self.random_stream("step", r, step)
             ts.append(torch.randint(lo, hi + 1, (cfg.n_particles,), generator=gen))
             eps.append(torch.randn(cfg.n_particles, 2, generator=gen))
         return torch.stack(ts).to(self.device), torch.stack(eps).to(self.device)

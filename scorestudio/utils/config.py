@@ -267,7 +267,7 @@ def parse_structured(cls: type, cfg: Any = None, path: str = "") -> Any:
     for name in list(raw):
         tp = hints.get(name)
         if dataclasses.is_dataclass(tp) and raw[name] is not None:
-            nested[name] = parse_structured(tp, raw.pop(name), f"{prefix}{name}")
+            nested[name] = parse_structured(tp, _over_default(cls, name, raw.pop(name)), f"{prefix}{name}")
 
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), raw)
@@ -290,6 +290,17 @@ def parse_structured(cls: type, cfg: Any = None, path: str = "") -> Any:
         setattr(obj, name, value)
     _finalize(obj, prefix)
     return obj
+
+
+def _over_default(cls: type, name: str, value: Any) -> Any:
+    """``value`` (a mapping) merged over the default of ``cls``'s nested field ``name``, so a
+    subclass's default for a nested section (its own optimizer args, evaluators) survives an
+    override of some of its keys."""
+    default = next(f for f in dataclasses.fields(cls) if f.name == name).default_factory
+    if default is dataclasses.MISSING or not isinstance(value, (dict, DictConfig)):
+        return value
+    merged = OmegaConf.merge(OmegaConf.create(dataclasses.asdict(default())), value)
+    return OmegaConf.to_container(merged, resolve=True)
 
 
 def _finalize(obj: Any, prefix: str) -> None:
