@@ -35,7 +35,9 @@ import sharding
 import torch
 from omegaconf import OmegaConf
 
-from scorestudio.systems.inverse import InverseSolver, build_problem, evaluate, is_rotated
+from scorestudio.data.problems import build_problem
+from scorestudio.metrics.restoration import evaluate, is_rotated
+from scorestudio.solvers.rlsd import InverseSolver
 from scorestudio.utils.config import load_config
 from scorestudio.utils.registry import find
 

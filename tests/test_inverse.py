@@ -10,7 +10,9 @@ import torch
 
 from scorestudio.cli import main, parse_args, run
 from scorestudio.priors.embedded import EmbeddedPrior
-from scorestudio.systems.inverse import InverseSolver, InverseSystem, build_problem, measurement_image
+from scorestudio.data.problems import build_problem, measurement_image
+from scorestudio.solvers.rlsd import InverseSolver
+from scorestudio.systems.inverse import InverseSystem
 from scorestudio.utils.config import ConfigError
 from scorestudio.utils.registry import RegistryError
 from scorestudio.utils.seeding import generator
@@ -248,7 +250,7 @@ def test_bad_data_gives_clear_errors(tiny, tmp_path, capsys):
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("rlsd-*.yaml")))
 def test_every_rlsd_config_parses_and_builds_its_problem(config):
-    from scorestudio.systems.inverse import SolverConfig
+    from scorestudio.solvers.rlsd import SolverConfig
     from scorestudio.utils.config import load_config, parse_structured
     from scorestudio.utils.run import ExperimentConfig
 

@@ -40,14 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scorestudio.data.problems import load_problem, upsampled
 from scorestudio.metrics.probe import load_probe_or_warn
 from scorestudio.renderers.svg import RasterizerConfig, SvgScene, circle_points, render, write_svg
 from scorestudio.renderers.svg.rasterizer import control_points
 from scorestudio.systems.base import OptimizerConfig
 from scorestudio.systems.distillation import DistillationSystem
-from scorestudio.utils.config import ConfigError, ScheduledFloat, parse_structured, schedulable
+from scorestudio.utils.config import ConfigError, ScheduledFloat, schedulable
 from scorestudio.utils.registry import register
-from scorestudio.utils.seeding import generator, per_particle_rand
+from scorestudio.utils.seeding import per_particle_rand
 
 REFERENCE_CANVAS = 600.0   # px: VectorFusion's canvas, the unit of the initial radius
 
@@ -481,120 +482,6 @@ class TextToSvgSystem(SvgDistillationSystem):
 # SVG restoration.
 # --------------------------------------------------------------------------------------------
 
-OPERATOR_ALIASES = {"gaussian-blur": "gaussian-blur", "super-resolution": "super-resolution",
-                    "downsample": "super-resolution"}
-
-
-@dataclass
-class RestorationDataConfig:
-    """The degraded input. Keys of the other operator are ignored."""
-
-    image: Optional[str] = None          # degraded input image (square; grey/RGBA → RGB on white); wins over procedural_index
-    procedural_index: Optional[int] = None  # else held-out icon #i of the test split, degraded here (ground truth known)
-    resolution: int = 64                 # size of the procedural ground truth (px)
-    operator: str = "gaussian-blur"      # "gaussian-blur" or "super-resolution" (alias "downsample")
-    kernel_size: int = 11                # blur kernel side, px, odd
-    sigma: float = 1.5                   # blur std, px (paper: 5 at 512²)
-    scale: int = 4                       # super-resolution factor: canvas = scale × the low-res input
-    method: str = "bicubic"              # super-resolution downsampling: "bicubic" (paper) or "avgpool"
-    sigma_y: float = 0.01                # noise std of procedural measurements, [−1, 1] units
-    measurement_seed: int = 0            # noise stream of procedural measurements
-
-
-@dataclass
-class RestorationProblem:
-    """y ``[1, 3, h, w]`` in [−1, 1], the operator A, the canvas side (A maps canvas² images to
-    y's size) and, for procedural inputs, the ground truth ``[1, 3, canvas, canvas]`` in [0, 1] and
-    its class names."""
-
-    y: Tensor
-    operator: nn.Module
-    canvas: int
-    ground_truth: Optional[Tensor] = None
-    labels: Optional[dict] = None
-    caption: Optional[str] = None
-
-
-def restoration_operator(cfg: RestorationDataConfig) -> nn.Module:
-    """A of ``cfg.operator`` built from the flat data keys."""
-    from scorestudio.data.operators import build_operator
-
-    name = OPERATOR_ALIASES.get(cfg.operator)
-    if name is None:
-        raise ConfigError(f"data.operator={cfg.operator!r}: svg-restoration restores blurred or low-resolution "
-                          f"images; use one of {', '.join(OPERATOR_ALIASES)}")
-    if name == "gaussian-blur":
-        args = {"kernel_size": cfg.kernel_size, "sigma": cfg.sigma, "sigma_y": cfg.sigma_y}
-    else:
-        args = {"scale": cfg.scale, "method": cfg.method, "sigma_y": cfg.sigma_y}
-    return build_operator(name, args, path="data")
-
-
-def read_measurement(path: str) -> Tensor:
-    """The input image as y ``[1, 3, h, w]`` in [−1, 1]; it must be square."""
-    from scorestudio.utils.images import load_image
-
-    image = load_image(path, key="data.image")
-    if image.shape[1] != image.shape[2]:
-        raise ConfigError(f"data.image={path} is {image.shape[1]}x{image.shape[2]} (HxW); svg-restoration needs a "
-                          "square image (the canvas and the prior are square): crop or pad it")
-    return 2 * image[None] - 1
-
-
-def procedural_icon(cfg: RestorationDataConfig) -> tuple[Tensor, dict, str]:
-    """Held-out icon ``cfg.procedural_index`` of the test split: (image ``[1, 3, R, R]`` in [0, 1],
-    class names, caption)."""
-    from scorestudio.data.procedural import ALL_SHAPES, COLOR_NAMES, ProceduralConfig, ProceduralDataset, caption_for
-
-    data = ProceduralDataset(ProceduralConfig(resolution=cfg.resolution, icon_fraction=1.0), split="test")
-    batch = data.batch(1, cfg.procedural_index)
-    labels = {"shape": ALL_SHAPES[int(batch.shape[0])], "color": COLOR_NAMES[int(batch.color[0])]}
-    return batch.images, labels, caption_for(labels["shape"], labels["color"])
-
-
-def load_problem(data, canvas_size: Optional[int] = None) -> RestorationProblem:
-    """The :class:`RestorationProblem` of a ``data`` config; ``canvas_size`` (``system.canvas_size``)
-    must agree with the input when given. Mismatches are ``ConfigError``s that say what to change."""
-    cfg: RestorationDataConfig = parse_structured(RestorationDataConfig, data, "data")
-    operator = restoration_operator(cfg)
-    is_sr = OPERATOR_ALIASES[cfg.operator] == "super-resolution"
-    if cfg.image:
-        y = read_measurement(cfg.image)
-        canvas = y.shape[-1] * (cfg.scale if is_sr else 1)
-        if canvas_size not in (None, canvas):
-            how = f"data.scale={cfg.scale} × the {y.shape[-1]} px input" if is_sr else "the input size"
-            raise ConfigError(f"system.canvas_size={canvas_size} does not match data.image={cfg.image}: with "
-                              f"data.operator={cfg.operator} the canvas is {how} = {canvas} px")
-        try:
-            expected = operator.output_shape((1, 3, canvas, canvas))
-        except ValueError as err:
-            raise ConfigError(f"data.operator={cfg.operator}: {err}") from err
-        if tuple(expected) != tuple(y.shape):
-            raise ConfigError(f"data.operator={cfg.operator} maps a {canvas} px canvas to {tuple(expected)}, but "
-                              f"data.image is {tuple(y.shape)}")
-        return RestorationProblem(y, operator, canvas)
-    if cfg.procedural_index is None:
-        raise ConfigError("data: set data.image=FILE (a blurry or low-resolution image) or data.procedural_index=N "
-                          "(a held-out procedural icon, degraded here)")
-    if canvas_size not in (None, cfg.resolution):
-        raise ConfigError(f"system.canvas_size={canvas_size} must equal data.resolution={cfg.resolution}, the size "
-                          "of the procedural ground truth")
-    truth, labels, caption = procedural_icon(cfg)
-    try:
-        y = operator.measure(2 * truth - 1, generator(cfg.measurement_seed, "measurement"))
-    except ValueError as err:
-        raise ConfigError(f"data.operator={cfg.operator}: {err} (data.resolution={cfg.resolution})") from err
-    return RestorationProblem(y, operator, cfg.resolution, truth, labels, caption)
-
-
-def upsampled(y: Tensor, canvas: int) -> Tensor:
-    """The measurement as a canvas-size picture ``[1, 3, canvas, canvas]`` in [0, 1]: itself for
-    blur, bicubic upsampling for super-resolution (the baseline restorations of the benchmark)."""
-    if y.shape[-1] != canvas:
-        y = F.interpolate(y, size=(canvas, canvas), mode="bicubic", align_corners=False)
-    return ((y + 1) / 2).clamp(0, 1)
-
-
 @register("svg-restoration")
 class SvgRestorationSystem(SvgDistillationSystem):
     """DreamSampler's SVG restoration (§4.1): λ_dc‖y − A(2·render(θ) − 1)‖² (summed over the
@@ -673,7 +560,8 @@ class SvgRestorationSystem(SvgDistillationSystem):
         """PSNR/SSIM (and the measurement's own PSNR, the baseline) when the ground truth is known,
         measurement consistency, and the probe's classes of the restorations."""
         from scorestudio.metrics.image_quality import measurement_consistency, psnr
-        from scorestudio.systems.inverse import Problem, evaluate
+        from scorestudio.data.problems import Problem
+        from scorestudio.metrics.restoration import evaluate
 
         problem, probe = self.problem, load_probe_or_warn(self.cfg.probe_path)
         images = images.detach().float()
