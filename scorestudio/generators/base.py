@@ -54,6 +54,7 @@ class BaseGenerator(BaseModule):
     keyed by particle (``scorestudio.utils.seeding``) so a particle does not depend on the others.
     """
 
+    registry_kind = "generators"
     is_3d = False
     renders_latents = False
     exports_assets = False        # export() writes files (meshes, SVGs) beyond the system's pictures

@@ -29,6 +29,8 @@ class RegistryError(KeyError):
 def register(name: str):
     """Class decorator that makes ``cls`` findable as ``name``.
 
+    The name's kind is the class's ``registry_kind`` (a base class such as the generators' sets
+    it, so modules outside the package register into it too), else its scorestudio subpackage.
     Raises ``RegistryError`` if ``name`` is already taken by a different class.
     """
 
@@ -41,7 +43,7 @@ def register(name: str):
                 f"{cls.__module__}.{cls.__qualname__}"
             )
         _REGISTRY[name] = cls
-        _KINDS[name] = _kind_of(cls.__module__)
+        _KINDS[name] = getattr(cls, "registry_kind", None) or _kind_of(cls.__module__)
         cls.registered_name = name
         return cls
 
