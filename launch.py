@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""threestudio-style entry point: python launch.py --config configs/X.yaml --train [key=value ...]"""
+"""threestudio-style entry point: python launch.py --config configs/X.yaml --train [key=value ...]
+(the same as ``scorestudio train --config configs/X.yaml key=value ...``; any scorestudio command works)."""
+
+import sys
 
 from scorestudio.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

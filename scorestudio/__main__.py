@@ -1,3 +1,5 @@
+import sys
+
 from scorestudio.cli import main
 
-main()
+sys.exit(main())

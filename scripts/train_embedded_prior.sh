@@ -20,7 +20,7 @@ mkdir -p "$WORK" "$OUT"
 
 stage() {
     echo "== $(date -Is) train $*" | tee -a "$LOG"
-    PYTHONPATH=. "$PYTHON" -m scorestudio.priors.train --out "$OUT" --work-dir "$WORK" --resume "$@" 2>&1 | tee -a "$LOG"
+    PYTHONPATH=. "$PYTHON" -m scorestudio train-prior --out "$OUT" --work-dir "$WORK" --resume "$@" 2>&1 | tee -a "$LOG"
 }
 
 stage --stage probe --minutes 17

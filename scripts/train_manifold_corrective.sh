@@ -26,7 +26,7 @@ export OMP_WAIT_POLICY=PASSIVE
 mkdir -p "$WORK"
 
 echo "== $(date -Is) train manifold corrective $*" | tee -a "$LOG"
-PYTHONPATH=. "$PYTHON" -m scorestudio.guidance.train_manifold_corrective --out "$OUT" --work-dir "$WORK" \
+PYTHONPATH=. "$PYTHON" -m scorestudio train-corrective --out "$OUT" --work-dir "$WORK" \
     --prior-work-dir "$PRIOR_WORK" --minutes 22 --threads 2 --resume "$@" 2>&1 | tee -a "$LOG"
 echo "== $(date -Is) done" | tee -a "$LOG"
 cp "$LOG" "$OUT/training_log.txt"

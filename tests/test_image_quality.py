@@ -116,7 +116,7 @@ def test_load_image_modes_and_errors(tmp_path):
         load_image(tmp_path / "missing.png")
     with pytest.raises(ConfigError, match="^data.mask_path: image not found"):
         load_image(tmp_path / "missing.png", key="data.mask_path")
-    from scorestudio.probe import load_resized
+    from scorestudio.tools.probe import load_resized
 
     with pytest.raises(SystemExit, match="cannot read .*notes.png as an image"):   # the probe CLI: a message, no traceback
         load_resized(tmp_path / "notes.png", 64)

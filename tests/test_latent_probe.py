@@ -19,8 +19,8 @@ from tests.test_lmc import fake_encode_captions
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
     """(prior, image probe folder, latent probe folder, work dir) after a short distillation."""
-    from scorestudio.metrics import train_latent_probe as tlp
-    from scorestudio.priors import train
+    from scorestudio.tools import train_latent_probe as tlp
+    from scorestudio.tools import training as train
 
     base = tmp_path_factory.mktemp("latent-probe")
     original = train.encode_captions
@@ -90,7 +90,7 @@ def test_shipped_latent_probe_loads_by_default():
 
 def test_trainers_end_with_one_message_when_the_prior_is_missing(tmp_path):
     """Both latent trainers (this one and b̂ψ's) share load_prior: no traceback for a wrong folder."""
-    from scorestudio.metrics.train_latent_probe import main
+    from scorestudio.tools.train_latent_probe import main
 
     with pytest.raises(SystemExit, match="(?s)not found at .*absent.*--prior-path FOLDER"):
         main(["--prior-path", str(tmp_path / "absent"), "--out", str(tmp_path / "out"), "--steps", "1",

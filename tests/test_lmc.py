@@ -228,7 +228,7 @@ def test_save_load_round_trip_and_errors(tmp_path):
 
 def test_missing_weights_fail_at_attach_with_the_training_command(prior):
     guidance = scorestudio.find("lmc-sds")({"rgb_as_latents": True})     # the tiny prior ships no b̂ψ
-    with pytest.raises(CorrectiveWeightsNotFound, match="python -m scorestudio.guidance.train_manifold_corrective"):
+    with pytest.raises(CorrectiveWeightsNotFound, match="scorestudio train-corrective"):
         guidance.attach(prior)
 
 
@@ -236,8 +236,8 @@ def test_missing_weights_fail_at_attach_with_the_training_command(prior):
 
 
 def test_training_command_resumes_exactly_and_reports_heldout(tiny, tmp_path, monkeypatch):
-    from scorestudio.guidance import train_manifold_corrective as tmc
-    from scorestudio.priors import train
+    from scorestudio.tools import train_corrective as tmc
+    from scorestudio.tools import training as train
 
     monkeypatch.setattr(train, "encode_captions", fake_encode_captions)   # MiniLM on 424 captions is slow
     common = ["--prior-path", str(tiny[0]), "--prior-work-dir", str(tmp_path / "prior-work"),
@@ -269,7 +269,7 @@ def test_training_command_resumes_exactly_and_reports_heldout(tiny, tmp_path, mo
 
 def test_user_trained_corrective_for_stable_diffusion(tmp_path):
     """The same command trains b̂ψ for another prior (here a tiny SD folder), and LMC-SDS loads it."""
-    from scorestudio.guidance import train_manifold_corrective as tmc
+    from scorestudio.tools import train_corrective as tmc
     from tests.tiny_models import make_tiny_sd
 
     sd = make_tiny_sd(tmp_path / "sd")

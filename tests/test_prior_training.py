@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from scorestudio.metrics.probe import Probe, diversity, load_probe
-from scorestudio.priors import train
+from scorestudio.tools import train_prior as train
+from scorestudio.tools import training
 from scorestudio.priors.embedded_arch import SIZES, TEXT_DIM, TEXT_MAX_LENGTH
 
 TINY = ["--size", "tiny", "--cache-images", "16", "--test-images", "8", "--chunk", "8", "--batch-size", "4", "--threads", "1"]
@@ -51,7 +52,7 @@ def _losses(work, stage: str) -> list[float]:
 
 @pytest.mark.parametrize("stage", ["probe", "vae", "unet"])
 def test_resumed_run_matches_uninterrupted(stage, tmp_path, shipped_vae, cache_dir, monkeypatch):
-    monkeypatch.setattr(train, "encode_captions", fake_encode_captions)
+    monkeypatch.setattr(training, "encode_captions", fake_encode_captions)
     outs = {}
     for name in ("split", "whole"):
         out = tmp_path / name / "out"
@@ -92,7 +93,7 @@ def test_exported_folder_layout(tmp_path, shipped_vae, cache_dir):
 
 def test_drawn_captions_are_all_encoded(tmp_path):
     cache = train.image_cache(tmp_path, "train", 48, 16, seed=0, chunk=16)
-    known = set(train.all_captions())
+    known = set(training.all_captions())
     gen = torch.Generator().manual_seed(0)
     drawn = set()
     for _ in range(20):
@@ -151,15 +152,15 @@ def test_diversity_closed_form():
 
 
 def test_lr_cooldown_only_in_last_fifth_of_budget():
-    assert train.lr_multiplier(10_000, 0.5) == 1.0
-    assert train.lr_multiplier(10_000, 0.8) == 1.0
-    assert train.lr_multiplier(10_000, 1.0) == pytest.approx(train.COOLDOWN_FLOOR)
-    assert train.lr_multiplier(0, 0.0) == pytest.approx(1 / train.WARMUP_STEPS)
+    assert training.lr_multiplier(10_000, 0.5) == 1.0
+    assert training.lr_multiplier(10_000, 0.8) == 1.0
+    assert training.lr_multiplier(10_000, 1.0) == pytest.approx(training.COOLDOWN_FLOOR)
+    assert training.lr_multiplier(0, 0.0) == pytest.approx(1 / training.WARMUP_STEPS)
 
 
-@pytest.mark.parametrize("module, argv", [("scorestudio.priors.train", ["--stage", "probe", "--steps", "1"]),
-                                          ("scorestudio.guidance.train_manifold_corrective", ["--steps", "1"]),
-                                          ("scorestudio.metrics.train_latent_probe", ["--steps", "1"])])
+@pytest.mark.parametrize("module, argv", [("scorestudio.tools.train_prior", ["--stage", "probe", "--steps", "1"]),
+                                          ("scorestudio.tools.train_corrective", ["--steps", "1"]),
+                                          ("scorestudio.tools.train_latent_probe", ["--steps", "1"])])
 def test_trainers_need_an_explicit_out(module, argv, capsys):
     """No default output folder: a trial run can never overwrite the shipped weights."""
     import importlib

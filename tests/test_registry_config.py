@@ -244,7 +244,7 @@ def test_unknown_optimizer_is_a_config_error_with_suggestions():
 
 @pytest.mark.parametrize("module, args", [("scorestudio.sample", ["--prompt", "a cube", "--out", "x", "--n", "0"]),
                                           ("scorestudio.sample", ["--prompt", "a cube", "--out", "x", "--steps", "-2"]),
-                                          ("scorestudio.data.procedural", ["--n", "many"])])
+                                          ("scorestudio.tools.procedural", ["--n", "many"])])
 def test_command_line_counts_must_be_positive(module, args, capsys):
     """A zero or non-numeric count is a usage error naming the option (was a ZeroDivisionError)."""
     import importlib

@@ -248,7 +248,7 @@ def test_clear_errors_for_bad_svg_files(tmp_path):
 
 
 def test_cli_render_and_info(tmp_path, capsys):
-    from scorestudio.svg import main
+    from scorestudio.tools.svg import main
 
     source = tmp_path / "in.svg"
     source.write_text(ROUND_TRIP_SVG)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from scorestudio.priors.embedded import EmbeddedPrior
-from scorestudio.priors.text_embeddings import ENV_VAR, dataset_captions, main
+from scorestudio.priors.text_embeddings import ENV_VAR
+from scorestudio.tools.text_embeddings import dataset_captions, main
 from scorestudio.utils.config import ConfigError
 
 

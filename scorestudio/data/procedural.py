@@ -10,12 +10,11 @@ Two kinds of images, generated on the fly in pure PyTorch and deterministic from
 Captions name the colour, shape and (for objects, sometimes) the view; some drop the colour or
 the shape so that p(image | prompt) is multimodal.
 
-Preview: ``python -m scorestudio.data.procedural --out preview.png --n 64 --seed 0``.
+Preview: ``scorestudio procedural --out preview.png --n 64 --seed 0``.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -33,7 +32,6 @@ from scorestudio.data.cameras import (
     sample_cameras,
     view_index,
 )
-from scorestudio.utils.cli_args import positive_int
 from scorestudio.utils.seeding import derive_seed
 
 SHAPES_3D = ("sphere", "cube", "cylinder", "cone", "torus", "mug", "house")
@@ -530,30 +528,3 @@ class ProceduralDataset:
         yaw, scale = _object_pose(idx, generator)
         return render_objects(idx, rgb, cameras, self.cfg.resolution, yaw=yaw, scale=scale)
 
-
-# --------------------------------------------------------------------------------------------
-# Preview.
-# --------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Write a grid of one batch to ``--out`` and print its captions in grid order."""
-    from scorestudio.utils.images import image_grid, save_image
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="preview.png")
-    parser.add_argument("--n", type=positive_int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--index", type=int, default=0)
-    parser.add_argument("--resolution", type=positive_int, default=64)
-    parser.add_argument("--split", default="train", choices=ProceduralDataset.SPLITS)
-    args = parser.parse_args(argv)
-    data = ProceduralDataset(ProceduralConfig(resolution=args.resolution, seed=args.seed), args.split)
-    batch = data.batch(args.n, args.index)
-    save_image(image_grid(batch.images, pad_value=0.5), args.out)
-    for i, caption in enumerate(batch.captions):
-        print(f"{i:3d}  {caption}")
-
-
-if __name__ == "__main__":
-    main()

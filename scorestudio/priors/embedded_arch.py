@@ -142,7 +142,7 @@ class ProbeConfig:
     views: tuple[str, ...]
     # "image": RGB [N, 3, H, W] in [0, 1] (resized to ``resolution``); "latent": a prior's
     # model-space latents [N, in_channels, resolution, resolution], used as they are (the
-    # distilled latent probe of :mod:`scorestudio.metrics.train_latent_probe`).
+    # distilled latent probe of :mod:`scorestudio.tools.train_latent_probe`).
     space: str = "image"
     in_channels: int = 3
 

@@ -6,9 +6,9 @@ prompt cache, scorestudio writes the embeddings of a list of prompts to one file
 ``text_embeddings`` config names that file (or the ``SCORESTUDIO_TEXT_EMBEDDINGS`` environment
 variable, its default) takes prompts from it and never loads its text encoder model.
 
-    python -m scorestudio.priors.text_embeddings --out prompts.pt --dataset-captions
-    python -m scorestudio.priors.text_embeddings --out prompts.pt --prompts "a red cube" "an icon"
-    python -m scorestudio.priors.text_embeddings --out sd.pt --prior stable-diffusion \\
+    scorestudio text-embeddings --out prompts.pt --dataset-captions
+    scorestudio text-embeddings --out prompts.pt --prompts "a red cube" "an icon"
+    scorestudio text-embeddings --out sd.pt --prior stable-diffusion \\
         --prior-arg pretrained_model_name_or_path=/models/sd21 --prompts-file prompts.txt
 
 File layout (``torch.save``): ``{"prompts": [P strings], "embeddings": float32 [P, L, D],
@@ -18,7 +18,6 @@ always included.
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Optional
@@ -30,7 +29,7 @@ from scorestudio.utils.config import ConfigError
 from scorestudio.utils.io import atomic_open
 
 ENV_VAR = "SCORESTUDIO_TEXT_EMBEDDINGS"
-COMMAND = "python -m scorestudio.priors.text_embeddings"
+COMMAND = "scorestudio text-embeddings"
 
 
 def default_file() -> Optional[str]:
@@ -63,57 +62,3 @@ def save_text_embeddings(path: str | os.PathLike, embeddings: dict[str, Tensor],
     with atomic_open(path) as f:
         torch.save({"prompts": prompts, "embeddings": torch.stack([embeddings[p] for p in prompts]).float(),
                     "prior": prior, "source": source}, f)
-
-
-def dataset_captions() -> list[str]:
-    """Every caption the procedural data set can produce (with and without view suffixes)."""
-    from scorestudio.data.cameras import VIEW_NAMES
-    from scorestudio.data.procedural import COLOR_NAMES, ICON_SHAPES, SHAPES_3D, caption_for
-
-    captions = []
-    for color in (None, *COLOR_NAMES):
-        for shape in (None, *SHAPES_3D):
-            base = caption_for(shape, color, kind="object")
-            captions += [base] + [caption_for(shape, color, view=v, kind="object") for v in VIEW_NAMES]
-        captions += [caption_for(shape, color, kind="icon") for shape in (None, *ICON_SHAPES)]
-    return captions
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    from omegaconf import OmegaConf
-
-    from scorestudio.priors.prompt_processor import NFSD_NEGATIVE_PROMPT
-    from scorestudio.utils.cli_args import build_prior
-
-    parser = argparse.ArgumentParser(description="Precompute a prior's text embeddings into one file.")
-    parser.add_argument("--out", required=True, help="output file (.pt)")
-    parser.add_argument("--prior", default="embedded", help="prior type (embedded, stable-diffusion, deepfloyd-if)")
-    parser.add_argument("--prior-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="prior config entry, e.g. pretrained_model_name_or_path=/models/sd21")
-    parser.add_argument("--prompts", nargs="*", default=[], help="prompts to encode")
-    parser.add_argument("--prompts-file", default=None, help="file with one prompt per line")
-    parser.add_argument("--dataset-captions", action="store_true",
-                        help="add every procedural-data-set caption (embedded prior experiments)")
-    args = parser.parse_args(argv)
-
-    prompts = ["", NFSD_NEGATIVE_PROMPT, *args.prompts]
-    if args.prompts_file:
-        if not Path(args.prompts_file).is_file():
-            parser.error(f"--prompts-file {args.prompts_file}: no such file")
-        prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
-    if args.dataset_captions:
-        prompts += dataset_captions()
-    prompts = list(dict.fromkeys(prompts))
-    prior_cfg = {**OmegaConf.to_container(OmegaConf.from_dotlist(args.prior_arg)), "text_embeddings": None}
-    prior = build_prior(args.prior, prior_cfg, "this command takes the prior's settings as --prior-arg KEY=VALUE, "
-                                               "e.g. --prior-arg pretrained_model_name_or_path=DIR")
-    embeddings = {}
-    for start in range(0, len(prompts), 64):
-        chunk = prompts[start:start + 64]
-        embeddings.update(zip(chunk, prior.encode_text(chunk).cpu()))
-    save_text_embeddings(args.out, embeddings, args.prior, prior.locate_weights())
-    print(f"wrote {len(prompts)} prompts × {tuple(embeddings[''].shape)} to {args.out}")
-
-
-if __name__ == "__main__":
-    main()

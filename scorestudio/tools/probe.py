@@ -1,6 +1,6 @@
 """Name the shape, colour, kind and view of images with the embedded prior's probe.
 
-    python -m scorestudio.probe IMAGE_OR_DIR ... [--json] [--probe FOLDER]
+    scorestudio probe IMAGE_OR_DIR ... [--json] [--probe FOLDER]
 
 Folders are searched recursively for .png/.jpg/.jpeg/.webp files. Transparent images are put on
 white (the probe was trained on white backgrounds); any size is resized to the probe's input.
@@ -55,7 +55,7 @@ def format_row(path: Path, row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="scorestudio probe", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--probe", default=None, help="probe folder (default: the shipped probe)")
@@ -69,6 +69,3 @@ def main(argv: list[str] | None = None) -> None:
         for path, row in zip(chunk, rows):
             print(json.dumps({"path": str(path), **row}) if args.json else format_row(path, row))
 
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """SVG files from the command line, rendered with the same rasterizer as training.
 
-    python -m scorestudio.svg render IN.svg OUT.png [--width W] [--height H]
-    python -m scorestudio.svg info IN.svg
+    scorestudio svg render IN.svg OUT.png [--width W] [--height H]
+    scorestudio svg info IN.svg
 
 Bad input (missing file, invalid XML, nothing filled) prints one error line and exits with 2.
 """
@@ -18,7 +18,7 @@ from scorestudio.utils.images import save_image
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scorestudio.svg", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="scorestudio svg", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("render", help="rasterize the fills of an SVG file to an image")
     cmd.add_argument("input", help="SVG file")
@@ -34,7 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         scene = read_svg(args.input, args.width, args.height)
     except SvgError as err:
-        print(f"scorestudio.svg: error: {err}", file=sys.stderr)
+        print(f"scorestudio svg: error: {err}", file=sys.stderr)
         return 2
     save_image(render(scene)[0], args.output)
     print(f"wrote {args.output} ({scene.width}x{scene.height} px, {scene.num_paths} paths)")
@@ -59,6 +59,3 @@ def describe(scene: SvgScene, name: str) -> str:
         f"fill rules: nonzero {rules.count('nonzero')}, evenodd {rules.count('evenodd')}",
     ])
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Train the embedded prior (VAE, UNet) and its probe classifier on the procedural data set.
 
-    python -m scorestudio.priors.train --stage {probe,vae,unet,all} \
+    scorestudio train-prior --stage {probe,vae,unet,all} \
         --out scorestudio/priors/weights/embedded --minutes M [--resume] [--steps N] [--batch-size B]
 
 Stages (``all`` runs them in this order; the UNet needs the exported VAE):
@@ -15,64 +15,37 @@ Stages (``all`` runs them in this order; the UNet needs the exported VAE):
 Work files (not shipped) live in ``--work-dir`` (default ``runs/prior-train``): the image caches,
 one folder per stage with ``ckpt.pt`` (atomic, every ``--ckpt-minutes`` and at the end),
 ``loss.csv`` and ``metrics.json``. ``--minutes`` is the stage's wall-clock budget summed over
-resumed runs; the learning rate cools down (cosine) over its last 20%. Every random draw of step
-``k`` comes from a generator derived from (seed, stage, k), so a resumed run repeats exactly what
-an uninterrupted one would do.
+resumed runs (see :mod:`scorestudio.tools.training` for the schedule and exact resumption).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
-import math
-import os
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# The 2 cores are shared with other jobs: OpenMP workers spinning on a descheduled peer made
-# training steps 10-30x slower in measurements; passive waiting keeps 2 threads useful under
-# load. Only effective before torch (and its OpenMP runtime) is first imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
+import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
-from safetensors.torch import save_file
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from scorestudio.data import (ALL_SHAPES, COLOR_NAMES, ICON_SHAPES, KINDS, SHAPES_3D, VIEW_NAMES,
-                              ProceduralConfig, ProceduralDataset, caption_for)
-from scorestudio.priors.embedded_arch import (SIZES, ArchSizes, ProbeConfig, ProbeNet, build_unet,
-                                              build_vae, cast_state_dict, parameter_count)
+from scorestudio.data import ALL_SHAPES, COLOR_NAMES, KINDS, VIEW_NAMES, ProceduralConfig, caption_for
+from scorestudio.priors.embedded_arch import SIZES, ArchSizes, ProbeConfig, ProbeNet, build_unet, build_vae, parameter_count
+from scorestudio.tools.training import (EMA, WORK_DIR, ImageCache, LatentCache, StageRun, add_run_arguments,
+                                        epoch_batch, export_probe, image_cache, latent_cache, latent_moments,
+                                        prepare_run, repo_relative, seeded_init, train_loop)
 from scorestudio.utils.cli_args import positive_int
-from scorestudio.utils.io import atomic_open, write_json
+from scorestudio.utils.io import write_json
 from scorestudio.utils.seeding import generator
 
 STAGES = ("probe", "vae", "unet")
-WORK_DIR = Path("runs/prior-train")
-SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "embedded"
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "priors" / "weights" / "embedded"
 UNCOND_PROB = 0.1  # captions dropped to "" for classifier-free guidance
 MIN_SNR_GAMMA = 5.0
-EMA_DECAY = 0.999
 VAE_KL_WEIGHT = 1e-6  # SD's weight, relative to the per-pixel *summed* reconstruction loss
-COOLDOWN_FROM = 0.8  # fraction of the wall-clock budget after which the LR decays
-COOLDOWN_FLOOR = 0.05
-WARMUP_STEPS = 100
-
-
-def repo_relative(path: Path) -> str:
-    """``path`` relative to the repository when inside it (shipped configs hold no machine paths)."""
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        return str(Path(path).resolve().relative_to(repo))
-    except ValueError:
-        return str(path)
 
 
 @dataclass(frozen=True)
@@ -82,7 +55,7 @@ class StageDefaults:
     minutes: float
 
 
-# The shipped run's settings (see MODEL_CARD.md): VAE + UNet = 90 minutes on 2 cores.
+# The shipped run's settings (see MODEL_CARD.md).
 STAGE_DEFAULTS = {
     "probe": StageDefaults(lr=1e-3, batch_size=64, minutes=10.0),
     "vae": StageDefaults(lr=5e-4, batch_size=16, minutes=40.0),
@@ -95,87 +68,8 @@ SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="scaled_linear",
 
 
 # --------------------------------------------------------------------------------------------
-# Image caches: pre-rendered procedural images (rendering costs ~20 ms per image on 2 cores,
-# far more than a training step spends per image, so every stage reads the same cache).
+# Captions.
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ImageCache:
-    images: Tensor  # [N, 3, R, R] uint8
-    shape: Tensor  # [N] long, index into ALL_SHAPES
-    color: Tensor  # [N] long, index into COLOR_NAMES
-    kind: Tensor  # [N] long, index into KINDS
-    view: Tensor  # [N] long, index into VIEW_NAMES, -1 for icons
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def floats(self, idx: Tensor) -> Tensor:
-        """Images ``[len(idx), 3, R, R]`` float32 in [0, 1]."""
-        return self.images[idx].float() / 255.0
-
-
-def image_cache(cache_dir: Path, split: str, n_images: int, resolution: int, seed: int,
-                chunk: int = 256) -> ImageCache:
-    """The first ``n_images`` procedural images of ``split``, rendered once in chunks of ``chunk``
-    (chunk i = ``ProceduralDataset.batch(chunk, i)``) that are kept on disk, so an interrupted
-    build resumes and later stages reuse it."""
-    folder = cache_dir / f"{split}-r{resolution}-s{seed}-c{chunk}"
-    data = ProceduralDataset(ProceduralConfig(resolution=resolution, seed=seed), split)
-    parts = []
-    n_chunks = math.ceil(n_images / chunk)
-    for i in tqdm(range(n_chunks), desc=f"image cache {split}", disable=n_chunks < 4, **_tqdm_kwargs()):
-        path = folder / f"chunk_{i:05d}.pt"
-        if not path.is_file():
-            b = data.batch(chunk, i)
-            part = dict(images=(b.images * 255).round().to(torch.uint8), shape=b.shape, color=b.color,
-                        kind=b.kind, view=b.view)
-            with atomic_open(path, "wb") as handle:
-                torch.save(part, handle)
-        parts.append(torch.load(path))
-    cat = {k: torch.cat([p[k] for p in parts])[:n_images] for k in parts[0]}
-    return ImageCache(**cat)
-
-
-def epoch_batch(n_items: int, batch_size: int, step: int, seed: int, stream: str) -> Tensor:
-    """Indices ``[batch_size]`` of step ``step``: consecutive slices of per-epoch permutations of
-    ``range(n_items)`` (each permutation from its own generator, so any step is reproducible)."""
-    start = step * batch_size
-    out = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), n_items)
-        perm = torch.randperm(n_items, generator=generator(seed, stream, "epoch", epoch))
-        out.extend(perm[offset:offset + batch_size - len(out)].tolist())
-    return torch.tensor(out)
-
-
-# --------------------------------------------------------------------------------------------
-# Text: every caption the data set can produce, encoded once.
-# --------------------------------------------------------------------------------------------
-
-
-def all_captions() -> list[str]:
-    """Every caption the procedural data set can produce, plus "" (unconditional) first."""
-    captions = [""]
-    for shape in (None, *SHAPES_3D):
-        for color in (None, *COLOR_NAMES):
-            for view in (None, *VIEW_NAMES):
-                captions.append(caption_for(shape, color, view=view, kind="object"))
-    for shape in (None, *ICON_SHAPES):
-        for color in (None, *COLOR_NAMES):
-            captions.append(caption_for(shape, color, kind="icon"))
-    return captions
-
-
-def encode_captions(captions: list[str], batch_size: int = 64) -> Tensor:
-    """Per-token MiniLM states ``[len(captions), 32, 384]``, exactly as the embedded prior
-    encodes prompts at inference (:class:`~scorestudio.priors.embedded.MiniLMTextEncoder`)."""
-    from scorestudio.priors.embedded import MiniLMTextEncoder
-
-    encoder = MiniLMTextEncoder()
-    with torch.no_grad():
-        return torch.cat([encoder(captions[i:i + batch_size]) for i in range(0, len(captions), batch_size)])
 
 
 def draw_captions(cache: ImageCache, idx: Tensor, gen: torch.Generator, cfg: ProceduralConfig,
@@ -199,162 +93,6 @@ def draw_captions(cache: ImageCache, idx: Tensor, gen: torch.Generator, cfg: Pro
             None if drop_color[j] else COLOR_NAMES[cache.color[i]],
             view=VIEW_NAMES[view] if kind == "object" and with_view[j] else None, kind=kind))
     return captions
-
-
-# --------------------------------------------------------------------------------------------
-# Shared training loop.
-# --------------------------------------------------------------------------------------------
-
-
-def _tqdm_kwargs() -> dict:
-    """Frequent refreshes on a terminal, a line every 30 s in a log file."""
-    return {"file": sys.stderr, "mininterval": 0.5 if sys.stderr.isatty() else 30.0, "dynamic_ncols": True}
-
-
-def lr_multiplier(step: int, progress: float) -> float:
-    """Linear warm-up over ``WARMUP_STEPS``, constant, then cosine from 1 to ``COOLDOWN_FLOOR``
-    over the last ``1 - COOLDOWN_FROM`` of the wall-clock budget (``progress`` in [0, 1])."""
-    warm = min(1.0, (step + 1) / WARMUP_STEPS)
-    if progress <= COOLDOWN_FROM:
-        return warm
-    frac = min(1.0, (progress - COOLDOWN_FROM) / (1 - COOLDOWN_FROM))
-    return warm * (COOLDOWN_FLOOR + (1 - COOLDOWN_FLOOR) * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-class EMA:
-    """Exponential moving average of a module's parameters (decay warms up as in diffusers)."""
-
-    def __init__(self, module: nn.Module, decay: float = EMA_DECAY) -> None:
-        self.decay = decay
-        self.shadow = {k: p.detach().clone() for k, p in module.named_parameters()}
-
-    @torch.no_grad()
-    def update(self, module: nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for k, p in module.named_parameters():
-            self.shadow[k].lerp_(p.detach(), 1 - d)
-
-    @torch.no_grad()
-    def copy_to(self, module: nn.Module) -> None:
-        for k, p in module.named_parameters():
-            p.copy_(self.shadow[k])
-
-
-@dataclass
-class StageRun:
-    """The mutable state of one stage: saved to and restored from ``ckpt.pt``."""
-
-    folder: Path
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    ema: EMA | None = None
-    step: int = 0
-    elapsed: float = 0.0  # training seconds summed over resumed runs
-
-    @property
-    def ckpt_path(self) -> Path:
-        return self.folder / "ckpt.pt"
-
-    def save(self, extra: dict) -> None:
-        state = dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), step=self.step,
-                     elapsed=self.elapsed, ema=self.ema.shadow if self.ema else None, **extra)
-        with atomic_open(self.ckpt_path, "wb") as handle:
-            torch.save(state, handle)
-
-    def load(self) -> dict:
-        state = torch.load(self.ckpt_path, weights_only=False)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            self.ema.shadow = {k: v.to(self.ema.shadow[k].device) for k, v in state["ema"].items()}
-        self.step, self.elapsed = state["step"], state["elapsed"]
-        return state
-
-
-def prepare_run(run: StageRun, resume: bool, extra: dict) -> None:
-    """Restore ``run`` from its checkpoint with ``resume``; refuse to overwrite one without.
-
-    ``extra`` (sizes, batch size, ...) must match the checkpoint's, so a resumed run cannot
-    silently continue with other settings.
-    """
-    run.folder.mkdir(parents=True, exist_ok=True)
-    if not run.ckpt_path.is_file():
-        return
-    if not resume:
-        raise SystemExit(f"{run.ckpt_path} exists: pass --resume to continue it, or delete {run.folder}")
-    state = run.load()
-    mismatched = {k: (state.get(k), v) for k, v in extra.items() if state.get(k) != v}
-    if mismatched:
-        raise SystemExit(f"{run.ckpt_path} was trained with other settings (checkpoint, now): {mismatched}")
-    print(f"resumed {run.folder.name} at step {run.step} ({run.elapsed / 60:.1f} min trained)", flush=True)
-
-
-def train_loop(run: StageRun, step_fn, args: argparse.Namespace, stage: str, extra: dict) -> None:
-    """Run ``step_fn(step) -> dict of floats`` (first key "loss") until ``--steps`` or
-    the stage's ``--minutes`` are used up; checkpoint every ``--ckpt-minutes`` and at the end,
-    then append the logged rows to ``loss.csv``."""
-    budget = 60.0 * args.minutes
-    rows: list[dict] = []
-    csv_path = run.folder / "loss.csv"
-    _truncate_csv(csv_path, run.step)
-    bar = tqdm(initial=run.step, total=args.steps, desc=stage, unit="step", **_tqdm_kwargs())
-    last_ckpt = last_print = time.time()
-    window: list[float] = []
-    while (args.steps is None or run.step < args.steps) and run.elapsed < budget:
-        t0 = time.time()
-        mult = lr_multiplier(run.step, run.elapsed / budget)
-        for group in run.optimizer.param_groups:
-            group["lr"] = args.lr * mult
-        logs = step_fn(run.step)
-        run.step += 1
-        run.elapsed += time.time() - t0
-        window.append(logs["loss"])
-        rows.append({"step": run.step, "elapsed_s": round(run.elapsed, 2), "lr": args.lr * mult, **logs})
-        bar.update(1)
-        bar.set_postfix(loss=f"{logs['loss']:.4f}", min=f"{run.elapsed / 60:.1f}/{args.minutes:g}", refresh=False)
-        now = time.time()
-        if now - last_print > 60:
-            bar.write(f"[{stage}] step {run.step} loss(avg) {sum(window) / len(window):.5f} lr {args.lr * mult:.2e} "
-                      f"{run.elapsed / 60:.1f}/{args.minutes:g} min", file=sys.stdout)
-            sys.stdout.flush()
-            window, last_print = [], now
-        if now - last_ckpt > 60.0 * args.ckpt_minutes:
-            _checkpoint(run, extra, csv_path, rows)
-            rows, last_ckpt = [], time.time()
-    bar.close()
-    _checkpoint(run, extra, csv_path, rows)
-    print(f"[{stage}] finished at step {run.step}, {run.elapsed / 60:.1f} min", flush=True)
-
-
-def _checkpoint(run: StageRun, extra: dict, csv_path: Path, rows: list[dict]) -> None:
-    """Save the checkpoint first, then the rows it covers (a crash between loses only log rows)."""
-    run.save(extra)
-    if not rows:
-        return
-    new = not csv_path.is_file()
-    with csv_path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
-def _truncate_csv(path: Path, step: int) -> None:
-    """Drop rows past ``step`` (logged after the checkpoint a resumed run restarts from)."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
-    if len(keep) != len(lines):
-        path.write_text("".join(keep))
-
-
-def seeded_init(seed: int, build):
-    """``build()`` with its weight initialisation seeded by ``seed``; the global RNG state is
-    restored afterwards (module constructors draw from it, there is no generator argument)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return build()
 
 
 def _config_of(run_args: argparse.Namespace, stage: str) -> dict:
@@ -422,13 +160,6 @@ def probe_accuracy(net: ProbeNet, cache: ImageCache, batch_size: int = 256) -> d
             "n_images": len(cache)}
 
 
-def export_probe(net: ProbeNet, folder: Path) -> None:
-    """``folder/config.json`` + ``folder/probe.safetensors`` (fp16)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "config.json", net.cfg.to_dict())
-    save_file(cast_state_dict(net, torch.float16), str(folder / "probe.safetensors"))
-
-
 def train_probe(args: argparse.Namespace, size: ArchSizes) -> None:
     train = image_cache(args.cache_dir, "train", args.cache_images, size.image_size, args.seed, args.chunk)
     net = seeded_init(args.seed, lambda: ProbeNet(probe_config(size))).to(args.device)
@@ -488,18 +219,6 @@ def vae_psnr(vae: AutoencoderKL, cache: ImageCache, batch_size: int = 64) -> dic
             "n_images": len(cache)}
 
 
-@torch.no_grad()
-def latent_moments(vae: AutoencoderKL, cache: ImageCache, batch_size: int = 128) -> tuple[Tensor, Tensor]:
-    """Posterior mean and std ``[N, 4, r, r]`` (float32, unscaled) of every cache image."""
-    vae.eval()
-    means, stds = [], []
-    for i in tqdm(range(0, len(cache), batch_size), desc="encode latents", **_tqdm_kwargs()):
-        post = vae.encode(cache.floats(torch.arange(i, min(i + batch_size, len(cache)))) * 2 - 1).latent_dist
-        means.append(post.mean)
-        stds.append(post.std)
-    return torch.cat(means), torch.cat(stds)
-
-
 def measure_scaling_factor(mean: Tensor, std: Tensor, seed: int) -> float:
     """1 / std of latent samples ``mean + std * eps`` (SD's recipe for ``scaling_factor``)."""
     eps = torch.randn(mean.shape, generator=generator(seed, "scaling-factor"))
@@ -548,34 +267,6 @@ def train_vae(args: argparse.Namespace, size: ArchSizes) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class LatentCache:
-    mean: Tensor  # [N, 4, r, r] unscaled posterior means
-    std: Tensor  # [N, 4, r, r]
-    scaling_factor: float
-    captions: list[str]  # all_captions()
-    states: Tensor  # [len(captions), 32, 384] float32
-
-
-def latent_cache(args: argparse.Namespace, vae_folder: Path, images: ImageCache, name: str) -> LatentCache:
-    """Latent moments of ``images`` under the shipped VAE plus every caption's text states, built
-    once and kept in ``work_dir/unet/<name>.pt``."""
-    path = args.work_dir / "unet" / f"{name}.pt"
-    vae_config = json.loads((vae_folder / "config.json").read_text())
-    if path.is_file():
-        state = torch.load(path)
-        if state["scaling_factor"] == vae_config["scaling_factor"] and len(state["mean"]) == len(images):
-            return LatentCache(**state)
-    vae = AutoencoderKL.from_pretrained(vae_folder, torch_dtype=torch.float32)
-    mean, std = latent_moments(vae, images)
-    captions = all_captions()
-    state = dict(mean=mean, std=std, scaling_factor=vae_config["scaling_factor"], captions=captions,
-                 states=encode_captions(captions))
-    with atomic_open(path, "wb") as handle:
-        torch.save(state, handle)
-    return LatentCache(**state)
-
-
 def diffusion_loss(unet: UNet2DConditionModel, scheduler: DDPMScheduler, z0: Tensor, states: Tensor,
                    gen: torch.Generator) -> Tensor:
     """Min-SNR-weighted eps-prediction MSE for scaled latents ``z0`` ``[B, 4, r, r]`` and text
@@ -613,7 +304,7 @@ def train_unet(args: argparse.Namespace, size: ArchSizes) -> None:
     if not (vae_folder / "config.json").is_file():
         raise SystemExit(f"{vae_folder} is missing: train the VAE first (--stage vae)")
     train = image_cache(args.cache_dir, "train", args.cache_images, size.image_size, args.seed, args.chunk)
-    lat = latent_cache(args, vae_folder, train, "latents-train")
+    lat = latent_cache(args.work_dir / "unet", vae_folder, train, "latents-train")
     index = {c: i for i, c in enumerate(lat.captions)}
     data_cfg = ProceduralConfig()
     unet = seeded_init(args.seed, lambda: build_unet(size)).to(args.device)
@@ -643,7 +334,7 @@ def train_unet(args: argparse.Namespace, size: ArchSizes) -> None:
     run.ema.copy_to(unet)  # export (and evaluate) the EMA weights
     unet.cpu()
     test = image_cache(args.cache_dir, "test", args.test_images, size.image_size, args.seed, args.chunk)
-    test_lat = latent_cache(args, vae_folder, test, "latents-test")
+    test_lat = latent_cache(args.work_dir / "unet", vae_folder, test, "latents-test")
     metrics = {"val_loss_ema": diffusion_val_loss(unet, scheduler, test_lat, test, args.seed),
                "steps": run.step, "minutes": run.elapsed / 60, "parameters": parameter_count(unet)}
     write_json(run.folder / "metrics.json", metrics)
@@ -676,20 +367,8 @@ def export_unet(unet: UNet2DConditionModel, scheduler: DDPMScheduler, out: Path)
 # --------------------------------------------------------------------------------------------
 
 
-def add_run_arguments(p: argparse.ArgumentParser, device_help: str = "training device") -> None:
-    """Options every training command over the procedural caches shares (this one and
-    ``scorestudio.guidance.train_manifold_corrective``)."""
-    p.add_argument("--cache-images", type=positive_int, default=16384, help="training images rendered once")
-    p.add_argument("--test-images", type=positive_int, default=1024, help="held-out images for the metrics")
-    p.add_argument("--chunk", type=positive_int, default=256, help="images per cache file")
-    p.add_argument("--ckpt-minutes", type=float, default=3.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=positive_int, default=2)
-    p.add_argument("--device", default="cpu", help=device_help)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train the embedded prior and its probe.")
+    p = argparse.ArgumentParser(prog="scorestudio train-prior", description="Train the embedded prior and its probe.")
     p.add_argument("--stage", choices=(*STAGES, "all"), required=True)
     p.add_argument("--out", type=Path, required=True,   # no default: a trial run never overwrites shipped weights
                    help=f"weights folder to write; the shipped one is {repo_relative(SHIPPED_WEIGHTS)}")
@@ -723,6 +402,3 @@ def main(argv: list[str] | None = None) -> None:
               f"size {args.size}, threads {args.threads}", flush=True)
         {"probe": train_probe, "vae": train_vae, "unet": train_unet}[stage](args, size)
 
-
-if __name__ == "__main__":
-    main()

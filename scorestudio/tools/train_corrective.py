@@ -1,16 +1,16 @@
 """Train b̂ψ, LMC-SDS's learned manifold corrective, on triplets (z, ẑ_t, t) of a prior.
 
-    python -m scorestudio.guidance.train_manifold_corrective --minutes 22 --resume \
+    scorestudio train-corrective --minutes 22 --resume \
         [--out scorestudio/priors/weights/embedded/manifold_corrective] [--work-dir runs/manifold-corrective]
 
 Triplets (paper §4, "Implementation details"): z a clean latent of a procedural image, t ~ U(0.02,
 0.98)·T, ε ~ N(0, I), and ẑ_t = (z_t − σ_t ε̂_∅(z_t, t)) / α_t the prior's unconditional one-step
 denoised estimate. b̂ψ(z, t) is fitted to ẑ_t with the normalised loss L_k (Eq. 10,
 :func:`~scorestudio.guidance.manifold_corrective.normalized_corrective_loss`). Triplets are made
-on the fly (one UNet forward per triplet costs ~3 ms on 2 cores, ten times the b̂ψ update), so
-every step sees fresh (t, ε) and a resumed run repeats exactly what an uninterrupted one does.
+on the fly, so every step sees fresh (t, ε) and a resumed run repeats exactly what an
+uninterrupted one does; the UNet forward that makes a triplet dominates the cost of a step.
 
-Latents come from the prior trainer's caches (:mod:`scorestudio.priors.train`): the rendered
+Latents come from the prior trainer's caches (:mod:`scorestudio.tools.training`): the rendered
 images (``--cache-dir``) and, for the embedded prior, its VAE posterior moments of them
 (``--prior-work-dir``/unet/latents-*.pt, shared with the UNet stage). Other priors (a Stable
 Diffusion folder, ``--prior-type stable-diffusion --prior-path DIR``) encode the images with
@@ -26,91 +26,31 @@ training budget summed over resumed runs.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # shared cores: see scorestudio.priors.train
+import torch
+from torch import Tensor
 
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from scorestudio.guidance.manifold_corrective import (FOLDER_NAME, CorrectiveConfig, ManifoldCorrective,  # noqa: E402
+from scorestudio.guidance.manifold_corrective import (FOLDER_NAME, CorrectiveConfig, ManifoldCorrective,
                                                       load_corrective, normalized_corrective_loss,
                                                       parameter_count, save_corrective)
-from scorestudio.priors.train import (EMA, WORK_DIR, LatentCache, StageRun, add_run_arguments, epoch_batch,  # noqa: E402
-                                      image_cache, latent_cache, prepare_run, repo_relative, seeded_init,
-                                      train_loop)
-from scorestudio.utils.cli_args import build_prior, positive_int  # noqa: E402
-from scorestudio.utils.io import atomic_open, write_json  # noqa: E402
-from scorestudio.utils.seeding import generator  # noqa: E402
+from scorestudio.tools.training import (EMA, EMBEDDED_WEIGHTS, LatentCache, StageRun, add_trainer_arguments,
+                                        epoch_batch, latents_for, load_prior, prepare_run, repo_relative,
+                                        sample_latents, seeded_init, setup_run, train_loop)
+from scorestudio.utils.cli_args import positive_int
+from scorestudio.utils.io import write_json
+from scorestudio.utils.seeding import generator
 
-EMBEDDED_WEIGHTS = Path(__file__).resolve().parents[1] / "priors" / "weights" / "embedded"
 DEFAULT_WORK = Path("runs/manifold-corrective")
 ACCEPT_IMPROVEMENT = 0.30   # L_k at least 30% below the identity baseline on held-out triplets
-EMA_DECAY = 0.995           # ~200-step average: the run is only ~1-2k steps long
+EMA_DECAY = 0.995           # a ~200-step average: the default budget is too short a run for 0.999
 T_BINS = 5                  # held-out L_k also reported per fifth of [t_lo, t_hi]
 
 
 # --------------------------------------------------------------------------------------------
 # Latents and triplets.
 # --------------------------------------------------------------------------------------------
-
-
-def load_prior(args: argparse.Namespace):
-    """The prior named by ``--prior-type`` / ``--prior-path``; missing weights or an unknown type end
-    the command with one message (the prior's own errors name the launch.py setting)."""
-    return build_prior(args.prior_type, {"pretrained_model_name_or_path": str(args.prior_path)},
-                       "this command takes the prior as --prior-type NAME --prior-path FOLDER")
-
-
-def add_trainer_arguments(p: argparse.ArgumentParser, shipped: Path, out_help: str, work_dir: Path, work_help: str,
-                          minutes: float, batch_size: int, lr: float) -> None:
-    """Options every trainer over a prior's latents shares (this one and
-    ``scorestudio.metrics.train_latent_probe``), with its own defaults: output and work folders,
-    which prior, budget, batch, learning rate, resumption, and the prior trainer's run options.
-    ``--out`` has no default, so that a trial run never overwrites the ``shipped`` weights."""
-    p.add_argument("--out", type=Path, required=True, help=f"{out_help}; the shipped one is {repo_relative(shipped)}")
-    p.add_argument("--work-dir", type=Path, default=work_dir, help=work_help)
-    p.add_argument("--prior-type", default="embedded", help="registered prior (embedded, stable-diffusion, ...)")
-    p.add_argument("--prior-path", type=Path, default=EMBEDDED_WEIGHTS, help="the prior's weights folder")
-    p.add_argument("--prior-work-dir", type=Path, default=WORK_DIR,
-                   help="the prior trainer's work dir: embedded latent caches in <it>/unet/ (shared)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="rendered images (default PRIOR_WORK_DIR/cache)")
-    p.add_argument("--resolution", type=positive_int, default=64,
-                   help="render size for non-embedded priors (they resize to their own image size)")
-    p.add_argument("--minutes", type=float, default=minutes, help="training wall-clock budget, summed over resumed runs")
-    p.add_argument("--steps", type=positive_int, default=None, help="stop at this total step count")
-    p.add_argument("--batch-size", type=positive_int, default=batch_size)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--resume", action="store_true", help="continue from WORK/ckpt.pt")
-    add_run_arguments(p)   # cache sizes, checkpoint period, seed, threads, device: as the prior trainer
-
-
-def latents_for(args: argparse.Namespace, prior, split: str, n_images: int) -> LatentCache:
-    """Latent moments of the first ``n_images`` procedural images of ``split``.
-
-    Embedded prior: :func:`scorestudio.priors.train.latent_cache` (posterior mean and std under
-    its VAE, shared with the UNet stage). Any other prior: ``prior.encode_images`` (posterior
-    mean × scaling factor), cached once in the work dir with std 0 and scaling factor 1.
-    """
-    images = image_cache(args.cache_dir, split, n_images, prior.image_size if args.prior_type == "embedded"
-                         else args.resolution, args.seed, args.chunk)
-    if args.prior_type == "embedded":
-        return latent_cache(argparse.Namespace(work_dir=args.prior_work_dir), Path(args.prior_path) / "vae",
-                            images, f"latents-{split}")
-    path = args.work_dir / f"latents-{args.prior_type}-{split}-{n_images}.pt"
-    if not path.is_file():
-        means = []
-        with torch.no_grad():
-            for i in range(0, len(images), 32):
-                x = images.floats(torch.arange(i, min(i + 32, len(images)))).to(prior.device)
-                means.append(prior.encode_images(x).cpu())
-        mean = torch.cat(means)
-        with atomic_open(path, "wb") as handle:
-            torch.save({"mean": mean}, handle)
-    mean = torch.load(path)["mean"]
-    return LatentCache(mean=mean, std=torch.zeros_like(mean), scaling_factor=1.0, captions=[], states=torch.empty(0))
 
 
 def make_triplets(prior, z: Tensor, frac: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -126,14 +66,6 @@ def make_triplets(prior, z: Tensor, frac: Tensor, gen: torch.Generator) -> tuple
     with torch.no_grad():
         z_hat = prior.denoised(noisy, prior.predict_noise(noisy, t, empty), t)
     return z_hat, t
-
-
-def sample_latents(lat: LatentCache, idx: Tensor, gen: torch.Generator | None) -> Tensor:
-    """Scaled latents ``[len(idx), C, h, w]``: a posterior sample (training) or the mean (``gen`` None)."""
-    mean = lat.mean[idx]
-    if gen is None:
-        return mean * lat.scaling_factor
-    return (mean + lat.std[idx] * torch.randn(mean.shape, generator=gen)) * lat.scaling_factor
 
 
 @torch.no_grad()
@@ -241,7 +173,8 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train LMC-SDS's manifold corrective b̂ψ for a prior.")
+    p = argparse.ArgumentParser(prog="scorestudio train-corrective",
+                                description="Train LMC-SDS's manifold corrective b̂ψ for a prior.")
     add_trainer_arguments(p, EMBEDDED_WEIGHTS / FOLDER_NAME, "weights folder to write (config.json + model.safetensors)",
                           DEFAULT_WORK, "checkpoint, loss.csv, metrics.json", minutes=22.0, batch_size=128, lr=1e-3)
     p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128], help="filters per U-Net level")
@@ -251,21 +184,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def setup_run(args: argparse.Namespace, name: str) -> None:
-    """Device, cache folder and threads of a trainer over a prior's latents (this one and
-    ``scorestudio.metrics.train_latent_probe``); prints its banner."""
-    args.device = torch.device(args.device)
-    args.cache_dir = args.cache_dir or args.prior_work_dir / "cache"
-    torch.set_num_threads(args.threads)
-    print(f"== {name}: lr {args.lr:g}, batch {args.batch_size}, budget {args.minutes:g} min, "
-          f"threads {args.threads}, device {args.device}", flush=True)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     setup_run(args, "manifold corrective")
     return train(args)
 
-
-if __name__ == "__main__":
-    main()

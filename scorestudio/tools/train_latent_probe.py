@@ -1,17 +1,17 @@
 """Distil the probe onto a prior's latents: f_lat(z) ≈ probe.features(prior.decode_latents(z)).
 
-    python -m scorestudio.metrics.train_latent_probe --minutes 12 --resume \
+    scorestudio train-latent-probe --minutes 12 --resume \
         [--out scorestudio/priors/weights/embedded/latent_probe] [--work-dir runs/latent-probe]
 
 Why: the RSD repulsion with probe features decodes every particle and backpropagates through the
-decoder at each step; on the embedded prior that pass costs 2.4× the whole SDS step
-(``benchmarks/results/repulsion_overhead.json``). A small CNN on the 4×8×8 latents that
+decoder at each step; on the embedded prior that pass costs more than the whole SDS step
+(``benchmarks/RESULTS.md``, repulsion overhead). A small CNN on the 4×8×8 latents that
 reproduces the probe's features of the decoded latent removes the decoder from the loop
 (``system.guidance.repulsion.features=latent_probe``).
 
 Data: the latents the repulsion sees, z_t = α_t z + σ_t ε with t ~ U[0, 1]·T, where z is a
 posterior sample of a procedural image (the prior trainer's caches, see
-:func:`~scorestudio.guidance.train_manifold_corrective.latents_for`), or for ``--gauss-fraction``
+:func:`~scorestudio.tools.training.latents_for`), or for ``--gauss-fraction``
 of the items N(0, I) (randomly initialised particles), or for ``--blend-fraction`` a blend of two
 images (particles between modes). Targets are the probe's features of ``decode(z_t)``. Decoding
 dominates the cost, so a fixed pool of pairs is made once (chunked, resumable: WORK/pool-*/) and
@@ -31,25 +31,21 @@ the baseline it must beat. Written to ``WORK/metrics.json`` and ``OUT/metrics.js
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # shared cores: see scorestudio.priors.train
+import torch
+from torch import Tensor
 
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from scorestudio.guidance.repulsion import repulsion_gradient  # noqa: E402
-from scorestudio.guidance.train_manifold_corrective import (add_trainer_arguments, latents_for, load_prior,  # noqa: E402
-                                                            sample_latents, setup_run)
-from scorestudio.metrics.probe import DEFAULT_LATENT_PROBE_DIR, Probe, load_probe  # noqa: E402
-from scorestudio.priors.embedded_arch import ProbeConfig, parameter_count  # noqa: E402
-from scorestudio.priors.train import (EMA, StageRun, epoch_batch, export_probe, prepare_run, repo_relative,  # noqa: E402
-                                      seeded_init, train_loop)
-from scorestudio.utils.cli_args import positive_int  # noqa: E402
-from scorestudio.utils.io import atomic_open, write_json  # noqa: E402
-from scorestudio.utils.seeding import generator  # noqa: E402
+from scorestudio.guidance.repulsion import repulsion_gradient
+from scorestudio.metrics.probe import DEFAULT_LATENT_PROBE_DIR, Probe, load_probe
+from scorestudio.priors.embedded_arch import ProbeConfig, parameter_count
+from scorestudio.tools.training import (EMA, StageRun, add_trainer_arguments, epoch_batch, export_probe, latents_for,
+                                        load_prior, prepare_run, repo_relative, sample_latents, seeded_init,
+                                        setup_run, train_loop)
+from scorestudio.utils.cli_args import positive_int
+from scorestudio.utils.io import atomic_open, write_json
+from scorestudio.utils.seeding import generator
 
 DEFAULT_WORK = Path("runs/latent-probe")
 EMA_DECAY = 0.999
@@ -207,7 +203,8 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Distil the probe onto a prior's latents (cheap repulsion features).")
+    p = argparse.ArgumentParser(prog="scorestudio train-latent-probe",
+                                description="Distil the probe onto a prior's latents (cheap repulsion features).")
     add_trainer_arguments(p, DEFAULT_LATENT_PROBE_DIR, "weights folder to write", DEFAULT_WORK,
                           "pool, checkpoint, loss.csv, metrics.json", minutes=12.0, batch_size=256, lr=2e-3)
     p.add_argument("--probe", type=Path, default=None, help="the image probe to distil (default: shipped)")
@@ -226,6 +223,3 @@ def main(argv: list[str] | None = None) -> dict:
     setup_run(args, "latent probe")
     return train(args)
 
-
-if __name__ == "__main__":
-    main()
