@@ -184,7 +184,7 @@ def test_missing_embedded_weights_say_how_to_train(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         find("embedded")({"pretrained_model_name_or_path": missing})
     message = str(err.value)
-    assert missing in message and "scorestudio.priors.train" in message
+    assert missing in message and "scorestudio train-prior" in message
     assert "pretrained_model_name_or_path" in message
 
 
