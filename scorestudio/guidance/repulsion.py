@@ -217,8 +217,7 @@ class Repulsion(Configurable):
     def load_network(self, prior: "DiffusionPrior") -> None:
         """Load the feature network now if γ is ever nonzero and the features need one, so that
         missing weights fail when the run is built rather than at the first repulsive step."""
-        gamma = self.cfg.gamma
-        if self.cfg.features in NETWORK_FEATURES and (gamma.start_value or gamma.end_value):
+        if self.cfg.features in NETWORK_FEATURES and self.cfg.gamma.ever_nonzero():
             self.feature_network(prior)
 
     # ---- the gradient ---------------------------------------------------------------------------

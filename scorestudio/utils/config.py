@@ -15,7 +15,7 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
@@ -91,8 +91,13 @@ class Schedule:
         return self.start_value != 0 or self.end_value != 0
 
 
-# Annotation of schedulable fields: a number or a [s0, v0, v1, s1] list in YAML, a Schedule after parsing.
-ScheduledFloat = Any
+# Annotation of schedulable fields: a number or a [s0, v0, v1, s1] list in YAML, a Schedule after
+# parsing. OmegaConf checks fields against their annotation and takes neither a list in a float
+# field nor a Union with a dataclass, so it sees Any; type checkers see what code reads.
+if TYPE_CHECKING:
+    ScheduledFloat = Schedule
+else:
+    ScheduledFloat = Any
 
 
 def schedulable(default: float | tuple[float, float, float, float]) -> Any:
