@@ -74,8 +74,11 @@ def run_in_two_processes(argv):
 
 
 def checkpoint(tmp_path, system, tag):
+    """The run's checkpoint, its state named as the generator's modules (``latents``, ``geometry.*``)."""
     path = tmp_path / system / tag / "ckpts" / "last.ckpt"
-    return torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt["state_dict"] = {k.removeprefix("generator."): v for k, v in ckpt["state_dict"].items()}
+    return ckpt
 
 
 def test_image_particles_sharded_over_two_processes_equal_one_process(tmp_path, tiny):
