@@ -82,9 +82,9 @@ class EmbeddedPrior(LatentDiffusionPrior):
     """The shipped small latent prior (see the module docstring). Text embeddings
     ``[B, 32, 384]`` from :class:`MiniLMTextEncoder`; the folder must be local."""
 
-    # CFG at t ≤ 0.6 T only: with guidance at every step, 64 samples of "a cube" (CFG 7.5) hold
-    # 4 colours, with this interval 8, and fully specified captions are drawn more accurately
-    # (benchmarks/results/prior.json; every step: prior_cfg_every_step.json).
+    # CFG at t ≤ 0.6 T only: guidance at the noisiest steps collapses an ambiguous prompt onto its
+    # largest mode; with this interval samples of "a cube" hold more colours and fully specified
+    # captions are drawn more accurately (benchmarks/RESULTS.md, embedded prior).
     sampling_guidance_interval = (0.0, 0.6)
 
     @dataclass

@@ -72,9 +72,8 @@ class GridEncoding(nn.Module):
         return GridTotalVariation.apply(self.grid)
 
 
-# Each batch item beyond the first costs a grid-sized gradient buffer in the backward (R³ · C floats,
-# about as much as the backward of 1k points for a 48³ × 8 grid): many threads must not cut a small
-# point set into items that cost more than they save.
+# Each batch item beyond the first costs a grid-sized gradient buffer in the backward (R³ · C
+# floats): many threads must not cut a small point set into items that cost more than they save.
 MIN_POINTS_PER_ITEM = 1024
 
 
@@ -85,8 +84,7 @@ def sample_grid(grid: Tensor, x: Tensor, items: Optional[int] = None) -> Tensor:
     PyTorch's CPU ``grid_sample`` (5-D, forward and backward) spreads over threads by batch item
     only, so a single particle would use one core. On the CPU each particle's points are therefore
     cut into ``items`` batch items (default: enough for every thread, each of at least
-    MIN_POINTS_PER_ITEM points; 1 on other devices) that read the same volume: one particle's 49k
-    points, forward + backward on 2 threads, 54-85 → 28-48 ms; 2k points 3.8 → 3.2 ms.
+    MIN_POINTS_PER_ITEM points; 1 on other devices) that read the same volume.
     """
     k, p, _ = x.shape
     if items is None:
@@ -107,9 +105,8 @@ class GridTotalVariation(torch.autograd.Function):
     averaged over the three axes: ``[N]``.
 
     Written out because autograd's backward of ``grid.diff(dim)`` zero-fills a grid-sized tensor
-    for each of its two slices and negates another: for the demo's 4 particles (48³ × 8 floats
-    each) TV took 32 ms of a ~250 ms CPU step. Here the backward writes ±sign into one gradient,
-    in place: 12 ms (one particle 5.4 → 2.7 ms).
+    for each of its two slices and negates another, a sizeable share of a CPU step for dense
+    grids. Here the backward writes ±sign into one gradient, in place.
     """
 
     @staticmethod
@@ -177,8 +174,8 @@ class HashGridEncoding(nn.Module):
             else:
                 index = corners([v * prime for v, prime in zip(vertex, HASH_PRIMES)], torch.bitwise_xor) & (size - 1)
             rows = select_particles(table, particles).reshape(k * size, -1)   # [K·T, F]
-            # index_select with int64 indices: 4-5x faster forward + backward on the CPU than
-            # F.embedding or int32 indices (benchmarks/bench_hash_gather.py).
+            # index_select with int64 indices: the fastest forward + backward on the CPU, ahead of
+            # F.embedding and int32 indices (benchmarks/bench_hash_gather.py).
             flat = index + offsets
             values = rows.index_select(0, flat.flatten()).view(*flat.shape, -1)   # [K, P, 8, F]
             w = corners([torch.stack([1 - frac[..., d], frac[..., d]], dim=-1) for d in range(3)], torch.mul)

@@ -47,8 +47,8 @@ class GeometryConfig:
     blob_radius: float = 0.5         # scene units
     normal_eps: float = 0.01         # finite-difference step of the normals, scene units
     # Points (all particles together) per evaluation of the encoding + MLP: ~128k keeps the
-    # hidden activations in a CPU's last-level cache (about 2× faster per step than one call over
-    # a 64² × 48-sample batch of 4 particles). 0 = everything at once (GPUs).
+    # hidden activations in a CPU's last-level cache, which one call over a whole batch of
+    # particles does not. 0 = everything at once (GPUs).
     chunk_points: int = 131072
 
 

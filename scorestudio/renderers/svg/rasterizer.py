@@ -25,10 +25,10 @@ checks it against resvg. The pipeline, for the N scenes of a batch at once:
    (α = fill alpha × coverage) with cumulative products over the paths of the tile and a
    hand-written backward.
 
-Memory. Per pair, a few values per pixel: about 25 bytes × M·T² (M pairs ≈ the paths' bounding
-box areas / T²; ~140 MB for 256 large shapes at 512²). Everything else (crossings, (edge, pixel)
-candidates, the padded layer stacks of the composite) is cut into chunks of at most
-``chunk_elements`` entries, measured at about 22 bytes each (≈ 90 MB at the default 2²²).
+Memory. Per pair, a few values per pixel: O(M·T²) (M pairs ≈ the paths' bounding box areas /
+T²). Everything else (crossings, (edge, pixel) candidates, the padded layer stacks of the
+composite) is cut into chunks of at most ``chunk_elements`` entries, which bounds the forward's
+temporaries (bytes per entry: ``benchmarks/RESULTS.md``).
 Autograd keeps the coverage of the anti-aliased pixels and the composite's layer stacks.
 """
 
@@ -378,7 +378,8 @@ def _edge_coverage(e: Tensor, px: Tensor, py: Tensor, sign: Tensor) -> Tensor:
 
     It depends on the distance only, not on the edge's direction, so it stays continuous where the
     nearest edge changes (a direction-dependent box-filter area would jump there and break
-    gradients); against resvg's area coverage it costs < 0.05/255 of mean error.
+    gradients); against resvg's area coverage the difference is far below one grey level
+    (``tests/test_svg.py``).
     """
     dx, dy = e[:, 2] - e[:, 0], e[:, 3] - e[:, 1]
     rx, ry = px - e[:, 0], py - e[:, 1]
