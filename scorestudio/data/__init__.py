@@ -1,7 +1,7 @@
 """Cameras shared by data and text-to-3D, and the procedural captioned-image data set.
 
-The procedural names load lazily (PEP 562) so that ``python -m scorestudio.data.procedural``
-does not import its own module twice.
+The procedural names load lazily (PEP 562), on first use: modules that need only the cameras
+do not import the procedural data set.
 """
 
 from importlib import import_module
