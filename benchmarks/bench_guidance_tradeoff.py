@@ -32,7 +32,7 @@ import sharding
 from scorestudio.guidance.repulsion import REPULSION_FEATURES
 from scorestudio.metrics.attributes import probe_report
 from scorestudio.metrics.probe import load_probe
-from scorestudio.sample import ddim_sample
+from scorestudio.solvers.ddim import ddim_sample
 from scorestudio.systems.image_particles import ImageParticlesSystem
 from scorestudio.utils.config import load_config
 from scorestudio.utils.run import RunContext

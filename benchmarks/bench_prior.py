@@ -33,7 +33,7 @@ from tqdm import tqdm
 from scorestudio.data.procedural import ALL_SHAPES, COLOR_NAMES, ProceduralConfig, ProceduralDataset, caption_for
 from scorestudio.metrics.probe import load_probe
 from scorestudio.priors.embedded import EmbeddedPrior
-from scorestudio.sample import ddim_sample
+from scorestudio.solvers.ddim import ddim_sample
 from scorestudio.utils.images import save_grid
 from scorestudio.utils.io import write_json
 

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from scorestudio.guidance.repulsion import Repulsion  # noqa: E402
 from scorestudio.metrics.attributes import probe_report  # noqa: E402
 from scorestudio.metrics.probe import load_probe  # noqa: E402
-from scorestudio.sample import ddim_sample, repulsion_correction  # noqa: E402
+from scorestudio.solvers.ddim import ddim_sample, repulsion_correction  # noqa: E402
 from scorestudio.utils.registry import find  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"

@@ -179,7 +179,7 @@ def test_repulsion_on_rendered_images(tiny_embedded):
     for bad in ({"repulsion": {**rep, "features": "latent"}}, {"repulsion": rep, "rgb_as_latents": True}):
         with pytest.raises(ValueError, match="on=rendered"):
             scorestudio.find("sds")(bad)
-    from scorestudio.sample import repulsion_correction
+    from scorestudio.solvers.ddim import repulsion_correction
 
     with pytest.raises(ValueError, match="for a sampler"):   # a sampler has latents, no renders
         repulsion_correction(scorestudio.find("sds")({"repulsion": rep}), prior)

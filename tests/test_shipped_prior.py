@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scorestudio.priors.embedded import DEFAULT_WEIGHTS, EmbeddedPrior
-from scorestudio.sample import ddim_sample
+from scorestudio.solvers.ddim import ddim_sample
 
 
 @pytest.fixture(scope="module")
