@@ -239,7 +239,7 @@ def test_prompt_processor_config_errors(cfg):
 
 @pytest.mark.parametrize("name", ["stable-diffusion", "deepfloyd-if"])
 def test_ddim_sample_is_seeded_per_sample(priors, name):
-    from scorestudio.sample import ddim_sample
+    from scorestudio.solvers.ddim import ddim_sample
 
     prior = priors[name]
     prompts = ["a red cube", "a blue sphere", "a dog"]
@@ -253,7 +253,7 @@ def test_ddim_sample_is_seeded_per_sample(priors, name):
 
 
 def test_ddim_eta_noise_does_not_depend_on_batching(sd):
-    from scorestudio.sample import ddim_sample
+    from scorestudio.solvers.ddim import ddim_sample
 
     prompts = ["a cube"] * 3
     together = ddim_sample(sd, prompts, steps=3, cfg=2.0, seed=5, eta=1.0)
@@ -263,7 +263,7 @@ def test_ddim_eta_noise_does_not_depend_on_batching(sd):
 
 
 def test_guidance_interval_applies_cfg_only_inside(sd, monkeypatch):
-    from scorestudio.sample import ddim_sample
+    from scorestudio.solvers.ddim import ddim_sample
 
     prompts = ["a red cube", "a blue sphere"]
     assert torch.equal(ddim_sample(sd, prompts, steps=4, cfg=3.0, seed=2),
