@@ -49,6 +49,7 @@ import sharding  # noqa: E402
 import torch  # noqa: E402
 
 from scorestudio.systems.dreamfusion import DreamFusionSystem  # noqa: E402
+from scorestudio.utils.checkpoint import load_checkpoint  # noqa: E402
 from scorestudio.utils.config import load_config  # noqa: E402
 from scorestudio.utils.run import RunContext  # noqa: E402
 
@@ -115,7 +116,7 @@ def trained_geometry(path: Optional[str]) -> Optional[dict]:
     """The geometry state (leading axis: particles) of a DreamFusion checkpoint, or None."""
     if path is None:
         return None
-    state = torch.load(path, map_location=DEVICE, weights_only=False)["state_dict"]
+    state = load_checkpoint(path, require=("state_dict",), map_location=DEVICE)["state_dict"]
     geometry = {k.removeprefix("geometry."): v for k, v in state.items() if k.startswith("geometry.")}
     n = next(iter(geometry.values())).shape[0]
     if n < 4:

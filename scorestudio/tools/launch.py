@@ -157,9 +157,9 @@ def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devic
 
 def load_weights(system, ckpt_path: str) -> int:
     """Load a checkpoint's state into ``system`` (for --export); returns its global step."""
-    import torch
+    from scorestudio.utils.checkpoint import load_checkpoint
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(ckpt_path, key="resume", require=("state_dict",))
     system.on_load_checkpoint(ckpt)
     system.load_state_dict(ckpt["state_dict"])
     return int(ckpt.get("global_step", 0))
@@ -205,15 +205,15 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
         if processes > 1 and not started_by_rank0:
             os.environ[RUN_ROOT_ENV] = str(run_ctx.root)   # for the processes trainer.fit starts
         try:
-            trainer.fit(system, ckpt_path=exp.resume)
+            trainer.fit(system, ckpt_path=exp.resume, weights_only=True)
             trainer.test(system, verbose=False)
         finally:
             if not started_by_rank0:
                 os.environ.pop(RUN_ROOT_ENV, None)
     elif args.mode == "validate":
-        trainer.validate(system, ckpt_path=exp.resume, verbose=False)
+        trainer.validate(system, ckpt_path=exp.resume, verbose=False, weights_only=True)
     elif args.mode == "test":
-        trainer.test(system, ckpt_path=exp.resume, verbose=False)
+        trainer.test(system, ckpt_path=exp.resume, verbose=False, weights_only=True)
     else:
         step = load_weights(system, exp.resume)
         system.export_step = step

@@ -34,7 +34,9 @@ from tqdm import tqdm
 
 from scorestudio.data import COLOR_NAMES, ICON_SHAPES, SHAPES_3D, VIEW_NAMES, ProceduralConfig, ProceduralDataset, caption_for
 from scorestudio.priors.embedded_arch import ProbeNet, cast_state_dict
+from scorestudio.utils.checkpoint import load_checkpoint
 from scorestudio.utils.cli_args import build_prior, positive_int
+from scorestudio.utils.config import ConfigError
 from scorestudio.utils.io import atomic_open, write_json
 from scorestudio.utils.seeding import generator
 
@@ -274,7 +276,10 @@ class StageRun:
             torch.save(state, handle)
 
     def load(self) -> dict:
-        state = torch.load(self.ckpt_path, weights_only=False)
+        try:
+            state = load_checkpoint(self.ckpt_path, require=("model", "optimizer", "step"))
+        except ConfigError as err:   # these commands report their errors as SystemExit
+            raise SystemExit(str(err)) from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:

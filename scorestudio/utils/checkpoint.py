@@ -1,10 +1,13 @@
-"""Checkpointing for Lightning: atomic writes, periodic/last/interrupt saves."""
+"""Checkpoints: atomic writes, periodic/last/interrupt saves, and safe (weights-only) loading."""
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -64,11 +67,50 @@ class RunCheckpoint(pl.Callback):
             self._save(trainer)
 
 
+def load_checkpoint(path: str | os.PathLike, key: Optional[str] = None, require: Sequence[str] = (),
+                    mmap: bool = False, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint or ``.pt`` file the safe way: ``weights_only`` unpickling, which builds
+    tensors, numbers, strings and containers but never imports or calls anything, so a crafted
+    file cannot run code. Every file the project writes loads this way.
+
+    A missing, truncated, random or crafted file, or one without the ``require``d keys, is one
+    ``ConfigError`` naming the file (as ``key=path`` when a setting named it) and what is wrong,
+    raised before the caller changes any state. ``mmap`` maps a zip checkpoint instead of reading it.
+    """
+    name = f"{key}={path}" if key else str(path)
+    if not Path(path).is_file():
+        raise ConfigError(f"{name}: checkpoint file not found")
+    try:
+        with warnings.catch_warnings():   # torch's note on a foreign file's pickle protocol: the error says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True,
+                              mmap=mmap and zipfile.is_zipfile(path))   # torch's mmap needs its zip format
+    except Exception as err:   # noqa: BLE001  (garbage makes the unpickler raise almost anything)
+        raise ConfigError(f"{name}: {_load_failure(err)}") from None
+    if not isinstance(ckpt, dict):
+        raise ConfigError(f"{name}: holds a {type(ckpt).__name__}, not a checkpoint (a dict of saved state)")
+    missing = [k for k in require if k not in ckpt]
+    if missing:
+        raise ConfigError(f"{name}: not a checkpoint of this kind: no {', '.join(map(repr, missing))} in it "
+                          f"(it has {', '.join(map(repr, list(ckpt)[:6])) or 'nothing'})")
+    return ckpt
+
+
+def _load_failure(err: BaseException) -> str:
+    """What a failed safe load means for a user, from torch's long message."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if found:   # the weights-only unpickler met an import: no file the project writes has one
+        return (f"refused to load: it would import and call {found.group(1)}, which no checkpoint needs "
+                "(unpickling it could run arbitrary code); only load files from sources you trust")
+    return f"truncated, corrupt or not a PyTorch checkpoint (torch.load: {type(err).__name__})"
+
+
 def check_checkpoint(system: pl.LightningModule, path: str | os.PathLike) -> None:
-    """A ``ConfigError`` that says how to fix it when the checkpoint at ``path`` was not written
-    by a system of this config: another system, or parameters of other names or shapes (another
-    ``n_particles``, grid resolution, ...). Read memory-mapped, before Lightning loads it."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    """A ``ConfigError`` that says how to fix it when the checkpoint at ``path`` is unsafe or
+    unreadable (see :func:`load_checkpoint`), or was not written by a system of this config:
+    another system, or parameters of other names or shapes (another ``n_particles``, grid
+    resolution, ...). Read memory-mapped, before Lightning loads it."""
+    ckpt = load_checkpoint(path, key="resume", require=("state_dict",), mmap=True)
     fix = "pass the config that wrote it (configs/parsed.yaml in its run folder)"
     ours, theirs = getattr(system, "registered_name", None), ckpt.get(SYSTEM_KEY)
     if theirs is not None and theirs != ours:

@@ -1,0 +1,134 @@
+"""Hostile inputs and faults (issue 26): crafted and broken checkpoints, each with its exact outcome."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scorestudio.cli import parse_args, run
+from scorestudio.utils.checkpoint import load_checkpoint
+from scorestudio.utils.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = str(ROOT / "configs" / "toy-particles.yaml")
+SMALL = ["system.n_realizations=16", "system.gammas=[0,10]", "trainer.enable_progress_bar=false",
+         "trainer.val_check_interval=0", "use_timestamp=false"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+class _Touch:
+    """Unpickling this calls ``os.system("touch <marker>")``: what a crafted checkpoint can do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def crafted_checkpoint(folder: Path, legacy: bool = False) -> tuple[Path, Path]:
+    """A ``last.ckpt`` whose unpickling would create ``marker``; (checkpoint, marker).
+    ``legacy``: a plain pickle instead of torch's zip format."""
+    marker = folder / "pwned"
+    ckpt = folder / "evil" / "ckpts" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    state = {"state_dict": {"particles": _Touch(marker)}, "global_step": 1}
+    if legacy:
+        ckpt.write_bytes(pickle.dumps(state, protocol=2))   # torch.save's legacy format pickles with 2
+    else:
+        torch.save(state, ckpt)
+    return ckpt, marker
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config", TOY, *args],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+
+
+@pytest.mark.parametrize("mode", ["--train", "--test"])
+def test_crafted_checkpoint_given_as_resume_runs_nothing(tmp_path, mode):
+    ckpt, marker = crafted_checkpoint(tmp_path)
+    res = cli(mode, f"exp_root_dir={tmp_path / 'out'}", *SMALL, "trainer.max_steps=2", f"resume={ckpt}")
+    assert res.returncode == 2, res.stderr
+    assert (f"scorestudio: error: resume={ckpt}: refused to load: it would import and call posix.system, "
+            "which no checkpoint needs (unpickling it could run arbitrary code)") in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not marker.exists()
+    # nothing written: neither in the checkpoint's run folder nor under exp_root_dir
+    assert sorted(p.name for p in ckpt.parent.parent.iterdir()) == ["ckpts"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_crafted_legacy_pickle_and_export_run_nothing(tmp_path):
+    ckpt, marker = crafted_checkpoint(tmp_path, legacy=True)
+    for mode in ("train", "export"):
+        args, extra = parse_args(["--config", TOY, f"--{mode}", f"exp_root_dir={tmp_path / 'out'}", *SMALL,
+                                  f"resume={ckpt}"])
+        with pytest.raises(ConfigError, match=r"refused to load: it would import and call posix.system"):
+            run(args, extra)
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_broken_checkpoints_are_one_clear_error(tmp_path):
+    """Truncated, random, empty and foreign files: one ConfigError naming the file and what is
+    wrong, raised before a run folder is made."""
+    args, extra = parse_args(["--config", TOY, "--train", f"exp_root_dir={tmp_path}", *SMALL, "trainer.max_steps=2",
+                              "tag=good"])
+    good = run(args, extra).root / "ckpts" / "last.ckpt"
+    data = good.read_bytes()
+    cases = {
+        "truncated": (data[: len(data) // 2], "truncated, corrupt or not a PyTorch checkpoint"),
+        "random": (random.Random(0).randbytes(4096), "truncated, corrupt or not a PyTorch checkpoint"),
+        "empty": (b"", "truncated, corrupt or not a PyTorch checkpoint"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / f"{name}.ckpt"
+        path.write_bytes(content)
+        with pytest.raises(ConfigError, match=rf"^resume={path}: {message}"):
+            load_checkpoint(path, key="resume")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(ConfigError, match=r"list.pt: holds a list, not a checkpoint"):
+        load_checkpoint(tmp_path / "list.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "weights.pt")
+    with pytest.raises(ConfigError, match=r"weights.pt: not a checkpoint of this kind: no 'state_dict' in it "
+                                          r"\(it has 'weights'\)"):
+        load_checkpoint(tmp_path / "weights.pt", require=("state_dict",))
+    with pytest.raises(ConfigError, match=r"missing.ckpt: checkpoint file not found"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+    before = sorted(p.name for p in (tmp_path / "toy-particles").iterdir())
+    for name in ("truncated", "random", "list"):
+        path = tmp_path / (f"{name}.pt" if name == "list" else f"{name}.ckpt")
+        args, extra = parse_args(["--config", TOY, "--train", f"exp_root_dir={tmp_path}", *SMALL, f"tag={name}",
+                                  f"resume={path}"])
+        with pytest.raises(ConfigError, match=rf"^resume={path}: "):
+            run(args, extra)
+    assert sorted(p.name for p in (tmp_path / "toy-particles").iterdir()) == before
+
+
+def test_a_checkpoint_the_project_writes_loads_safely(tmp_path):
+    """weights_only loading takes every key of a toy run's checkpoint (Lightning's loops,
+    optimizer and scheduler states, the system's name)."""
+    args, extra = parse_args(["--config", TOY, "--train", f"exp_root_dir={tmp_path}", *SMALL, "trainer.max_steps=2"])
+    ckpt = load_checkpoint(run(args, extra).root / "ckpts" / "last.ckpt", require=("state_dict", "optimizer_states"))
+    assert ckpt["global_step"] == 2 and ckpt["scorestudio_system"] == "toy-particles"
+
+
+def test_crafted_training_command_checkpoint_runs_nothing(tmp_path):
+    """The trainers' ``ckpt.pt`` (scorestudio train-prior / train-corrective / ...) loads safely too."""
+    from scorestudio.tools.training import StageRun
+
+    marker = tmp_path / "pwned"
+    torch.save({"model": _Touch(marker), "optimizer": {}, "step": 1}, tmp_path / "ckpt.pt")
+    net = torch.nn.Linear(2, 2)
+    stage = StageRun(tmp_path, net, torch.optim.SGD(net.parameters(), lr=0.1))
+    with pytest.raises(SystemExit, match=rf"{tmp_path / 'ckpt.pt'}: refused to load: it would import and call"):
+        stage.load()
+    assert not marker.exists()
