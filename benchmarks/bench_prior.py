@@ -3,7 +3,7 @@
 Quality (on the shipped weights, held-out data of the procedural generator):
 - probe accuracy (shape, colour, kind) on held-out generated images;
 - VAE reconstruction PSNR on held-out images;
-- DDIM (50 steps, CFG 7.5 in the prior's guidance interval, see scorestudio.sample) samples of
+- DDIM (50 steps, CFG 7.5 in the prior's guidance interval, see scorestudio.solvers.ddim) samples of
   every fully specified caption, classified by the probe as the prompted shape / colour;
 - coverage of ambiguous prompts: distinct colours among samples of "a cube", distinct shapes
   among samples of "a red object".

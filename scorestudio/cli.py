@@ -54,11 +54,12 @@ def __getattr__(name: str) -> Any:
 
 
 def usage() -> str:
+    """``scorestudio --help``: one line per command."""
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {cmd.help}" for name, cmd in COMMANDS.items()]
-    return "\n".join(["usage: scorestudio <command> [options]    (scorestudio <command> --help for its options)",
+    return "\n".join(["usage: scorestudio <command> [options]   (scorestudio <command> --help: its options)",
                       "", "commands:", *lines, "",
-                      "python launch.py --config CONFIG --train [key=value ...] is scorestudio train --config CONFIG ..."])
+                      "python launch.py --config X --train key=value is scorestudio train --config X key=value"])
 
 
 def usage_error(message: str) -> NoReturn:

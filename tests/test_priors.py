@@ -293,7 +293,7 @@ def test_guidance_interval_applies_cfg_only_inside(sd, monkeypatch):
 def test_sample_cli_writes_pngs(folders, tmp_path):
     from PIL import Image
 
-    from scorestudio.sample import main
+    from scorestudio.tools.sample import main
 
     out = tmp_path / "samples"
     main(["--prompt", "a red cube", "--n", "3", "--steps", "2", "--cfg", "2", "--out", str(out),
@@ -306,7 +306,7 @@ def test_sample_cli_writes_pngs(folders, tmp_path):
 
 
 def test_sample_cli_guidance_interval(folders, tmp_path, capsys):
-    from scorestudio.sample import main
+    from scorestudio.tools.sample import main
 
     common = ["--prompt", "a red cube", "--n", "2", "--steps", "2", "--prior", "stable-diffusion",
               "--model", str(folders["stable-diffusion"]), "--device", "cpu"]
@@ -318,7 +318,7 @@ def test_sample_cli_guidance_interval(folders, tmp_path, capsys):
 
 
 def test_sample_cli_repulsion_spreads_the_samples(folders, tmp_path, capsys):
-    from scorestudio.sample import main
+    from scorestudio.tools.sample import main
     from scorestudio.utils.images import load_image
 
     def spread(*extra):

@@ -242,8 +242,8 @@ def test_unknown_optimizer_is_a_config_error_with_suggestions():
         system.configure_optimizers()
 
 
-@pytest.mark.parametrize("module, args", [("scorestudio.sample", ["--prompt", "a cube", "--out", "x", "--n", "0"]),
-                                          ("scorestudio.sample", ["--prompt", "a cube", "--out", "x", "--steps", "-2"]),
+@pytest.mark.parametrize("module, args", [("scorestudio.tools.sample", ["--prompt", "a cube", "--out", "x", "--n", "0"]),
+                                          ("scorestudio.tools.sample", ["--prompt", "a cube", "--out", "x", "--steps", "-2"]),
                                           ("scorestudio.tools.procedural", ["--n", "many"])])
 def test_command_line_counts_must_be_positive(module, args, capsys):
     """A zero or non-numeric count is a usage error naming the option (was a ZeroDivisionError)."""

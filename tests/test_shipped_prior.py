@@ -77,7 +77,7 @@ def test_guidance_interval_spreads_an_ambiguous_prompt(prior):
 def test_sample_cli_uses_the_priors_guidance_interval(tmp_path):
     import json
 
-    from scorestudio.sample import main
+    from scorestudio.tools.sample import main
 
     main(["--prompt", "a cube", "--n", "1", "--steps", "2", "--out", str(tmp_path), "--device", "cpu"])
     assert json.loads((tmp_path / "sample.json").read_text())["guidance_interval"] == [0.0, 0.6]

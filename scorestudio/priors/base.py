@@ -106,8 +106,8 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
     holding a prior checkpoints only what trains in it (e.g. VSD's LoRA) and resumes strictly.
     """
 
-    # (lo, hi) fractions of T where `python -m scorestudio.sample` applies CFG by default
-    # (scorestudio.sample: guidance interval). Every step: the convention of SD and IF users.
+    # (lo, hi) fractions of T where `scorestudio sample` applies CFG by default (see
+    # scorestudio.solvers.ddim: guidance interval). Every step: the convention of SD and IF users.
     sampling_guidance_interval: tuple[float, float] = (0.0, 1.0)
 
     @dataclass

@@ -12,7 +12,7 @@ is what collapses an ambiguous prompt onto its largest mode, while guidance at t
 makes fully specified captions more accurate (on the embedded prior:
 ``benchmarks/results/prior.json`` vs ``prior_cfg_every_step.json``).
 :func:`ddim_sample` applies CFG at every step unless told otherwise; the command line
-(``scorestudio.sample``) defaults to the prior's ``sampling_guidance_interval``.
+(``scorestudio sample``) defaults to the prior's ``sampling_guidance_interval``.
 """
 
 from __future__ import annotations

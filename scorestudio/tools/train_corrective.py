@@ -35,7 +35,8 @@ from torch import Tensor
 from scorestudio.guidance.manifold_corrective import (FOLDER_NAME, CorrectiveConfig, ManifoldCorrective,
                                                       load_corrective, normalized_corrective_loss,
                                                       parameter_count, save_corrective)
-from scorestudio.tools.training import (EMA, EMBEDDED_WEIGHTS, LatentCache, StageRun, add_trainer_arguments,
+from scorestudio.priors.embedded import DEFAULT_WEIGHTS
+from scorestudio.tools.training import (EMA, LatentCache, StageRun, add_trainer_arguments,
                                         epoch_batch, latents_for, load_prior, prepare_run, repo_relative,
                                         sample_latents, seeded_init, setup_run, train_loop)
 from scorestudio.utils.cli_args import positive_int
@@ -175,7 +176,7 @@ def train(args: argparse.Namespace) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scorestudio train-corrective",
                                 description="Train LMC-SDS's manifold corrective b̂ψ for a prior.")
-    add_trainer_arguments(p, EMBEDDED_WEIGHTS / FOLDER_NAME, "weights folder to write (config.json + model.safetensors)",
+    add_trainer_arguments(p, DEFAULT_WEIGHTS / FOLDER_NAME, "weights folder to write (config.json + model.safetensors)",
                           DEFAULT_WORK, "checkpoint, loss.csv, metrics.json", minutes=22.0, batch_size=128, lr=1e-3)
     p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128], help="filters per U-Net level")
     p.add_argument("--time-frequencies", type=positive_int, default=6)

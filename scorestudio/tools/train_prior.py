@@ -33,7 +33,9 @@ from diffusers.utils import logging as diffusers_logging
 from torch import Tensor, nn
 
 from scorestudio.data import ALL_SHAPES, COLOR_NAMES, KINDS, VIEW_NAMES, ProceduralConfig, caption_for
-from scorestudio.priors.embedded_arch import SIZES, ArchSizes, ProbeConfig, ProbeNet, build_unet, build_vae, parameter_count
+from scorestudio.priors.embedded import DEFAULT_WEIGHTS, MiniLMTextEncoder
+from scorestudio.priors.embedded_arch import (SIZES, ArchSizes, ProbeConfig, ProbeNet, build_unet, build_vae,
+                                              parameter_count)
 from scorestudio.tools.training import (EMA, WORK_DIR, ImageCache, LatentCache, StageRun, add_run_arguments,
                                         epoch_batch, export_probe, image_cache, latent_cache, latent_moments,
                                         prepare_run, repo_relative, seeded_init, train_loop)
@@ -42,7 +44,6 @@ from scorestudio.utils.io import write_json
 from scorestudio.utils.seeding import generator
 
 STAGES = ("probe", "vae", "unet")
-SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "priors" / "weights" / "embedded"
 UNCOND_PROB = 0.1  # captions dropped to "" for classifier-free guidance
 MIN_SNR_GAMMA = 5.0
 VAE_KL_WEIGHT = 1e-6  # SD's weight, relative to the per-pixel *summed* reconstruction loss
@@ -355,8 +356,6 @@ def save_fp16(model: nn.Module, folder: Path) -> None:
 
 def export_unet(unet: UNet2DConditionModel, scheduler: DDPMScheduler, out: Path) -> None:
     """``out/unet`` (fp16 safetensors), ``out/scheduler`` and ``out/text_encoder.json``."""
-    from scorestudio.priors.embedded import MiniLMTextEncoder
-
     save_fp16(unet, out / "unet")
     scheduler.save_pretrained(out / "scheduler")
     MiniLMTextEncoder.write_spec(out)
@@ -371,7 +370,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scorestudio train-prior", description="Train the embedded prior and its probe.")
     p.add_argument("--stage", choices=(*STAGES, "all"), required=True)
     p.add_argument("--out", type=Path, required=True,   # no default: a trial run never overwrites shipped weights
-                   help=f"weights folder to write; the shipped one is {repo_relative(SHIPPED_WEIGHTS)}")
+                   help=f"weights folder to write; the shipped one is {repo_relative(DEFAULT_WEIGHTS)}")
     p.add_argument("--work-dir", type=Path, default=WORK_DIR, help="caches, checkpoints, logs (not shipped)")
     p.add_argument("--minutes", type=float, default=None,
                    help="wall-clock training budget of each stage, summed over resumed runs (default per stage)")

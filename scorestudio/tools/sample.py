@@ -1,6 +1,6 @@
 """Plain text-to-image sampling from a prior with DDIM, to check what the prior knows.
 
-    python -m scorestudio.sample --prompt "a red cube" --n 16 --steps 50 --cfg 7.5 --seed 0 \
+    scorestudio sample --prompt "a red cube" --n 16 --steps 50 --cfg 7.5 --seed 0 \
         --out DIR [--prior embedded|stable-diffusion|deepfloyd-if] [--model PATH] [--repulsion-gamma 20] \
         [--guidance-interval 0 0.6]
 
@@ -23,11 +23,14 @@ import torch
 from scorestudio.guidance.repulsion import LATENT_PLACEMENTS, REPULSION_FEATURES, Repulsion
 from scorestudio.solvers.ddim import checked_guidance_interval, ddim_sample, repulsion_correction
 from scorestudio.utils.cli_args import positive_int
+from scorestudio.utils.config import ConfigError
 from scorestudio.utils.images import image_grid, save_image
+from scorestudio.utils.io import write_json
+from scorestudio.utils.registry import find
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scorestudio.sample",
+    parser = argparse.ArgumentParser(prog="scorestudio sample",
                                      description="DDIM samples of a prompt from a diffusion prior")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative-prompt", default="", help="unconditional prompt of CFG")
@@ -58,10 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> list[Path]:
     """Run the CLI; returns the written image paths."""
-    from scorestudio.utils.config import ConfigError
-    from scorestudio.utils.io import write_json
-    from scorestudio.utils.registry import find
-
     args = build_parser().parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     prior_cfg = {"dtype": args.dtype}
@@ -70,7 +69,7 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     try:
         prior = find(args.prior, kind="priors")(prior_cfg, path="system.prior").to(device)
     except (ConfigError, FileNotFoundError) as err:
-        print(f"scorestudio.sample: error: {err} (on this command line: --model FOLDER)", file=sys.stderr)
+        print(f"scorestudio sample: error: {err} (on this command line: --model FOLDER)", file=sys.stderr)
         sys.exit(2)
     correction = None
     if args.repulsion_gamma:
@@ -80,7 +79,7 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     try:
         interval = checked_guidance_interval(args.guidance_interval or prior.sampling_guidance_interval)
     except ValueError as err:
-        print(f"scorestudio.sample: error: {err} (--guidance-interval LO HI)", file=sys.stderr)
+        print(f"scorestudio sample: error: {err} (--guidance-interval LO HI)", file=sys.stderr)
         sys.exit(2)
     images = ddim_sample(prior, [args.prompt] * args.n, args.steps, args.cfg, args.seed, eta=args.eta,
                          negative_prompt=args.negative_prompt, batch_size=args.batch_size, progress=True,
@@ -95,6 +94,3 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     print(f"wrote {len(paths)} samples and grid.png to {out}")
     return paths
 
-
-if __name__ == "__main__":
-    main()
