@@ -35,7 +35,8 @@ import sharding
 import torch
 
 import scorestudio.guidance.dreamsampler  # noqa: F401  (registers "dreamsampler")
-import scorestudio.systems.svg_systems  # noqa: F401  (registers "text-to-svg", "svg-restoration")
+import scorestudio.systems.svg_restoration  # noqa: F401  (registers "svg-restoration")
+import scorestudio.systems.text_to_svg  # noqa: F401  (registers "text-to-svg")
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -136,7 +136,7 @@ def test_text_to_svg_sharded_over_two_processes_equals_one_process(tmp_path, tin
     run_in_one_process(launch_args(tmp_path, tiny, "text-to-svg-dreamsampler.yaml", "one", *small))
     run_in_two_processes(launch_args(tmp_path, tiny, "text-to-svg-dreamsampler.yaml", "two", *small))
     one, two = (checkpoint(tmp_path, "text-to-svg", tag)["state_dict"] for tag in ("one", "two"))
-    for key in ("svg.points", "svg.colors"):
+    for key in ("points", "colors"):
         assert (two[key] - one[key]).abs().max() < 1e-3, key      # points in px, after 3 steps of lr ~1
     assert one["guidance.prev_valid"].shape == (4, 1) and two["guidance.prev_valid"].all()
     assert (two["guidance.prev_eps"] - one["guidance.prev_eps"]).abs().max() < 1e-3

@@ -16,8 +16,9 @@ from scorestudio.data.procedural import ProceduralDataset
 from scorestudio.metrics.image_quality import psnr
 from scorestudio.renderers.svg import SvgScene, circle_scene, polygon_points
 from scorestudio.renderers.svg import RasterizerConfig, render
+from scorestudio.data.problems import load_problem
 from scorestudio.generators.svg import SvgGenerator, fit_error, fit_to_images, prune_paths, xing_loss
-from scorestudio.systems.svg_systems import TextToSvgSystem, load_problem
+from scorestudio.systems.text_to_svg import TextToSvgSystem
 from scorestudio.utils.config import ConfigError
 from scorestudio.utils.images import load_image, save_image
 from scorestudio.utils.run import RunContext
@@ -71,21 +72,22 @@ def system_for(tmp_path, tiny, **overrides) -> TextToSvgSystem:
 
 
 def point_grads(system: TextToSvgSystem, step: int = 2) -> torch.Tensor:
-    system.svg.points.grad = None
-    out = system.losses(step, system.local_particles())
+    system.generator.points.grad = None
+    out = system.distill_step(step)
     sum(v for k, v in out.items() if k.startswith("loss_")).backward()
-    return system.svg.points.grad.clone()
+    return system.generator.points.grad.clone()
 
 
 @torch.no_grad()
 def perturb_particle(system: TextToSvgSystem, i: int) -> None:
-    system.svg.points[i] += 3 * torch.randn(system.svg.points[i].shape, generator=torch.Generator().manual_seed(1))
+    system.generator.points[i] += 3 * torch.randn(system.generator.points[i].shape,
+                                                  generator=torch.Generator().manual_seed(1))
 
 
 def test_prompt_suffix_is_appended(tmp_path, tiny):
     system = system_for(tmp_path, tiny, prompt_suffix=", flat vector icon")
     assert system.prompt_processor.cfg.prompt == "a red star icon, flat vector icon"
-    assert system.svg.points.shape == (3, 6, 12, 2) and system.svg.colors.shape == (3, 6, 4)
+    assert system.generator.points.shape == (3, 6, 12, 2) and system.generator.colors.shape == (3, 6, 4)
 
 
 def test_particles_are_independent_without_repulsion(tmp_path, tiny):
@@ -111,7 +113,7 @@ def test_text_to_svg_resume_is_exact(tmp_path, tiny):
 
     def final(ctx):
         state = torch.load(ctx.ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-        return {k: v for k, v in state.items() if k.startswith(("svg.", "guidance."))}
+        return {k: v for k, v in state.items() if k.startswith(("generator.", "guidance."))}
 
     full = final(launch(tmp_path, tiny, *common, "trainer.max_steps=4", tag="full"))
     assert "guidance.prev_eps" in full and bool(full["guidance.prev_valid"].all())
@@ -165,7 +167,7 @@ def test_sample_initialisation_draws_per_particle_samples_and_survives_resume(tm
 
     def final(ctx):
         state = torch.load(ctx.ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-        return {k: v for k, v in state.items() if k.startswith(("svg.", "samples"))}
+        return {k: v for k, v in state.items() if k.startswith(("generator.", "samples"))}
 
     full_ctx = launch(tmp_path, tiny, *common, "trainer.max_steps=4", tag="full")
     metrics = json.loads(full_ctx.metrics_path.read_text())
@@ -194,12 +196,12 @@ def test_anchor_term_is_the_squared_distance_to_the_samples(tmp_path, tiny):
                             init_from_sample={"enabled": True, "ddim_steps": 3, "fit_steps": 5, "anchor_weight": weight})
         system.fit_to_samples()
         assert system.samples.abs().sum() > 0                       # the buffer holds the samples
-        out = system.losses(1, system.local_particles())
+        out = system.distill_step(1)
         if weight == 0:
             assert "loss_anchor" not in out
             continue
         with torch.no_grad():
-            expected = weight * 3 * 64 * 64 * fit_error(system.svg.scene(), system.samples, renderer).mean()
+            expected = weight * 3 * 64 * 64 * fit_error(system.generator.scene(), system.samples, renderer).mean()
         torch.testing.assert_close(out["loss_anchor"].detach(), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -299,7 +301,7 @@ def test_data_term_alone_sharpens_a_blurred_circle(tmp_path, tiny):
 
 def test_distillation_weight_schedule_scales_the_distillation_loss(tmp_path, tiny):
     """``distillation_weight: [0, 2, 0, 10]``: twice the unweighted DreamSampler loss at step 0, none at step 10."""
-    from scorestudio.systems.svg_systems import SvgRestorationSystem
+    from scorestudio.systems.svg_restoration import SvgRestorationSystem
 
     def system(weight):
         cfg = {"prior": {"pretrained_model_name_or_path": str(tiny[0])}, "probe_path": str(tiny[1]),
@@ -308,8 +310,7 @@ def test_distillation_weight_schedule_scales_the_distillation_loss(tmp_path, tin
         return SvgRestorationSystem(cfg, run=RunContext(tmp_path, seed=0), data=data)
 
     plain, scheduled = system(1.0), system([0, 2.0, 0.0, 10])
-    ids = plain.local_particles()
-    first, weighted = plain.losses(0, ids), scheduled.losses(0, ids)
+    first, weighted = plain.distill_step(0), scheduled.distill_step(0)
     assert torch.allclose(weighted["loss_dreamsampler"], 2 * first["loss_dreamsampler"])
     assert torch.allclose(weighted["loss_dc"], first["loss_dc"])
-    assert scheduled.losses(10, ids)["loss_dreamsampler"].item() == 0.0
+    assert scheduled.distill_step(10)["loss_dreamsampler"].item() == 0.0

@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from scorestudio.utils.config import ConfigError, did_you_mean, parse_structured
+from scorestudio.utils.config import ConfigError, did_you_mean, parse_structured, to_plain
 from scorestudio.utils.distributed import particle_block, world
 from scorestudio.utils.io import update_json
 from scorestudio.utils.run import RunContext
@@ -142,6 +142,11 @@ class BaseSystem(pl.LightningModule):
         return generator(self.seed, *keys)
 
     # ---- outputs ---------------------------------------------------------------------------
+    def resolved_config(self) -> dict:
+        """The ``system`` config as this run used it, for ``configs/parsed.yaml``: ``self.cfg``
+        plus what a task filled in from its data (a caption as the prompt, say)."""
+        return to_plain(self.cfg)
+
     def save_path(self, name: str) -> Path:
         path = self.run.save_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -137,10 +137,15 @@ class DistillationSystem(BaseSystem):
         initialise modules draw from the global RNG, so the order is part of a run's seed)."""
         cfg = self.cfg
         self.prior = find(cfg.prior_type, kind="priors")(cfg.prior, path="system.prior")
-        self.prompt_processor = find("prompt-processor")(cfg.prompt_processor, path="system.prompt_processor")
+        self.prompt_processor = find("prompt-processor")(self.prompt_processor_config(), path="system.prompt_processor")
         self.guidance = find(cfg.guidance_type, kind="guidance")(
             {**cfg.guidance, **guidance_overrides}, path="system.guidance")
         self.guidance.attach(self.prior)
+
+    def prompt_processor_config(self) -> dict:
+        """``system.prompt_processor`` as the prompt processor is built with it; a task may fill in
+        what it knows (a caption of its data, a style suffix) without changing its own config."""
+        return dict(self.cfg.prompt_processor)
 
     def build_generator(self, generator_cls: type, **overrides) -> BaseGenerator:
         """The generator of ``system.generator`` (``overrides`` win: e.g. a canvas set by the data)."""
