@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -132,3 +133,62 @@ def test_crafted_training_command_checkpoint_runs_nothing(tmp_path):
     with pytest.raises(SystemExit, match=rf"{tmp_path / 'ckpt.pt'}: refused to load: it would import and call"):
         stage.load()
     assert not marker.exists()
+
+
+def train(tmp_path: Path, *overrides: str):
+    args, extra = parse_args(["--config", TOY, "--train", f"exp_root_dir={tmp_path}", *SMALL, *overrides])
+    return run(args, extra)
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    from datetime import datetime
+
+    from scorestudio.utils.run import ExperimentConfig, RunContext, run_dir_for
+
+    now = datetime(2030, 1, 2, 3, 4, 5)
+    cfg = ExperimentConfig(system_type="toy-particles", exp_root_dir=str(tmp_path), tag="same")
+    runs = [RunContext(run_dir_for(cfg, now)) for _ in range(3)]
+    assert len({r.root for r in runs}) == 1
+    for r in runs:
+        r.prepare({"seed": 0})
+    base = tmp_path / "default" / "same@20300102-030405"
+    assert [r.root for r in runs] == [base, base.with_name(base.name + "-1"), base.with_name(base.name + "-2")]
+    assert all((r.root / "configs" / "parsed.yaml").is_file() and (r.root / "ckpts").is_dir() for r in runs)
+
+
+def test_claiming_a_folder_is_exclusive_under_concurrency(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scorestudio.utils.run import claim_folder
+
+    with ThreadPoolExecutor(8) as pool:
+        claimed = list(pool.map(lambda _: claim_folder(tmp_path / "x" / "run"), range(16)))
+    assert len(set(claimed)) == 16
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == sorted(["run"] + [f"run-{k}" for k in range(1, 16)])
+
+
+def test_a_new_run_never_writes_into_an_earlier_runs_folder(tmp_path):
+    """use_timestamp=false: a second run of the same tag gets ``tag-1``; the first run's
+    checkpoint and metrics stay as they were; resuming the first returns to its folder."""
+    first = train(tmp_path, "trainer.max_steps=2", "tag=same").root
+    second = train(tmp_path, "trainer.max_steps=3", "tag=same").root
+    assert (first.name, second.name) == ("same", "same-1")
+    assert json.loads((first / "metrics.json").read_text())["step"] == 2
+    assert json.loads((second / "metrics.json").read_text())["step"] == 3
+    assert load_checkpoint(first / "ckpts" / "last.ckpt")["global_step"] == 2
+    resumed = train(tmp_path, "trainer.max_steps=4", "tag=same", f"resume={first / 'ckpts' / 'last.ckpt'}").root
+    assert resumed == first and load_checkpoint(first / "ckpts" / "last.ckpt")["global_step"] == 4
+    assert json.loads((first / "metrics.json").read_text())["step"] == 4
+    assert sorted(p.name for p in first.parent.iterdir()) == ["same", "same-1"]
+
+
+def test_a_long_chinese_prompt_is_cut_by_bytes(tmp_path):
+    from scorestudio.utils.run import TAG_MAX_BYTES, _safe_tag
+
+    prompt = "一只红色的立方体" * 12 + "猫猫猫猫"   # 100 characters, 300 bytes of UTF-8
+    assert len(prompt) == 100
+    tag = _safe_tag(prompt)
+    assert len(tag.encode()) == TAG_MAX_BYTES == 120 and prompt.startswith(tag)
+    assert _safe_tag("ab" + "é" * 100).encode() == ("ab" + "é" * 59).encode()   # 2 + 59·2 bytes: é never split
+    root = train(tmp_path, "trainer.max_steps=1", f"tag={prompt}", "use_timestamp=true").root
+    assert root.name.startswith(tag + "@") and (root / "ckpts" / "last.ckpt").is_file()

@@ -1,6 +1,6 @@
 """The top-level run config and the run folder layout.
 
-    <exp_root_dir>/<name>/<tag>@<YYYYMMDD-HHMMSS>/
+    <exp_root_dir>/<name>/<tag>@<YYYYMMDD-HHMMSS>[-K]/   (-1, -2, ...: a run that started in the same second)
         configs/parsed.yaml   fully resolved config, re-runnable with --config
         configs/parsed-<mode>.yaml   the config of a later --test / --validate / --export
         ckpts/last.ckpt       written atomically, resumable with resume=...
@@ -55,13 +55,19 @@ class ExperimentConfig:
     resume: Optional[str] = None        # path to a checkpoint to resume from / test / export
 
 
+TAG_MAX_BYTES = 120   # a folder name is at most 255 bytes on common file systems; the rest is the timestamp
+
+
 def _safe_tag(tag: str) -> str:
+    """The tag as a folder name: letters of any script, digits and ``-_.,``; cut to
+    ``TAG_MAX_BYTES`` bytes of UTF-8 (a CJK character is 3), never inside a character."""
     keep = "".join(c if c.isalnum() or c in "-_.," else "_" for c in tag.strip())
-    return keep[:120] or "run"
+    return keep.encode()[:TAG_MAX_BYTES].decode(errors="ignore") or "run"
 
 
 def run_dir_for(cfg: ExperimentConfig, now: Optional[datetime] = None) -> Path:
-    """Where a run writes. A resumed run reuses the folder of its checkpoint."""
+    """Where a run writes. A resumed run reuses the folder of its checkpoint; a new run's folder
+    is claimed by :meth:`RunContext.prepare`, with a suffix if another run holds this one."""
     if cfg.resume:
         ckpt = Path(cfg.resume)
         if not ckpt.is_file():
@@ -93,10 +99,18 @@ class RunContext:
     def metrics_path(self) -> Path:
         return self.root / "metrics.json"
 
-    def prepare(self, parsed_config: Any = None, argv: Optional[list[str]] = None, mode: str = "train") -> None:
+    def prepare(self, parsed_config: Any = None, argv: Optional[list[str]] = None, mode: str = "train",
+                resume: Optional[str] = None) -> None:
         """Creates the folders, writes the resolved config and appends the command line. A run
         resumed for --test / --export writes ``parsed-<mode>.yaml``: its overrides must not
-        replace the record of how the weights were trained."""
+        replace the record of how the weights were trained.
+
+        Only the run that ``resume`` continues reuses its folder: any other run claims ``root``
+        for itself, or ``root-1``, ``root-2``, ... when another run holds it (started in the same
+        second, or ``use_timestamp=false``), so no run overwrites another's checkpoint, images
+        or metrics; ``root`` then names the folder claimed."""
+        if not self._continues(resume):
+            self.root = claim_folder(self.root)
         for sub in ("configs", "ckpts", "save"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         if parsed_config is not None:
@@ -107,3 +121,24 @@ class RunContext:
         argv = sys.argv if argv is None else argv
         with open(self.root / "cmd.txt", "a") as handle:
             handle.write(shlex.join(["python", *argv]) + "\n")
+
+    def _continues(self, resume: Optional[str]) -> bool:
+        """Whether ``root`` is the run folder of the checkpoint ``resume`` (``<root>/ckpts/X.ckpt``)."""
+        if not resume:
+            return False
+        ckpt = Path(resume).resolve()
+        return ckpt.parent.name == "ckpts" and ckpt.parent.parent == self.root.resolve()
+
+
+def claim_folder(root: Path) -> Path:
+    """Create ``root``, or the first free ``root-1``, ``root-2``, ...; returns the one created.
+    ``mkdir`` without ``exist_ok`` is atomic: of two processes claiming one name, one gets it."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    k = 0
+    while True:
+        folder = root.with_name(f"{root.name}-{k}") if k else root
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            k += 1
