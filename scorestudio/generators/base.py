@@ -60,6 +60,7 @@ class BaseGenerator(BaseModule):
     exports_assets = False        # export() writes files (meshes, SVGs) beyond the system's pictures
     export_after_test = False     # the system also exports at the end of --test (and so of --train)
     system_keys: tuple[str, ...] = ()   # config keys older configs set under ``system``: moved to ``system.generator``
+    legacy_state_prefixes: tuple[str, ...] = ()   # state-dict prefixes of older checkpoints, read as ``generator.``
 
     def __init__(self, cfg: Any = None, n_particles: int = 1, seed: int = 0, path: str = "system.generator",
                  prior: Optional["DiffusionPrior"] = None) -> None:

@@ -96,6 +96,7 @@ class SvgGenerator(BaseGenerator):
 
     # Keys that older configs set at system level (system.paths, ...): the system moves them here.
     system_keys = ("paths", "renderer", "lr", "xing_weight", "canvas_size")
+    legacy_state_prefixes = ("svg.",)
     exports_assets = True
 
     @dataclass

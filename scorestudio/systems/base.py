@@ -221,6 +221,10 @@ class BaseSystem(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- Lightning plumbing ----------------------------------------------------------------
+    def upgrade_checkpoint(self, checkpoint: dict) -> dict:
+        """A checkpoint written by an older layout of this system, renamed to this one (in place)."""
+        return checkpoint
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from scorestudio.utils.checkpoint import SYSTEM_KEY
 

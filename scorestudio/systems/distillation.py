@@ -255,11 +255,15 @@ class DistillationSystem(BaseSystem):
 
     def upgrade_checkpoint(self, checkpoint: dict) -> dict:
         """Rename the generator's parameters in a checkpoint written before the generator layer
-        (``geometry.*`` → ``generator.geometry.*``)."""
+        (``geometry.*`` → ``generator.geometry.*``, ``svg.points`` → ``generator.points``)."""
         ours = set(self.state_dict())
         state = checkpoint["state_dict"]
-        for key in [k for k in state if k not in ours and GENERATOR_PREFIX + k in ours]:
-            state[GENERATOR_PREFIX + key] = state.pop(key)
+        prefixes = ("", *self.generator.legacy_state_prefixes)
+        for key in [k for k in state if k not in ours]:
+            new = next((GENERATOR_PREFIX + key.removeprefix(p) for p in prefixes
+                        if key.startswith(p) and GENERATOR_PREFIX + key.removeprefix(p) in ours), None)
+            if new is not None:
+                state[new] = state.pop(key)
         return checkpoint
 
     # ---- evaluation renders -----------------------------------------------------------------------

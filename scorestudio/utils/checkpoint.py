@@ -110,7 +110,7 @@ def check_checkpoint(system: pl.LightningModule, path: str | os.PathLike) -> Non
     unreadable (see :func:`load_checkpoint`), or was not written by a system of this config:
     another system, or parameters of other names or shapes (another ``n_particles``, grid
     resolution, ...). Read memory-mapped, before Lightning loads it."""
-    ckpt = load_checkpoint(path, key="resume", require=("state_dict",), mmap=True)
+    ckpt = system.upgrade_checkpoint(load_checkpoint(path, key="resume", require=("state_dict",), mmap=True))
     fix = "pass the config that wrote it (configs/parsed.yaml in its run folder)"
     ours, theirs = getattr(system, "registered_name", None), ckpt.get(SYSTEM_KEY)
     if theirs is not None and theirs != ours:
