@@ -194,7 +194,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
         check_checkpoint(system, exp.resume)
     if not started_by_rank0:
         parsed = to_plain(exp)
-        parsed["system"] = to_plain(system.cfg)
+        parsed["system"] = system.resolved_config()
         run_ctx.prepare(parsed, argv=["launch.py", *sys.argv[1:]] if sys.argv else None, mode=args.mode,
                         resume=exp.resume)
         print(f"[scorestudio] run folder: {run_ctx.root}" + (f" ({processes} processes)" if processes > 1 else ""))
