@@ -121,3 +121,32 @@ class OpacityEvaluator(Evaluator):
         fraction = translucent_fraction(alpha).tolist()
         return {"translucent_fraction": sum(fraction) / len(fraction),
                 **{f"particle{i}/translucent_fraction": f for i, f in enumerate(fraction)}}
+
+
+@register("psnr-ssim")
+class RestorationEvaluator(Evaluator):
+    """Restorations of ``system.problem`` (a :class:`scorestudio.data.problems.RestorationProblem`):
+    with a known ground truth PSNR / SSIM (mean and best particle), measurement consistency, the
+    measurement's own PSNR (the baseline) and, with a probe, diversity and agreement with the
+    true classes (:func:`scorestudio.metrics.restoration.evaluate`); otherwise the consistency
+    only. With a probe, each restoration's classes."""
+
+    @torch.no_grad()
+    def __call__(self, system, frames: Tensor, alpha: Optional[Tensor]) -> dict:
+        from scorestudio.data.problems import Problem, upsampled
+        from scorestudio.metrics.image_quality import measurement_consistency, psnr
+        from scorestudio.metrics.probe import load_probe_or_warn
+        from scorestudio.metrics.restoration import evaluate
+
+        problem, probe = system.problem, load_probe_or_warn(system.cfg.probe_path)
+        images = frames[:, 0].detach().float()
+        y = problem.y.to(images.device)
+        if problem.ground_truth is not None:
+            truth = problem.ground_truth.to(images.device)
+            out = evaluate(images, Problem(truth, problem.operator, y, problem.labels), probe)
+            out["psnr_measurement"] = float(psnr(upsampled(y, problem.canvas), truth)[0])
+        else:
+            out = {"consistency_mean": float(measurement_consistency(problem.operator, images, y).mean())}
+        if probe is not None:
+            out["classes"] = [{k: p[k] for k in ("shape", "color")} for p in probe.to(images.device).classify(images)]
+        return out

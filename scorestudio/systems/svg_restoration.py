@@ -43,8 +43,8 @@ class SvgRestorationSystem(DistillationSystem):
         guidance_type: str = "dreamsampler"
         frame_every: int = 10
         optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="Adam", args={"betas": [0.9, 0.9]}))
-        # The restoration metrics (with the probe's classes) replace the generic evaluators.
-        evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(evaluators=[]))
+        # Scored against the measurement and, when known, the ground truth (with the probe's classes).
+        evaluation: EvalConfig = field(default_factory=lambda: EvalConfig(evaluators=["psnr-ssim"]))
         lambda_dc: float = 1.0             # λ of the data-consistency term
         distillation: bool = True          # False: data term (+ Xing) only, the paper's ablation (no prior needed)
         # Weight of the distillation loss, scheduled: the prior resolves what the measurement leaves
@@ -120,25 +120,4 @@ class SvgRestorationSystem(DistillationSystem):
             row.append(problem.ground_truth)
         row = torch.cat(row)
         written.append(save_grid(row, self.save_path("comparison.png"), ncol=len(row)))
-        return written, {"operator": problem.operator.name, "distillation": self.cfg.distillation,
-                         **metrics, **self.restoration_metrics(images)}
-
-    def restoration_metrics(self, images: Tensor) -> dict:
-        """PSNR/SSIM (and the measurement's own PSNR, the baseline) when the ground truth is known,
-        measurement consistency, and the probe's classes of the restorations."""
-        from scorestudio.data.problems import Problem, upsampled
-        from scorestudio.metrics.image_quality import measurement_consistency, psnr
-        from scorestudio.metrics.probe import load_probe_or_warn
-        from scorestudio.metrics.restoration import evaluate
-
-        problem, probe = self.problem, load_probe_or_warn(self.cfg.probe_path)
-        images = images.detach().float()
-        if problem.ground_truth is not None:
-            truth = problem.ground_truth.to(images.device)
-            out = evaluate(images, Problem(truth, self.operator, self.y, problem.labels), probe)
-            out["psnr_measurement"] = float(psnr(upsampled(self.y, problem.canvas), truth)[0])
-        else:
-            out = {"consistency_mean": float(measurement_consistency(self.operator, images, self.y).mean())}
-        if probe is not None:
-            out["classes"] = [{k: p[k] for k in ("shape", "color")} for p in probe.to(images.device).classify(images)]
-        return out
+        return written, {"operator": problem.operator.name, "distillation": self.cfg.distillation, **metrics}
