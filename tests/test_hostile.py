@@ -192,3 +192,46 @@ def test_a_long_chinese_prompt_is_cut_by_bytes(tmp_path):
     assert _safe_tag("ab" + "é" * 100).encode() == ("ab" + "é" * 59).encode()   # 2 + 59·2 bytes: é never split
     root = train(tmp_path, "trainer.max_steps=1", f"tag={prompt}", "use_timestamp=true").root
     assert root.name.startswith(tag + "@") and (root / "ckpts" / "last.ckpt").is_file()
+
+
+def _toy_fault(monkeypatch, at_step: int, fault: str) -> None:
+    """Make toy-particles fail at ``at_step``: ``raise`` an error, or turn its particles to ``nan``."""
+    from scorestudio.systems.toy_particles import ToyParticlesSystem
+
+    step = ToyParticlesSystem.training_step
+
+    def faulty(self, batch, batch_idx):
+        if self.global_step == at_step:
+            if fault == "raise":
+                raise RuntimeError("injected failure")
+            with torch.no_grad():
+                self.particles.fill_(float("nan"))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ToyParticlesSystem, "training_step", faulty)
+
+
+def test_a_failing_run_keeps_its_last_good_checkpoint(tmp_path, monkeypatch):
+    """An exception at step 5 saves the failing state to crash.ckpt; last.ckpt stays at step 4
+    and resumes."""
+    _toy_fault(monkeypatch, 5, "raise")
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train(tmp_path, "trainer.max_steps=10", "checkpoint.every_n_train_steps=2", "tag=failing")
+    ckpts = tmp_path / "toy-particles" / "failing" / "ckpts"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["crash.ckpt", "last.ckpt"]
+    assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == 4
+    assert load_checkpoint(ckpts / "crash.ckpt")["global_step"] == 5
+    monkeypatch.undo()
+    train(tmp_path, "trainer.max_steps=6", "tag=failing", f"resume={ckpts / 'last.ckpt'}")
+    assert load_checkpoint(ckpts / "last.ckpt")["global_step"] == 6
+
+
+def test_a_nonfinite_state_never_replaces_last_ckpt(tmp_path, monkeypatch):
+    _toy_fault(monkeypatch, 5, "nan")
+    with pytest.warns(UserWarning, match=r"step 6: particles, paths not finite: saved to .*crash.ckpt; .*last.ckpt keeps"):
+        train(tmp_path, "trainer.max_steps=8", "checkpoint.every_n_train_steps=2", "tag=nan")
+    ckpts = tmp_path / "toy-particles" / "nan" / "ckpts"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["crash.ckpt", "last.ckpt"]
+    last, crash = load_checkpoint(ckpts / "last.ckpt"), load_checkpoint(ckpts / "crash.ckpt")
+    assert last["global_step"] == 4 and torch.isfinite(last["state_dict"]["particles"]).all()
+    assert crash["global_step"] == 8 and torch.isnan(crash["state_dict"]["particles"]).all()

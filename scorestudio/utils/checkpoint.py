@@ -12,6 +12,8 @@ from typing import Any, Optional, Sequence
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from scorestudio.utils.config import ConfigError
 from scorestudio.utils.io import atomic_open
@@ -30,8 +32,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class RunCheckpoint(pl.Callback):
     """Writes ``ckpts/last.ckpt`` every ``every_n_steps`` steps, at the end of training and when
-    training is interrupted (Ctrl-C or an exception), so no finished work is lost.
+    training is interrupted (Ctrl-C, SIGTERM), so no finished work is lost.
 
+    ``last.ckpt`` only ever holds a good state: a run that fails with an exception saves its
+    state to ``ckpts/crash.ckpt`` (to inspect, not to resume), and a state with a non-finite
+    parameter or buffer goes there too, with a warning, instead of replacing ``last.ckpt``.
     With ``keep_all`` it also keeps ``ckpts/step{N:06d}.ckpt`` for every periodic save.
     """
 
@@ -45,26 +50,48 @@ class RunCheckpoint(pl.Callback):
     def last_path(self) -> Path:
         return self.ckpt_dir / "last.ckpt"
 
-    def _save(self, trainer: pl.Trainer, keep: bool = False) -> None:
+    @property
+    def crash_path(self) -> Path:
+        return self.ckpt_dir / "crash.ckpt"
+
+    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, keep: bool = False) -> None:
         step = trainer.global_step
         if step == self._last_saved_step:
             return
-        trainer.save_checkpoint(self.last_path)
-        if keep:
-            trainer.save_checkpoint(self.ckpt_dir / f"step{step:06d}.ckpt")
+        bad = nonfinite_tensors(pl_module.state_dict())
+        if bad:
+            warnings.warn(f"step {step}: {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''} not finite: "
+                          f"saved to {self.crash_path}; {self.last_path} keeps the last finite state")
+            trainer.save_checkpoint(self.crash_path)
+        else:
+            trainer.save_checkpoint(self.last_path)
+            if keep:
+                trainer.save_checkpoint(self.ckpt_dir / f"step{step:06d}.ckpt")
         self._last_saved_step = step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
-            self._save(trainer, keep=self.keep_all)
+            self._save(trainer, pl_module, keep=self.keep_all)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._save(trainer)
+        self._save(trainer, pl_module)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if trainer.global_step > 0:
+        if trainer.global_step == 0 or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):   # a good state, stopped early
             print(f"\n{type(exception).__name__}: saving {self.last_path} at step {trainer.global_step}")
-            self._save(trainer)
+            self._save(trainer, pl_module)
+        else:
+            print(f"\n{type(exception).__name__}: saving the failing state to {self.crash_path} at step "
+                  f"{trainer.global_step}; {self.last_path} keeps the last good one")
+            trainer.save_checkpoint(self.crash_path)
+
+
+def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
+    """The names of the floating tensors of ``state`` that hold a NaN or an infinity."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def load_checkpoint(path: str | os.PathLike, key: Optional[str] = None, require: Sequence[str] = (),
