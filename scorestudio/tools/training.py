@@ -32,7 +32,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from scorestudio.data import COLOR_NAMES, ICON_SHAPES, SHAPES_3D, VIEW_NAMES, ProceduralConfig, ProceduralDataset, caption_for
+from scorestudio.data import (COLOR_NAMES, ICON_SHAPES, SHAPES_3D, VIEW_NAMES, ProceduralConfig, ProceduralDataset,
+                              caption_for)
+from scorestudio.priors.embedded import DEFAULT_WEIGHTS, MiniLMTextEncoder
 from scorestudio.priors.embedded_arch import ProbeNet, cast_state_dict
 from scorestudio.utils.checkpoint import load_checkpoint
 from scorestudio.utils.cli_args import build_prior, positive_int
@@ -41,7 +43,6 @@ from scorestudio.utils.io import atomic_open, write_json
 from scorestudio.utils.seeding import generator
 
 WORK_DIR = Path("runs/prior-train")
-EMBEDDED_WEIGHTS = Path(__file__).resolve().parents[1] / "priors" / "weights" / "embedded"
 EMA_DECAY = 0.999    # the default of EMA
 COOLDOWN_FROM = 0.8  # fraction of the wall-clock budget after which the LR decays
 COOLDOWN_FLOOR = 0.05
@@ -134,8 +135,6 @@ def all_captions() -> list[str]:
 def encode_captions(captions: list[str], batch_size: int = 64) -> Tensor:
     """Per-token MiniLM states ``[len(captions), 32, 384]``, exactly as the embedded prior
     encodes prompts at inference (:class:`~scorestudio.priors.embedded.MiniLMTextEncoder`)."""
-    from scorestudio.priors.embedded import MiniLMTextEncoder
-
     encoder = MiniLMTextEncoder()
     with torch.no_grad():
         return torch.cat([encoder(captions[i:i + batch_size]) for i in range(0, len(captions), batch_size)])
@@ -406,7 +405,7 @@ def add_trainer_arguments(p: argparse.ArgumentParser, shipped: Path, out_help: s
     p.add_argument("--out", type=Path, required=True, help=f"{out_help}; the shipped one is {repo_relative(shipped)}")
     p.add_argument("--work-dir", type=Path, default=work_dir, help=work_help)
     p.add_argument("--prior-type", default="embedded", help="registered prior (embedded, stable-diffusion, ...)")
-    p.add_argument("--prior-path", type=Path, default=EMBEDDED_WEIGHTS, help="the prior's weights folder")
+    p.add_argument("--prior-path", type=Path, default=DEFAULT_WEIGHTS, help="the prior's weights folder")
     p.add_argument("--prior-work-dir", type=Path, default=WORK_DIR,
                    help="the prior trainer's work dir: embedded latent caches in <it>/unet/ (shared)")
     p.add_argument("--cache-dir", type=Path, default=None, help="rendered images (default PRIOR_WORK_DIR/cache)")
