@@ -15,11 +15,17 @@ and everything built on it:
 so s = 1 is the plain conditional prediction and s = 0 the unconditional one. (DreamFusion's
 ω is s − 1.)
 
-Inputs and outputs of every method are float32; a float16 prior casts internally.
+Inputs and outputs of every method are float32; a float16 prior casts internally (explicit
+casts at the boundary of each frozen network, no autocast needed: see ``Config.dtype``).
+
+Low-memory switches (``Config``; all off by default, each documented with what it saves in
+docs/priors.md): attention slicing and the attention backend, VAE slicing and tiling, freeing the
+text encoder once the prompts are embedded, a cap on the items per UNet call, ``channels_last``.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -30,6 +36,7 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from scorestudio.priors.loading import load_component, resolve_dtype
+from scorestudio.priors.perp_neg import PerpNegBatch, guided_direction
 from scorestudio.priors.text_embeddings import COMMAND as TEXT_EMBEDDINGS_COMMAND
 from scorestudio.priors.text_embeddings import default_file, load_text_embeddings
 from scorestudio.utils.base import BaseModule
@@ -110,14 +117,27 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
     # scorestudio.solvers.ddim: guidance interval). Every step: the convention of SD and IF users.
     sampling_guidance_interval: tuple[float, float] = (0.0, 1.0)
 
+    def warn_unknown_prompts(self, prompts: list[str]) -> None:
+        """One warning per prompt this prior cannot draw (see :meth:`unknown_prompt`)."""
+        for prompt in dict.fromkeys(prompts):
+            reason = self.unknown_prompt(prompt)
+            if reason is not None:
+                warnings.warn(reason, stacklevel=2)
+
+    def unknown_prompt(self, prompt: str) -> Optional[str]:
+        """Why this prior cannot draw ``prompt`` (a prior trained on a closed vocabulary says so
+        when the prompt names nothing it knows), or None. Open-vocabulary priors: always None."""
+        return None
+
     @dataclass
     class Config:
         # Local diffusers-format folder, or a Hugging Face hub id found in the local HF cache.
         pretrained_model_name_or_path: str = MISSING
         # True: never touch the network. False: from_pretrained may download missing files.
         local_files_only: bool = True
-        # Weights and compute dtype: "float32", or "float16" (CUDA only; on the CPU it warns and
-        # keeps float32). Inputs and outputs are float32 either way.
+        # Weights and compute dtype of the frozen networks: "float32", or "float16" (CUDA only; on
+        # the CPU it warns and keeps float32). Inputs and outputs are float32 either way; what
+        # trains inside the prior (VSD's LoRA and camera embedding) stays float32.
         dtype: str = "float32"
         # Tokens per prompt = L of the text embeddings [B, L, D]; None = the model's own length
         # (77 for Stable Diffusion's CLIP and for IF; the embedded prior's text_encoder.json).
@@ -125,6 +145,25 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         # File of precomputed text embeddings (scorestudio.priors.text_embeddings): prompts come
         # from it and the text encoder model is never loaded. Default: $SCORESTUDIO_TEXT_EMBEDDINGS.
         text_embeddings: Optional[str] = field(default_factory=default_file)
+        # ---- low-memory switches (docs/priors.md) ----
+        # Attention in slices of heads: None (off), "auto" (half the heads at a time), "max" (one
+        # at a time) or a slice size. Sliced attention is classic attention one slice at a time,
+        # so it replaces attention_backend "sdpa" / "classic" (not combinable with "xformers").
+        attention_slicing: Optional[Any] = None
+        # "sdpa": torch's scaled_dot_product_attention (diffusers' default, memory-efficient kernels
+        # on CUDA); "classic": explicit softmax(QKᵀ)V (the [heads, n, n] matrix is materialised);
+        # "xformers": xformers' memory-efficient attention (pip install xformers, CUDA only).
+        attention_backend: str = "sdpa"
+        vae_slicing: bool = False       # encode/decode the batch one image at a time
+        vae_tiling: bool = False        # encode/decode large images in overlapping tiles
+        # Drop the text encoder (T5-XXL for IF: ~9 GB in fp16) after the first UNet call: every
+        # prompt the run uses must have been embedded by then (the prompt processor embeds all
+        # its view prompts on its first call).
+        free_text_encoder: bool = False
+        # Most items per UNet call (None: the whole batch, e.g. 2N for CFG); smaller peaks lower
+        # in the no-grad guidance passes, at the cost of more, smaller calls.
+        unet_batch_size: Optional[int] = None
+        channels_last: bool = False     # UNet and VAE in channels-last memory layout (faster convs on tensor cores)
 
     cfg: Config
     unet: nn.Module
@@ -144,6 +183,7 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         self.num_train_timesteps: int = int(scheduler.config.num_train_timesteps)
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(torch.float32), persistent=False)
         self.load_models(source)
+        self.apply_memory_options()
         self.latent_channels: int = int(self.unet.config.in_channels)
         self.latent_size: int = int(self.unet.config.sample_size)
         self.requires_grad_(False)
@@ -153,6 +193,38 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
             self._text_cache = load_text_embeddings(self.cfg.text_embeddings, self.text_max_length)
         self.register_state_dict_post_hook(_drop_frozen_parameters)
         self.register_load_state_dict_pre_hook(_restore_frozen_parameters)
+
+    def apply_memory_options(self) -> None:
+        """The low-memory switches of the config on the loaded networks (see ``Config``)."""
+        cfg = self.cfg
+        backends = ("sdpa", "classic", "xformers")
+        if cfg.attention_backend not in backends:
+            raise ConfigError(f"{self.config_key('attention_backend')}={cfg.attention_backend!r}: expected one "
+                              f"of {', '.join(backends)}")
+        if cfg.unet_batch_size is not None and cfg.unet_batch_size < 1:
+            raise ConfigError(f"{self.config_key('unet_batch_size')}={cfg.unet_batch_size}: give a positive "
+                              "number of items per UNet call, or null for the whole batch")
+        if cfg.attention_backend == "classic":
+            self.unet.set_default_attn_processor()
+        elif cfg.attention_backend == "xformers":
+            self.unet.enable_xformers_memory_efficient_attention()
+        if cfg.attention_slicing is not None:
+            if cfg.attention_backend == "xformers":
+                raise ConfigError(f"{self.config_key('attention_slicing')}: slicing replaces the attention "
+                                  "processors, so it cannot be combined with attention_backend=xformers")
+            self.unet.set_attention_slice(cfg.attention_slicing)
+        vae = getattr(self, "vae", None)
+        if (cfg.vae_slicing or cfg.vae_tiling) and vae is None:
+            raise ConfigError(f"{self.config_key('vae_slicing')} / vae_tiling: this prior has no VAE "
+                              "(pixel space)")
+        if cfg.vae_slicing:
+            vae.enable_slicing()
+        if cfg.vae_tiling:
+            vae.enable_tiling()
+        if cfg.channels_last:
+            for net in (self.unet, vae):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
 
     def frozen_parameters(self) -> dict[str, Tensor]:
         """Parameters with ``requires_grad=False`` by state-dict key (tied weights under every name)."""
@@ -204,6 +276,10 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         if bad:
             raise ValueError(f"encode_text: prompts must be strings ('' for unconditional), got {bad!r}")
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing and self.text_encoder is None and not self.cfg.text_embeddings:
+            raise ConfigError(f"prompts {missing} were not embedded before the text encoder was freed "
+                              f"({self.config_key('free_text_encoder')}=true frees it at the first UNet call): "
+                              f"set it to false, or give them in a text embeddings file (`{TEXT_EMBEDDINGS_COMMAND}`)")
         if missing and self.text_encoder is None:
             raise ConfigError(f"prompts {missing} are not in the text embeddings file {self.cfg.text_embeddings} "
                               f"and the text encoder is not loaded: add them with `{TEXT_EMBEDDINGS_COMMAND}`, "
@@ -215,6 +291,13 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
             if self._text_cache[p].device != self.device:
                 self._text_cache[p] = self._text_cache[p].to(self.device)
         return torch.stack([self._text_cache[p] for p in prompts])
+
+    def free_text_encoder(self) -> None:
+        """Drop the text encoder (and tokenizer); cached embeddings stay. Later prompts fail clearly."""
+        self.text_encoder = None
+        self.tokenizer = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # ---- images <-> model space ------------------------------------------------------------
     def encode_images(self, images: Tensor) -> Tensor:
@@ -268,27 +351,36 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
             raise ValueError(f"predict_noise: x_t has batch {n} but text_embeddings has "
                              f"{text_embeddings.shape[0]}; pass one embedding per sample")
         t = self.timesteps(t, n)
+        if self.cfg.free_text_encoder and self.text_encoder is not None:
+            self.free_text_encoder()
         if class_labels is not None:  # only UNets with a class embedding (VSD's camera) take labels
-            class_labels = class_labels.to(self.torch_dtype)
-        out = self.unet(x_t.to(self.torch_dtype), t, encoder_hidden_states=text_embeddings.to(self.torch_dtype),
-                        class_labels=class_labels).sample
-        out = out[:, : x_t.shape[1]].to(x_t.dtype)
+            # in the embedding's own dtype (float32 master weights); the UNet casts its output.
+            class_labels = class_labels.to(next(self.unet.class_embedding.parameters()).dtype)
+        size = self.cfg.unet_batch_size or n
+        outs = [self.unet(x_t[i:i + size].to(self.torch_dtype), t[i:i + size],
+                          encoder_hidden_states=text_embeddings[i:i + size].to(self.torch_dtype),
+                          class_labels=None if class_labels is None else class_labels[i:i + size]).sample
+                for i in range(0, n, size)]
+        out = (outs[0] if len(outs) == 1 else torch.cat(outs))[:, : x_t.shape[1]].to(x_t.dtype)
         if self.prediction_type == "v_prediction":
             shape = (-1,) + (1,) * (x_t.ndim - 1)
             out = self.alpha(t).view(shape) * out + self.sigma(t).view(shape) * x_t
         return out
 
     def predict_noise_cfg(self, x_t: Tensor, t: Union[Tensor, int], cond: Tensor, uncond: Tensor,
-                          guidance_scale: Union[float, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Classifier-free guided ε with ONE batched UNet call of size 2N.
+                          guidance_scale: Union[float, Tensor], perp_neg: Optional[PerpNegBatch] = None
+                          ) -> tuple[Tensor, Tensor, Tensor]:
+        """Classifier-free guided ε with ONE batched UNet call of size 2N (Perp-Neg: one more, of
+        the K·N negatives).
 
         Args:
             x_t: ``[N, C, h, w]``; t: long ``[N]`` or a scalar.
             cond, uncond: text embeddings ``[N, L, D]`` (prompt, negative/empty prompt).
             guidance_scale: s, a float or a ``[N]`` tensor (one scale per sample).
+            perp_neg: K negative views per item (``PromptBatch.perp_neg``); None = plain CFG.
         Returns:
             ``(eps_cfg, eps_cond, eps_uncond)``, each ``[N, C, h, w]``, with
-            eps_cfg = eps_uncond + s (eps_cond − eps_uncond).
+            eps_cfg = eps_uncond + s · :meth:`guided_direction` (= s (eps_cond − eps_uncond) without Perp-Neg).
         """
         n = x_t.shape[0]
         t = self.timesteps(t, n)
@@ -297,5 +389,17 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         scale = torch.as_tensor(guidance_scale, dtype=eps.dtype, device=eps.device)
         if scale.ndim == 1:
             scale = scale.view(-1, *(1,) * (x_t.ndim - 1))
-        return eps_uncond + scale * (eps_cond - eps_uncond), eps_cond, eps_uncond
+        return eps_uncond + scale * self.guided_direction(x_t, t, eps_cond, eps_uncond, perp_neg), eps_cond, eps_uncond
 
+    def guided_direction(self, x_t: Tensor, t: Tensor, eps_cond: Tensor, eps_uncond: Tensor,
+                         perp_neg: Optional[PerpNegBatch] = None) -> Tensor:
+        """The direction that CFG scales, ``[N, C, h, w]``: eps_cond − eps_uncond, or with
+        ``perp_neg`` Perp-Neg's e_pos + Σ_k w_k ⊥(e_k, e_pos) (:mod:`scorestudio.priors.perp_neg`),
+        whose negatives' ε at ``x_t`` ``[N, C, h, w]``, long ``t`` ``[N]`` take one UNet call of K·N."""
+        if perp_neg is None:
+            return eps_cond - eps_uncond
+        n, k = x_t.shape[0], perp_neg.weights.shape[1]
+        negatives = perp_neg.embeddings.transpose(0, 1).flatten(0, 1)        # [K·N, L, D], negative-major
+        eps = self.predict_noise(torch.cat([x_t] * k), torch.cat([t] * k), negatives)
+        eps_neg = eps.view(k, n, *x_t.shape[1:]).transpose(0, 1)              # [N, K, C, h, w]
+        return guided_direction(eps_cond, eps_uncond, eps_neg, perp_neg.weights)

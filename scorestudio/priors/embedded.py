@@ -92,6 +92,18 @@ class EmbeddedPrior(LatentDiffusionPrior):
         # Folder of the trained prior; text_max_length comes from its text_encoder.json.
         pretrained_model_name_or_path: str = str(DEFAULT_WEIGHTS)
 
+    def unknown_prompt(self, prompt: str) -> str | None:
+        """The embedded prior knows the procedural data set's shapes, icons and colours only."""
+        from scorestudio.data.procedural import COLOR_NAMES, ICON_SHAPES, SHAPES_3D
+        from scorestudio.metrics.attributes import prompt_attributes
+
+        if any(prompt_attributes(prompt).values()):
+            return None
+        return (f"the embedded prior knows only these objects ({', '.join(SHAPES_3D)}), icons "
+                f"({', '.join(ICON_SHAPES)}) and colours ({', '.join(COLOR_NAMES)}); {prompt!r} names none of "
+                "them, so expect arbitrary shapes. For open prompts use system.prior_type=stable-diffusion or "
+                "deepfloyd-if with local weights (docs/priors.md)")
+
     def locate_weights(self) -> str:
         folder = Path(super().locate_weights())
         if not folder.is_dir():

@@ -138,6 +138,7 @@ class DistillationSystem(BaseSystem):
         cfg = self.cfg
         self.prior = find(cfg.prior_type, kind="priors")(cfg.prior, path="system.prior")
         self.prompt_processor = find("prompt-processor")(self.prompt_processor_config(), path="system.prompt_processor")
+        self.prior.warn_unknown_prompts([self.prompt_processor.cfg.prompt, *map(str, cfg.prompts or [])])
         self.guidance = find(cfg.guidance_type, kind="guidance")(
             {**cfg.guidance, **guidance_overrides}, path="system.guidance")
         self.guidance.attach(self.prior)

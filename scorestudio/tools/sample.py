@@ -71,6 +71,7 @@ def main(argv: Optional[list[str]] = None) -> list[Path]:
     except (ConfigError, FileNotFoundError) as err:
         print(f"scorestudio sample: error: {err} (on this command line: --model FOLDER)", file=sys.stderr)
         sys.exit(2)
+    prior.warn_unknown_prompts([args.prompt])
     correction = None
     if args.repulsion_gamma:
         repulsion = Repulsion({"gamma": args.repulsion_gamma, "features": args.repulsion_features,
