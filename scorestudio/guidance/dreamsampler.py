@@ -165,6 +165,6 @@ class DreamSamplerGuidance(BaseGuidance):
     def noise_residual(self, call: GuidanceCall):
         scale = self.cfg.guidance_scale.at(call.step)
         eps_cfg, eps_cond, eps_uncond = call.prior.predict_noise_cfg(
-            call.noisy, call.t, call.prompts.cond, call.prompts.uncond, scale)
+            call.noisy, call.t, call.prompts.cond, call.prompts.uncond, scale, perp_neg=call.prompts.perp_neg)
         self.remember(call.particle_ids, {"uncond": eps_uncond, "cond": eps_cond, "cfg": eps_cfg}[self.cfg.carry])
         return eps_cfg - call.noise, {"noise_std": call.noise.std()}

@@ -114,7 +114,7 @@ class LMCSDSGuidance(BaseGuidance):
         eps_y, eps_u = eps[:n], eps[n:2 * n]
         eps_empty = eps_u if shared else eps[2 * n:]
 
-        cond = omega * (eps_y - eps_u)                                        # L_cond
+        cond = omega * prior.guided_direction(cond_noisy, call.t, eps_y, eps_u, call.prompts.perp_neg)   # L_cond
         z_hat = prior.denoised(call.noisy, eps_empty, call.t)
         lmc = self.cfg.lmc_weight * (self.corrected(prior, latents, call.t, z_hat) - z_hat)   # L_lmc
         delta = cond + lmc

@@ -46,4 +46,5 @@ class NFSDGuidance(BaseGuidance):
         small_t = (call.t < self.t_switch(prior)).view(-1, 1, 1, 1)
         delta_d = torch.where(small_t, eps_uncond, eps_uncond - eps_neg)
         scale = self.cfg.guidance_scale.at(call.step)
-        return scale * (eps_cond - eps_uncond) + delta_d, {"frac_small_t": small_t.float().mean()}
+        direction = prior.guided_direction(call.noisy, call.t, eps_cond, eps_uncond, call.prompts.perp_neg)
+        return scale * direction + delta_d, {"frac_small_t": small_t.float().mean()}

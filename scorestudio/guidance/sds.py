@@ -20,5 +20,5 @@ class SDSGuidance(BaseGuidance):
     def noise_residual(self, call: GuidanceCall):
         scale = self.cfg.guidance_scale.at(call.step)
         eps_cfg, _, _ = call.prior.predict_noise_cfg(call.noisy, call.t, call.prompts.cond,
-                                                    call.prompts.uncond, scale)
+                                                    call.prompts.uncond, scale, perp_neg=call.prompts.perp_neg)
         return eps_cfg - call.noise, {}

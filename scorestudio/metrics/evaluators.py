@@ -150,3 +150,46 @@ class RestorationEvaluator(Evaluator):
         if probe is not None:
             out["classes"] = [{k: p[k] for k in ("shape", "color")} for p in probe.to(images.device).classify(images)]
         return out
+
+
+@register("view")
+class ViewEvaluator(Evaluator):
+    """The Janus check of 3-D orbits: does each frame look like the side it is seen from? Per
+    particle and on average, the fraction of orbit frames whose probe view (front / side / back /
+    overhead) is the camera's view bucket (the prompt processor's thresholds); per bucket the same
+    fraction over the frames of that bucket, and ``back_seen_as_front`` (back frames the probe
+    calls front: a face on the back). Skipped like ``probe`` for priors the probe does not know
+    and for 2-D generators (no cameras)."""
+
+    @torch.no_grad()
+    def __call__(self, system, frames: Tensor, alpha: Optional[Tensor]) -> dict:
+        from scorestudio.data.cameras import VIEW_NAMES, orbit_cameras, view_index
+        from scorestudio.metrics.probe import load_probe_or_warn
+
+        cfg = system.cfg
+        reason = None
+        if frames.shape[1] < 2:
+            reason = "view agreement needs a 3-D orbit (cameras); this generator renders images"
+        elif cfg.prior_type not in PROBE_PRIORS and cfg.probe_path is None:
+            reason = f"the shipped probe's view head knows the embedded prior's objects only, not {cfg.prior_type!r} images"
+        if reason is not None:
+            return {"view_agreement": None, "null_reasons": {"view_agreement": reason}}
+        probe = load_probe_or_warn(cfg.probe_path)
+        if probe is None:
+            return {}
+        e, (n, t) = cfg.evaluation, frames.shape[:2]
+        cameras = orbit_cameras(e.n_views, e.elevation, e.distance, e.fovy)
+        bucket = view_index(cameras.elevation, cameras.azimuth, system.prompt_processor.thresholds).to(frames.device)
+        names = probe.names("view")
+        to_ours = torch.tensor([VIEW_NAMES.index(name) for name in names], device=frames.device)
+        seen = to_ours[probe.to(frames.device)(frames.flatten(0, 1))["view"].argmax(-1)].view(n, t)
+        agree = (seen == bucket).float()
+        metrics: dict = {"view_agreement": float(agree.mean())}
+        metrics.update({f"particle{i}/view_agreement": float(agree[i].mean()) for i in range(n)})
+        for v, view in enumerate(VIEW_NAMES):
+            if bool((bucket == v).any()):
+                metrics[f"view_agreement_{view}"] = float(agree[:, bucket == v].mean())
+        back = bucket == VIEW_NAMES.index("back")
+        if bool(back.any()):
+            metrics["back_seen_as_front"] = float((seen[:, back] == VIEW_NAMES.index("front")).float().mean())
+        return metrics

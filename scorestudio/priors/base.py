@@ -204,15 +204,10 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         if cfg.unet_batch_size is not None and cfg.unet_batch_size < 1:
             raise ConfigError(f"{self.config_key('unet_batch_size')}={cfg.unet_batch_size}: give a positive "
                               "number of items per UNet call, or null for the whole batch")
-        if cfg.attention_backend == "classic":
-            self.unet.set_default_attn_processor()
-        elif cfg.attention_backend == "xformers":
-            self.unet.enable_xformers_memory_efficient_attention()
-        if cfg.attention_slicing is not None:
-            if cfg.attention_backend == "xformers":
-                raise ConfigError(f"{self.config_key('attention_slicing')}: slicing replaces the attention "
-                                  "processors, so it cannot be combined with attention_backend=xformers")
-            self.unet.set_attention_slice(cfg.attention_slicing)
+        if cfg.attention_slicing is not None and cfg.attention_backend == "xformers":
+            raise ConfigError(f"{self.config_key('attention_slicing')}: slicing replaces the attention "
+                              "processors, so it cannot be combined with attention_backend=xformers")
+        self.apply_unet_options(self.unet)
         vae = getattr(self, "vae", None)
         if (cfg.vae_slicing or cfg.vae_tiling) and vae is None:
             raise ConfigError(f"{self.config_key('vae_slicing')} / vae_tiling: this prior has no VAE "
@@ -221,10 +216,20 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
             vae.enable_slicing()
         if cfg.vae_tiling:
             vae.enable_tiling()
+        if cfg.channels_last and vae is not None:
+            vae.to(memory_format=torch.channels_last)
+
+    def apply_unet_options(self, unet: nn.Module) -> None:
+        """Attention backend, attention slicing and memory layout of the config on ``unet``."""
+        cfg = self.cfg
+        if cfg.attention_backend == "classic":
+            unet.set_default_attn_processor()
+        elif cfg.attention_backend == "xformers":
+            unet.enable_xformers_memory_efficient_attention()
+        if cfg.attention_slicing is not None:
+            unet.set_attention_slice(cfg.attention_slicing)
         if cfg.channels_last:
-            for net in (self.unet, vae):
-                if net is not None:
-                    net.to(memory_format=torch.channels_last)
+            unet.to(memory_format=torch.channels_last)
 
     def frozen_parameters(self) -> dict[str, Tensor]:
         """Parameters with ``requires_grad=False`` by state-dict key (tied weights under every name)."""
@@ -346,26 +351,62 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         Learned-variance UNets (IF: 2C output channels) contribute their first C channels;
         v-prediction models are converted to ε = α_t v + σ_t x_t.
         """
+        t = self.timesteps(t, x_t.shape[0])
+        out = self.denoiser_output(x_t, t, text_embeddings, class_labels)
+        return self.eps_from_output(out, x_t, t, self.prediction_type)
+
+    def denoiser_output(self, x_t: Tensor, t: Tensor, text_embeddings: Tensor, class_labels: Optional[Tensor] = None,
+                        unet: Optional[nn.Module] = None) -> Tensor:
+        """The raw output (ε or v, its first C channels) of ``unet`` (default: the prior's) ``[N, C, h, w]``
+        in ``x_t``'s dtype, for long ``t`` ``[N]``; batches of ``unet_batch_size`` items at most.
+
+        Inputs are cast to the weights' dtype; ``class_labels`` to the class embedding's own
+        (VSD's camera embedding keeps float32 master weights; the UNet casts its output)."""
+        unet = self.unet if unet is None else unet
         n = x_t.shape[0]
         if text_embeddings.shape[0] != n:
             raise ValueError(f"predict_noise: x_t has batch {n} but text_embeddings has "
                              f"{text_embeddings.shape[0]}; pass one embedding per sample")
-        t = self.timesteps(t, n)
         if self.cfg.free_text_encoder and self.text_encoder is not None:
             self.free_text_encoder()
         if class_labels is not None:  # only UNets with a class embedding (VSD's camera) take labels
-            # in the embedding's own dtype (float32 master weights); the UNet casts its output.
-            class_labels = class_labels.to(next(self.unet.class_embedding.parameters()).dtype)
+            class_labels = class_labels.to(next(unet.class_embedding.parameters()).dtype)
         size = self.cfg.unet_batch_size or n
-        outs = [self.unet(x_t[i:i + size].to(self.torch_dtype), t[i:i + size],
-                          encoder_hidden_states=text_embeddings[i:i + size].to(self.torch_dtype),
-                          class_labels=None if class_labels is None else class_labels[i:i + size]).sample
+        outs = [unet(x_t[i:i + size].to(self.torch_dtype), t[i:i + size],
+                     encoder_hidden_states=text_embeddings[i:i + size].to(self.torch_dtype),
+                     class_labels=None if class_labels is None else class_labels[i:i + size]).sample
                 for i in range(0, n, size)]
-        out = (outs[0] if len(outs) == 1 else torch.cat(outs))[:, : x_t.shape[1]].to(x_t.dtype)
-        if self.prediction_type == "v_prediction":
+        return (outs[0] if len(outs) == 1 else torch.cat(outs))[:, : x_t.shape[1]].to(x_t.dtype)
+
+    def eps_from_output(self, out: Tensor, x_t: Tensor, t: Tensor, prediction_type: str) -> Tensor:
+        """ε ``[N, C, h, w]`` from a denoiser output of ``prediction_type`` ("epsilon" or
+        "v_prediction": ε = α_t v + σ_t x_t)."""
+        if prediction_type == "v_prediction":
             shape = (-1,) + (1,) * (x_t.ndim - 1)
             out = self.alpha(t).view(shape) * out + self.sigma(t).view(shape) * x_t
         return out
+
+    def velocity(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """v = α_t ε − σ_t x_0 ``[N, C, h, w]``, the target of a v-prediction model."""
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        return self.alpha(t).view(shape) * noise - self.sigma(t).view(shape) * x0
+
+    def load_unet(self, source: str, key: str) -> tuple[nn.Module, str]:
+        """A second, frozen UNet of this prior's kind (e.g. VSD's separate LoRA base model) from the
+        model folder or hub id ``source`` (config key ``key``), in the prior's dtype, with its
+        prediction type. Its noise schedule must be this prior's (the timesteps are shared)."""
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+
+        scheduler = load_component(DDPMScheduler, source, "scheduler", key=key, local_files_only=self.cfg.local_files_only)
+        alphas = scheduler.alphas_cumprod.to(torch.float32)
+        if alphas.shape != self.alphas_cumprod.shape or not torch.allclose(alphas, self.alphas_cumprod.cpu(), atol=1e-6):
+            raise ConfigError(f"{key}={source}: its noise schedule differs from the prior's "
+                              f"({self.locate_weights()}); the two models must share their timesteps")
+        unet = load_component(UNet2DConditionModel, source, "unet", key=key,
+                              local_files_only=self.cfg.local_files_only, dtype=self.torch_dtype)
+        unet.requires_grad_(False)
+        self.apply_unet_options(unet)
+        return unet.eval().to(self.device), str(scheduler.config.prediction_type)
 
     def predict_noise_cfg(self, x_t: Tensor, t: Union[Tensor, int], cond: Tensor, uncond: Tensor,
                           guidance_scale: Union[float, Tensor], perp_neg: Optional[PerpNegBatch] = None
