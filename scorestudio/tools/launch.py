@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Optional
 
 from scorestudio.utils.config import ConfigError, load_config, parse_structured, to_plain
-from scorestudio.utils.distributed import RUN_ROOT_ENV
 from scorestudio.utils.registry import RegistryError, find
 from scorestudio.utils.run import ExperimentConfig, RunContext, run_dir_for
 
@@ -46,6 +45,9 @@ def build_parser(mode: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--processes", type=int, default=1,
                         help="on the CPU: shard the particles over this many processes (--train; "
                              "image-particles, dreamfusion, text-to-svg, svg-restoration)")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="shard the particles over this many machines too (--train; each runs --processes "
+                             "or --gpu processes; started by torchrun or SLURM: docs/distributed.md)")
     parser.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     parser.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return parser
@@ -102,7 +104,7 @@ def share_cpu_threads(processes: int) -> None:
 
 
 def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devices: object, processes: int = 1,
-                 find_unused_parameters: bool = False):
+                 find_unused_parameters: bool = False, nodes: int = 1):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
@@ -129,14 +131,18 @@ def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devic
     if t.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     strategy = "auto"
-    if processes > 1:   # particles sharded (utils.distributed): plain DDP over the processes
+    if processes * nodes > 1:   # particles sharded (utils.distributed): plain DDP over the processes
         from lightning.pytorch.strategies import DDPStrategy
+
+        from scorestudio.utils.distributed import SharedRunRoot
 
         # Buffers are constants (schedules, colours): no need to broadcast them every step.
         strategy = DDPStrategy(forward_sync_buffers=False, find_unused_parameters=find_unused_parameters)
+        callbacks.append(SharedRunRoot(run))
     return pl.Trainer(
         accelerator=accelerator,
         devices=devices,
+        num_nodes=nodes,
         strategy=strategy,
         max_steps=t.max_steps,
         log_every_n_steps=t.log_every_n_steps,
@@ -171,12 +177,18 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
     if args.mode in ("test", "export", "validate") and not exp.resume:
         raise ConfigError(f"--{args.mode} needs a checkpoint: add resume=path/to/ckpts/last.ckpt")
     accelerator, devices, processes = select_devices(args.gpu, args.processes)
-    if processes > 1 and args.mode != "train":
-        raise ConfigError(f"--{args.mode} runs in one process: drop --processes / the GPU list")
+    if args.nodes < 1:
+        raise ConfigError(f"--nodes {args.nodes}: give a number of machines ≥ 1")
+    if processes * args.nodes > 1 and args.mode != "train":
+        raise ConfigError(f"--{args.mode} runs in one process: drop --processes / --nodes / the GPU list")
+    from scorestudio.utils.distributed import RUN_ROOT_ENV, check_launcher_world, is_first_process
+
+    check_launcher_world(processes, args.nodes)
     system_cls = find(exp.system_type, kind="systems")
     # Lightning starts the processes of ranks ≥ 1 by running this command again: they must use
     # the run folder rank 0 chose (its timestamp), which they inherit through the environment.
     started_by_rank0 = RUN_ROOT_ENV in os.environ
+    first = is_first_process(started_by_rank0)   # global rank 0: writes the run's records
     run_ctx = RunContext(Path(os.environ[RUN_ROOT_ENV]) if started_by_rank0 else run_dir_for(exp), exp.seed)
     import lightning.pytorch as pl
 
@@ -185,14 +197,14 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
     pl.seed_everything(exp.seed, workers=True, verbose=False)
     system = system_cls(exp.system, run=run_ctx, data=exp.data)
 
-    system.prepare_sharding(processes)
+    system.prepare_sharding(processes * args.nodes)
     if accelerator == "cpu" and processes > 1:
         share_cpu_threads(processes)
     if exp.resume:
         from scorestudio.utils.checkpoint import check_checkpoint
 
         check_checkpoint(system, exp.resume)
-    if not started_by_rank0:
+    if first:
         parsed = to_plain(exp)
         parsed["system"] = system.resolved_config()
         run_ctx.prepare(parsed, argv=["launch.py", *sys.argv[1:]] if sys.argv else None, mode=args.mode,
@@ -201,7 +213,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
 
     if not args.verbose:
         quiet_lightning()
-    trainer = make_trainer(exp, run_ctx, accelerator, devices, processes, system.ddp_find_unused_parameters)
+    trainer = make_trainer(exp, run_ctx, accelerator, devices, processes, system.ddp_find_unused_parameters,
+                           args.nodes)
     if args.mode == "train":
         if processes > 1 and not started_by_rank0:
             os.environ[RUN_ROOT_ENV] = str(run_ctx.root)   # for the processes trainer.fit starts
@@ -220,7 +233,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
         system.export_step = step
         for path in system.export():
             print(f"[scorestudio] exported {path}")
-    if not started_by_rank0:
+    if first:
         print(f"[scorestudio] outputs in {run_ctx.save_dir}")
     return run_ctx
 
