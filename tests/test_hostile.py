@@ -6,8 +6,10 @@ import json
 import os
 import pickle
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,53 @@ def test_a_nonfinite_state_never_replaces_last_ckpt(tmp_path, monkeypatch):
     last, crash = load_checkpoint(ckpts / "last.ckpt"), load_checkpoint(ckpts / "crash.ckpt")
     assert last["global_step"] == 4 and torch.isfinite(last["state_dict"]["particles"]).all()
     assert crash["global_step"] == 8 and torch.isnan(crash["state_dict"]["particles"]).all()
+
+
+def test_sigterm_saves_and_exits_143(tmp_path):
+    """A pre-empted job (SIGTERM) saves last.ckpt and exits 128 + 15, not 0; the checkpoint resumes."""
+    ckpt = tmp_path / "toy-particles" / "sigterm" / "ckpts" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--config", TOY, "--train",
+                             f"exp_root_dir={tmp_path}", "tag=sigterm", *SMALL, "trainer.max_steps=100000",
+                             "checkpoint.every_n_train_steps=25"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    start = time.time()
+    while not ckpt.is_file():   # training, not start-up imports, gets the signal
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - start < 120, "no checkpoint appeared"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "scorestudio: stopped by SIGTERM: exit status 143" in err
+    step = load_checkpoint(ckpt)["global_step"]
+    assert step > 0 and sorted(p.name for p in ckpt.parent.iterdir()) == ["last.ckpt"]
+    train(tmp_path, f"trainer.max_steps={step + 2}", f"resume={ckpt}")
+    assert load_checkpoint(ckpt)["global_step"] == step + 2
+
+
+def test_ctrl_c_saves_and_exits_130(tmp_path, monkeypatch):
+    """Ctrl-C (a KeyboardInterrupt at step 30, raised in-process: a real SIGINT can also land in
+    TensorBoard's writer queue) saves last.ckpt at step 30 and exits 128 + 2, not 1."""
+    from scorestudio.systems.toy_particles import ToyParticlesSystem
+    from scorestudio.tools.launch import main
+
+    step = ToyParticlesSystem.training_step
+
+    def interrupted(self, batch, batch_idx):
+        if self.global_step == 30:
+            raise KeyboardInterrupt
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ToyParticlesSystem, "training_step", interrupted)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main(["--config", TOY, "--train", f"exp_root_dir={tmp_path}", "tag=ctrl-c", *SMALL,
+                  "trainer.max_steps=100"])
+    finally:
+        signal.signal(signal.SIGINT, handler)   # Lightning ignores further Ctrl-C after the first
+    assert stop.value.code == 130
+    ckpt = tmp_path / "toy-particles" / "ctrl-c" / "ckpts" / "last.ckpt"
+    assert load_checkpoint(ckpt)["global_step"] == 30
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.ckpt"]

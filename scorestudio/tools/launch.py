@@ -267,4 +267,12 @@ def main(argv: Optional[list[str]] = None, mode: Optional[str] = None) -> None:
             traceback.print_exc()
         print(f"scorestudio: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except SystemExit as stop:   # Lightning ends an interrupted run with status 0 (SIGTERM) or 1 (Ctrl-C)
+        from scorestudio.utils.checkpoint import interrupting_signal
+
+        sig = interrupting_signal(stop)
+        if sig is None:
+            raise
+        print(f"scorestudio: stopped by {sig.name}: exit status {128 + sig}", file=sys.stderr)
+        sys.exit(128 + sig)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import warnings
 import zipfile
 from pathlib import Path
@@ -86,6 +87,18 @@ class RunCheckpoint(pl.Callback):
             print(f"\n{type(exception).__name__}: saving the failing state to {self.crash_path} at step "
                   f"{trainer.global_step}; {self.last_path} keeps the last good one")
             trainer.save_checkpoint(self.crash_path)
+
+
+def interrupting_signal(stop: SystemExit) -> Optional[signal.Signals]:
+    """The signal behind ``stop`` when it is how Lightning ends an interrupted run: SIGTERM (its
+    ``SIGTERMException``, a ``SystemExit`` of status 0) or Ctrl-C (``sys.exit(1)`` while handling
+    the ``KeyboardInterrupt``); None for any other exit. A command exits with 128 + this signal,
+    as shells and schedulers expect of a process stopped by it (130, 143)."""
+    if isinstance(stop, SIGTERMException):
+        return signal.SIGTERM
+    if isinstance(stop.__context__, KeyboardInterrupt):
+        return signal.SIGINT
+    return None
 
 
 def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
