@@ -149,3 +149,170 @@ def make_tiny_probe(folder: str | Path, seed: int = 0) -> Path:
     (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
     save_file({k: v.contiguous() for k, v in ProbeNet(cfg).state_dict().items()}, str(folder / "probe.safetensors"))
     return folder
+
+
+# ---- hub layouts: folders exactly as `huggingface-cli download <repo> --local-dir DIR` leaves them ----
+
+# What differs between the Stable Diffusion repos (tokenizer pad token, text encoder activation,
+# the scheduler class and prediction type of scheduler/scheduler_config.json, linear attention
+# projections and whether a safety checker ships).
+SD_HUB_VERSIONS = {
+    "1.5": dict(repo="stable-diffusion-v1-5/stable-diffusion-v1-5", pad="<|endoftext|>", act="quick_gelu",
+                scheduler="PNDMScheduler", prediction_type="epsilon", linear_projection=False, safety_checker=True),
+    "2.1-base": dict(repo="stabilityai/stable-diffusion-2-1-base", pad="!", act="gelu", scheduler="PNDMScheduler",
+                     prediction_type="epsilon", linear_projection=True, safety_checker=False),
+    "2.1": dict(repo="stabilityai/stable-diffusion-2-1", pad="!", act="gelu", scheduler="DDIMScheduler",
+                prediction_type="v_prediction", linear_projection=True, safety_checker=False),
+}
+BPE_MERGES = [("r", "e"), ("re", "d</w>"), ("c", "u"), ("cu", "b"), ("cub", "e</w>")]
+
+
+def _json(path: Path, data: dict) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def _added_token(content: str) -> dict:
+    return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": True, "rstrip": False,
+            "single_word": False}
+
+
+def _hub_clip_tokenizer(folder: Path, pad: str) -> int:
+    """tokenizer/ as the SD repos ship it: vocab.json + merges.txt (byte-level BPE, no
+    tokenizer.json), tokenizer_config.json and special_tokens_map.json. Returns the vocabulary size."""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    chars = sorted(ByteLevel.alphabet())
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in BPE_MERGES] + ["<|startoftext|>", "<|endoftext|>"]
+    _json(folder / "vocab.json", {t: i for i, t in enumerate(tokens)})
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in BPE_MERGES) + "\n")
+    special = {"bos_token": _added_token("<|startoftext|>"), "eos_token": _added_token("<|endoftext|>"),
+               "pad_token": pad, "unk_token": _added_token("<|endoftext|>")}
+    _json(folder / "special_tokens_map.json", special)
+    _json(folder / "tokenizer_config.json", {**special, "add_prefix_space": False, "do_lower_case": True,
+                                             "errors": "replace", "model_max_length": 77,
+                                             "special_tokens_map_file": "./special_tokens_map.json",
+                                             "tokenizer_class": "CLIPTokenizer"})
+    return len(tokens)
+
+
+def _hub_extras(folder: Path, repo: str, pipeline: str, components: dict) -> None:
+    """model_index.json, the repo's README/.gitattributes and the download cache folder that
+    `huggingface-cli download --local-dir` writes next to the files."""
+    _json(folder / "model_index.json", {"_class_name": pipeline, "_diffusers_version": "0.8.0", **components})
+    (folder / "README.md").write_text(f"---\nlicense: other\n---\n# {repo} (tiny random stand-in)\n")
+    (folder / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    cache = folder / ".cache" / "huggingface"
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and cache not in p.parents):
+        meta = cache / "download" / f"{path.relative_to(folder)}.metadata"
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text("0" * 40 + "\n" + "0" * 64 + "\n0.0\n")
+    (cache / ".gitignore").write_text("*\n")
+
+
+def make_hub_sd(folder: str | Path, version: str = "1.5", seed: int = 0) -> Path:
+    """A tiny Stable Diffusion ``version`` ("1.5", "2.1-base" or "2.1") in its hub repo's layout:
+    the repo's scheduler class and prediction type (2.1: DDIM, v-prediction), CLIP BPE tokenizer
+    files, float16 ``variant`` weights beside the float32 ones, feature extractor (and SD 1.5's
+    safety checker config), model_index.json, README and the download cache folder. Same sizes
+    as :func:`make_tiny_sd`."""
+    import diffusers
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    spec = SD_HUB_VERSIONS[version]
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    vocab = _hub_clip_tokenizer(folder / "tokenizer", spec["pad"])
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, use_linear_projection=spec["linear_projection"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, hidden_act=spec["act"], bos_token_id=vocab - 2, eos_token_id=vocab - 1,
+        pad_token_id=1 if spec["pad"] == "!" else vocab - 1))
+    for name, model in (("unet", unet), ("vae", _tiny_vae()), ("text_encoder", text_encoder)):
+        model.save_pretrained(folder / name)
+        model.half().save_pretrained(folder / name, variant="fp16")
+    scheduler = getattr(diffusers, spec["scheduler"])(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        steps_offset=1, set_alpha_to_one=False, prediction_type=spec["prediction_type"],
+        **({"skip_prk_steps": True} if spec["scheduler"] == "PNDMScheduler" else {"clip_sample": False}))
+    scheduler.save_pretrained(folder / "scheduler")
+    _json(folder / "feature_extractor" / "preprocessor_config.json",
+          {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+           "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.4815, 0.4578, 0.4082],
+           "image_std": [0.2686, 0.2613, 0.2758], "resample": 3, "size": 224})
+    components = {"feature_extractor": ["transformers", "CLIPImageProcessor"],
+                  "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"] if spec["safety_checker"]
+                  else [None, None], "requires_safety_checker": spec["safety_checker"],
+                  "scheduler": ["diffusers", spec["scheduler"]], "text_encoder": ["transformers", "CLIPTextModel"],
+                  "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+                  "vae": ["diffusers", "AutoencoderKL"]}
+    if spec["safety_checker"]:
+        _json(folder / "safety_checker" / "config.json", {"_name_or_path": "CompVis/stable-diffusion-safety-checker",
+                                                         "architectures": ["StableDiffusionSafetyChecker"]})
+    _hub_extras(folder, spec["repo"], "StableDiffusionPipeline", components)
+    return folder
+
+
+def _spiece_model(path: Path) -> None:
+    """A tiny SentencePiece unigram model trained offline on caption-like text, with T5's special
+    ids (pad 0, eos 1, unk 2, no bos): the ``spiece.model`` of IF's tokenizer folder."""
+    import io
+
+    import sentencepiece as spm
+
+    text = [" ".join(WORDS)] + ["a red cube, front view", "a photo of a blue sphere", "a green cone, back view",
+                                "an overhead view of a dog", "a cat on a chair, side view"] * 4
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=64,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.getvalue())
+
+
+def make_hub_if(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny DeepFloyd/IF-I-XL-v1.0 in its hub repo's layout: ``tokenizer/`` holds only
+    ``spiece.model`` (SentencePiece, trained here), special_tokens_map.json and
+    tokenizer_config.json (100 extra ids, 77 tokens); the T5 encoder in safetensors shards with
+    their index; float16 ``variant`` weights; safety checker, feature extractor and
+    watermarker configs; model_index.json, README and the download cache folder. UNet and
+    scheduler as in :func:`make_tiny_if`."""
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    folder = Path(folder)
+    make_tiny_if(folder, seed)   # unet/ and scheduler/ as the tiny IF; tokenizer and encoder replaced below
+    for stale in ("tokenizer", "text_encoder"):
+        for path in (folder / stale).iterdir():
+            path.unlink()
+    from diffusers import UNet2DConditionModel
+
+    UNet2DConditionModel.from_pretrained(folder / "unet").half().save_pretrained(folder / "unet", variant="fp16")
+    _spiece_model(folder / "tokenizer" / "spiece.model")
+    extra = [f"<extra_id_{i}>" for i in range(100)]
+    special = {"additional_special_tokens": extra, "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    _json(folder / "tokenizer" / "special_tokens_map.json", special)
+    _json(folder / "tokenizer" / "tokenizer_config.json", {**special, "extra_ids": 100, "model_max_length": 77,
+                                                           "sp_model_kwargs": {}, "tokenizer_class": "T5Tokenizer"})
+    vocab = len(AutoTokenizer.from_pretrained(folder / "tokenizer"))
+    torch.manual_seed(seed + 1)
+    encoder = T5EncoderModel(T5Config(vocab_size=vocab, d_model=24, d_ff=37, d_kv=8, num_layers=2, num_heads=3,
+                                      relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1))
+    encoder.save_pretrained(folder / "text_encoder", max_shard_size="20KB")
+    encoder.half().save_pretrained(folder / "text_encoder", variant="fp16", max_shard_size="20KB")
+    for name, config in (("safety_checker", {"architectures": ["IFSafetyChecker"]}),
+                         ("feature_extractor", {"feature_extractor_type": "CLIPFeatureExtractor", "size": 224}),
+                         ("watermarker", {"_class_name": "IFWatermarker"})):
+        _json(folder / name / ("preprocessor_config.json" if name == "feature_extractor" else "config.json"), config)
+    components = {"feature_extractor": ["transformers", "CLIPImageProcessor"],
+                  "safety_checker": ["deepfloyd_if", "IFSafetyChecker"], "requires_safety_checker": True,
+                  "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "T5EncoderModel"],
+                  "tokenizer": ["transformers", "T5Tokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+                  "watermarker": ["deepfloyd_if", "IFWatermarker"]}
+    _hub_extras(folder, "DeepFloyd/IF-I-XL-v1.0", "IFPipeline", components)
+    return folder

@@ -29,7 +29,9 @@ class DinoV2Features(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        self.model = AutoModel.from_pretrained(path, local_files_only=True)
+        # float32 whatever the folder stores (transformers loads a float16 checkpoint as float16):
+        # the kernel's squared feature distances would lose precision, or overflow, in half.
+        self.model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)

@@ -26,6 +26,7 @@ text encoder once the prompts are embedded, a cap on the items per UNet call, ``
 from __future__ import annotations
 
 import warnings
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -262,6 +263,16 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
     def encode_uncached(self, prompts: list[str]) -> Tensor:
         """Text embeddings ``[B, L, D]`` of distinct ``prompts``, without the cache."""
         raise NotImplementedError
+
+    def tokenizer_length(self, source: str) -> Optional[int]:
+        """Tokens per prompt of the folder's tokenizer (``model_max_length``): from the loaded
+        tokenizer, else (precomputed embeddings) from ``tokenizer/tokenizer_config.json`` of a
+        local folder, without constructing the tokenizer; None when neither is at hand."""
+        if self.tokenizer is not None:
+            return int(self.tokenizer.model_max_length)
+        config = Path(source) / "tokenizer" / "tokenizer_config.json"
+        length = json.loads(config.read_text()).get("model_max_length") if config.is_file() else None
+        return None if length is None else int(length)
 
     @property
     def loads_text_encoder(self) -> bool:

@@ -15,7 +15,9 @@ from scorestudio.utils.registry import register
 class DeepFloydIFPrior(DiffusionPrior):
     """A diffusers IF stage I folder: ``unet/`` (UNet2DConditionModel with 6 output channels:
     ε and the learned variance, of which only ε is used), ``text_encoder/`` (T5EncoderModel),
-    ``tokenizer/`` and ``scheduler/``.
+    ``tokenizer/`` and ``scheduler/``. The hub repo's tokenizer is a SentencePiece ``spiece.model``
+    (read through the ``sentencepiece`` and ``protobuf`` packages); with precomputed
+    ``text_embeddings`` neither the tokenizer nor T5 is constructed.
 
     Model space = pixels in [-1, 1], ``[N, 3, 64, 64]`` (``latent_size`` = ``image_size`` = the
     UNet's sample_size). Text embeddings: T5 ``last_hidden_state`` ``[B, 77, 4096]`` with the
@@ -35,10 +37,10 @@ class DeepFloydIFPrior(DiffusionPrior):
         from transformers import AutoTokenizer, T5EncoderModel
 
         self.unet = self.load(UNet2DConditionModel, source, "unet", dtype=self.torch_dtype)
-        self.tokenizer = self.load(AutoTokenizer, source, "tokenizer")
-        self.text_encoder = (self.load(T5EncoderModel, source, "text_encoder", dtype=self.torch_dtype)
-                             if self.loads_text_encoder else None)
-        self.text_max_length: int = self.cfg.text_max_length or int(self.tokenizer.model_max_length)
+        loads = self.loads_text_encoder   # T5-XXL stays on disk with precomputed embeddings
+        self.tokenizer = self.load(AutoTokenizer, source, "tokenizer") if loads else None
+        self.text_encoder = self.load(T5EncoderModel, source, "text_encoder", dtype=self.torch_dtype) if loads else None
+        self.text_max_length = self.cfg.text_max_length or self.tokenizer_length(source)
         self.image_size: int = int(self.unet.config.sample_size)
 
     def encode_uncached(self, prompts: list[str]) -> Tensor:

@@ -14,7 +14,10 @@ from scorestudio.utils.registry import register
 @register("stable-diffusion")
 class StableDiffusionPrior(LatentDiffusionPrior):
     """A diffusers Stable Diffusion folder: ``unet/``, ``vae/``, ``scheduler/``, ``tokenizer/``
-    (CLIPTokenizer) and ``text_encoder/`` (CLIPTextModel).
+    (CLIPTokenizer: vocab.json + merges.txt in the hub repos) and ``text_encoder/`` (CLIPTextModel),
+    as ``huggingface-cli download`` leaves SD 1.5, 2.1-base and 2.1 (whatever scheduler class the
+    repo names, only its noise schedule and prediction type are read). With precomputed
+    ``text_embeddings`` neither the tokenizer nor the text encoder is constructed.
 
     Text embeddings: CLIP ``last_hidden_state`` ``[B, 77, D]`` (D = 768 for SD 1.x, 1024 for 2.x),
     prompts padded to the tokenizer's ``model_max_length`` (77) without attention mask, as the
@@ -29,10 +32,10 @@ class StableDiffusionPrior(LatentDiffusionPrior):
     def load_text_encoder(self, source: str) -> None:
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        self.tokenizer = self.load(CLIPTokenizer, source, "tokenizer")
-        self.text_encoder = (self.load(CLIPTextModel, source, "text_encoder", dtype=self.torch_dtype)
-                             if self.loads_text_encoder else None)
-        self.text_max_length: int = self.cfg.text_max_length or int(self.tokenizer.model_max_length)
+        loads = self.loads_text_encoder
+        self.tokenizer = self.load(CLIPTokenizer, source, "tokenizer") if loads else None
+        self.text_encoder = self.load(CLIPTextModel, source, "text_encoder", dtype=self.torch_dtype) if loads else None
+        self.text_max_length = self.cfg.text_max_length or self.tokenizer_length(source)
 
     def encode_uncached(self, prompts: list[str]) -> Tensor:
         return hf_text_embeddings(self.tokenizer, self.text_encoder, prompts, self.text_max_length,
