@@ -249,7 +249,9 @@ def test_ddim_sample_is_seeded_per_sample(priors, name):
     assert torch.equal(ddim_sample(prior, prompts, steps=4, cfg=3.0, seed=0), images)
     assert not torch.allclose(ddim_sample(prior, prompts, steps=4, cfg=3.0, seed=1), images)
     alone = ddim_sample(prior, prompts[:1], steps=4, cfg=3.0, seed=0)
-    assert torch.allclose(alone[0], images[0], atol=1e-5)
+    # The same noise and prompt; a UNet batch of 1 and of 3 round differently (up to ~5e-5 in the
+    # tiny IF's pixels), far below the change another seed makes.
+    assert torch.allclose(alone[0], images[0], atol=2e-4)
 
 
 def test_ddim_eta_noise_does_not_depend_on_batching(sd):
