@@ -2,18 +2,23 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-TORCH_SPEC ?= torch==2.13.0
+PIP_SPEC ?= pip==26.3
+# A CPU build: the +cpu wheel from PyTorch's CPU index (or a local wheel of that name), never the
+# CUDA build a plain index serves. For CUDA (or create .venv with your torch first):
+#   make setup TORCH_SPEC=torch==2.13.0 TORCH_INDEX=https://download.pytorch.org/whl/cu126
+TORCH_SPEC ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo demo-toy test clean
 
 setup: $(STAMP)
 
-# CUDA users: create .venv with your own torch build first; an importable torch is kept.
+# pip and torch pinned (TORCH_SPEC above); a torch already importable in .venv is kept.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet "$(PIP_SPEC)"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet --extra-index-url $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
