@@ -237,3 +237,17 @@ def test_low_memory_config_errors(hub, bad, match):
 def test_vae_switches_need_a_vae(hub):
     with pytest.raises(ConfigError, match="no VAE"):
         build(hub, "if", vae_slicing=True)
+
+
+def test_accumulate_grad_batches_reaches_the_trainer(tmp_path, tiny, monkeypatch):
+    from scorestudio.systems.distillation import DistillationSystem
+    from tests.test_image_particles import launch
+
+    seen = []
+    original = DistillationSystem.training_step
+    monkeypatch.setattr(DistillationSystem, "training_step",
+                        lambda self, batch, i: seen.append((self.global_step, self.trainer.accumulate_grad_batches))
+                        or original(self, batch, i))
+    launch(tmp_path, tiny, "sds", "trainer.max_steps=2", "trainer.accumulate_grad_batches=2",
+           "trainer.val_check_interval=0")
+    assert seen == [(0, 2), (0, 2), (1, 2), (1, 2)]

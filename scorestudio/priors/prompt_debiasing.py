@@ -40,7 +40,7 @@ class ViewScorer:
     def single_token(self, word: str, source: str, key: str) -> int:
         """The vocabulary id of ``word``; it must be one token for its probability to be read."""
         ids = self.tokenizer(word, add_special_tokens=False).input_ids
-        if len(ids) != 1:
+        if len(ids) != 1 or ids[0] == self.tokenizer.unk_token_id:
             raise ConfigError(f"{key}={source}: the view word {word!r} is {len(ids)} tokens in this tokenizer; "
                               "prompt debiasing needs a masked language model whose vocabulary has every view word")
         return int(ids[0])

@@ -151,6 +151,7 @@ def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devic
         limit_val_batches=1 if t.val_check_interval else 0,
         num_sanity_val_steps=t.num_sanity_val_steps,
         precision=t.precision,
+        accumulate_grad_batches=t.accumulate_grad_batches,
         enable_checkpointing=False,
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False,

@@ -30,6 +30,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     val_check_interval: int = 200       # run validation (image grid) every N training steps; 0 = never
     precision: str = "32-true"          # Lightning precision string, e.g. "16-mixed" on GPUs
+    accumulate_grad_batches: int = 1    # training steps whose gradients are summed per optimizer step (docs/priors.md)
     enable_progress_bar: bool = True
     num_sanity_val_steps: int = 0
 
