@@ -1,11 +1,15 @@
-"""Beyond one machine: particles sharded over two nodes (torchrun).
+"""Beyond one machine: particles sharded over two nodes (torchrun), prompts × seeds on Ray.
 
 Two simulated nodes on localhost (``torchrun --nnodes 2``, one gloo process each) train the same
 particles as one process, agree on one run folder, and their checkpoint resumes in one process.
+A Ray batch of 4 short runs on a local 2-CPU cluster, one of whose workers is killed mid-run,
+finishes all 4 with the killed one retried; the same batch again does no work (the Ray tests
+are marked slow: ``pytest -m slow tests/test_distributed_batch.py``, with ``scorestudio[ray]``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from scorestudio.utils.config import ConfigError
+from scorestudio.tools.batch import KILL_ONCE_ENV, PROMPT_KEY, plan_runs
+from scorestudio.tools.batch import parse_args as parse_batch_args
+from scorestudio.utils.config import ConfigError, load_config
 from scorestudio.utils.distributed import check_launcher_world, is_first_process
 from tests.test_sharding import checkpoint, launch_args, run_in_one_process
 
@@ -124,3 +130,97 @@ def test_two_nodes_under_torchrun_train_the_particles_of_one_process(tmp_path, t
     assert torch.allclose(resumed["state_dict"]["latents"], one["state_dict"]["latents"], atol=1e-5)
     state_one, state_resumed = (c["optimizer_states"][0]["state"][0] for c in (one, resumed))
     assert torch.allclose(state_resumed["exp_avg"], state_one["exp_avg"], atol=1e-5)
+
+
+# ---- scorestudio batch on Ray -----------------------------------------------------------------
+def test_batch_plans_prompts_times_seeds_in_folders_a_rerun_finds(tmp_path):
+    """A CSV row without a seed runs every --seeds, one with a seed runs that one; its cells
+    override the config; folders depend only on what makes the run; a prompt is text."""
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text('prompt,seed,system.guidance.repulsion.gamma\na red cube,,20\n"a cube: red",3,\n')
+    argv = ["--config", str(ROOT / "configs" / "image-particles-sds.yaml"), "--prompts", str(prompts),
+            "--seeds", "0-1", "--out", str(tmp_path / "out"), "trainer.max_steps=7"]
+    runs = plan_runs(*parse_batch_args(argv))
+    gamma = ["system.guidance.repulsion.gamma=20"]
+    assert [(r.prompt, r.seed, r.row_overrides) for r in runs] == [("a red cube", 0, gamma), ("a red cube", 1, gamma),
+                                                                    ("a cube: red", 3, [])]
+    assert all(Path(r.folder).parent == tmp_path / "out" / "image-particles" and r.max_steps == 7 for r in runs)
+    assert len({r.folder for r in runs}) == 3
+    assert [r.folder for r in plan_runs(*parse_batch_args(argv))] == [r.folder for r in runs]
+    other = [r.folder for r in plan_runs(*parse_batch_args([*argv, "trainer.max_steps=8"]))]
+    assert not set(other) & {r.folder for r in runs}
+    cfg = load_config(ROOT / "configs" / "image-particles-sds.yaml", runs[2].overrides(PROMPT_KEY))
+    assert cfg.system.prompt_processor.prompt == "a cube: red"
+    twice = tmp_path / "twice.txt"
+    twice.write_text("a red cube\n# a comment\n\na red cube\n")
+    with pytest.raises(ConfigError, match="'a red cube' with seed 0 twice"):
+        plan_runs(*parse_batch_args([*argv[:2], "--prompts", str(twice)]))
+
+
+def run_batch(argv, env_extra=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "scorestudio", "batch", *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def batch_argv(tmp_path, tiny, prompts, *extra):
+    prior, probe = tiny
+    return ["--config", str(ROOT / "configs" / "image-particles-sds.yaml"), "--prompts", str(prompts),
+            "--out", str(tmp_path / "batch"), "--num-cpus", "2", "--cpus-per-task", "1", *extra,
+            f"system.prior.pretrained_model_name_or_path={prior}", f"system.probe_path={probe}",
+            "system.guidance.repulsion.features=probe", f"system.guidance.repulsion.feature_net_path={probe}",
+            "system.n_particles=2", "trainer.max_steps=6", "trainer.val_check_interval=0",
+            "checkpoint.every_n_train_steps=2"]
+
+
+@pytest.mark.slow   # a Ray cluster and several training processes: pytest -m slow tests/test_distributed_batch.py
+def test_ray_batch_retries_a_killed_worker_and_a_rerun_does_no_work(tmp_path, tiny):
+    pytest.importorskip("ray", reason='scorestudio batch needs the optional Ray: pip install "scorestudio[ray]"')
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,seed,system.guidance.repulsion.gamma\n"
+                       "a red cube,,\n"
+                       'a blue sphere,,20\n')
+    argv = batch_argv(tmp_path, tiny, prompts, "--seeds", "0,1", "--max-retries", "2")
+    killed = tmp_path / "killed-once"
+    done = run_batch(argv, {KILL_ONCE_ENV: str(killed)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    out = tmp_path / "batch"
+    runs = json.loads((out / "index.json").read_text())["runs"]
+    assert sorted((r["prompt"], r["seed"]) for r in runs) == [("a blue sphere", 0), ("a blue sphere", 1),
+                                                               ("a red cube", 0), ("a red cube", 1)]
+    assert all(r["status"] == "finished" and r["metrics"]["step"] == 6 for r in runs)
+    victim = killed.read_text().split()[-1]                     # the run whose worker was killed
+    assert {r["slug"]: r["attempts"] for r in runs} == {r["slug"]: 2 if r["slug"] == victim else 1 for r in runs}
+    victim_folder = out / next(r["folder"] for r in runs if r["slug"] == victim)
+    assert len((victim_folder / "cmd.txt").read_text().splitlines()) == 2    # resumed in its own folder
+    for r in runs:
+        assert (out / r["thumbnail"]).is_file() and r["thumbnail"].endswith("particles.png")
+    page = (out / "index.html").read_text()
+    assert page.count("<img ") == 4 and "a blue sphere" in page
+
+    again = run_batch(argv)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "4 finished (skipped), 0 to run" in again.stdout
+    assert "Started a local Ray instance" not in again.stdout + again.stderr
+    assert {r["status"] for r in json.loads((out / "index.json").read_text())["runs"]} == {"skipped"}
+    assert len((victim_folder / "cmd.txt").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow   # a Ray cluster and several training processes: pytest -m slow tests/test_distributed_batch.py
+def test_ray_batch_reports_a_run_that_keeps_failing(tmp_path, tiny):
+    """A run whose training fails every time is retried --max-retries times, then listed as
+    failed (exit status 1), and the others finish."""
+    pytest.importorskip("ray", reason='scorestudio batch needs the optional Ray: pip install "scorestudio[ray]"')
+    prompts = tmp_path / "prompts.csv"   # the second row's prior does not exist: its run fails when it starts
+    prompts.write_text("prompt,seed,system.prior.pretrained_model_name_or_path\n"
+                       "a red cube,0,\n"
+                       "a red cube,1,/nonexistent/prior\n")
+    out = tmp_path / "batch"
+    done = run_batch(batch_argv(tmp_path, tiny, prompts, "--max-retries", "1"))
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "FAILED after 2 attempt(s): 'a red cube' seed 1" in done.stderr
+    good, bad = json.loads((out / "index.json").read_text())["runs"]
+    assert good["status"] == "finished" and good["attempts"] == 1
+    assert bad["status"] == "failed" and bad["attempts"] == 2 and "exited with status" in bad["error"]
+    assert "failed" in (out / "index.html").read_text()
