@@ -7,7 +7,16 @@ load only when a registered module of theirs is first looked up with :func:`find
 from scorestudio.utils.registry import declare_lazy, find, register
 
 __version__ = "0.1.0"
-__all__ = ["register", "find", "__version__"]
+__all__ = ["register", "find", "train", "load_run", "Run", "__version__"]
+
+
+def __getattr__(name: str):
+    """``scorestudio.train`` / ``load_run`` / ``Run`` (see :mod:`scorestudio.api`), imported on first use."""
+    if name in ("train", "load_run", "Run"):
+        from scorestudio import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'scorestudio' has no attribute {name!r}")
 
 declare_lazy("scorestudio.systems.toy_particles", "toy-particles")
 declare_lazy("scorestudio.priors.embedded", "embedded")
@@ -28,6 +37,7 @@ declare_lazy("scorestudio.systems.svg_restoration", "svg-restoration")
 declare_lazy("scorestudio.systems.dreamfusion", "dreamfusion")
 declare_lazy("scorestudio.systems.distillation", "distillation")
 declare_lazy("scorestudio.generators.nerf", "nerf")
+declare_lazy("scorestudio.generators.gaussians", "gaussians")
 declare_lazy("scorestudio.generators.latent", "latent")
 declare_lazy("scorestudio.metrics.evaluators", "probe", "opacity", "psnr-ssim", "view")
 declare_lazy("scorestudio.generators.svg", "svg")

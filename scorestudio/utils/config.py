@@ -162,10 +162,31 @@ def _load_yaml_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> DictConf
     return OmegaConf.merge(merged, cfg)
 
 
+def shipped_config_dirs() -> list[Path]:
+    """Where the shipped configs live: inside the package, or beside it in a source checkout."""
+    package = Path(__file__).resolve().parents[1]
+    return [d for d in (package / "configs", package.parent / "configs") if d.is_dir()]
+
+
+def config_path(path: str | os.PathLike) -> Path:
+    """``path`` itself when it exists or names a folder, else the shipped config of that name
+    (``dreamfusion-embedded`` or ``dreamfusion-embedded.yaml``)."""
+    given = Path(path)
+    if given.exists() or len(given.parts) > 1:
+        return given
+    name = given.name if given.suffix == ".yaml" else f"{given.name}.yaml"
+    found = [d / name for d in shipped_config_dirs() if (d / name).is_file()]
+    if found:
+        return found[0]
+    shipped = sorted({p.stem for d in shipped_config_dirs() for p in d.glob("*.yaml")})
+    raise ConfigError(f"config {str(path)!r} is neither a file nor a shipped config.{did_you_mean(given.stem, shipped)} "
+                      f"Shipped configs: {', '.join(shipped)}")
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None,
                 resolve: bool = True) -> DictConfig:
     """YAML file (with ``extends``) + dot-list overrides (``a.b=1``) → one resolved DictConfig."""
-    cfg = _load_yaml_with_extends(Path(path)) if path is not None else OmegaConf.create()
+    cfg = _load_yaml_with_extends(config_path(path)) if path is not None else OmegaConf.create()
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
