@@ -41,6 +41,7 @@ COMMANDS = {
     "train-latent-probe": Command("train_latent_probe", "distil the probe onto a prior's latents", True),
     "text-embeddings": Command("text_embeddings", "precompute a prior's text embeddings into one file"),
     "procedural": Command("procedural", "preview the procedural training images and their captions"),
+    "config-reference": Command("config_reference", "write docs/config-reference.md from the modules' Config dataclasses"),
     "batch": Command("batch", "train prompts × seeds of one config as Ray tasks, with an index (scorestudio[ray])"),
 }
 
