@@ -74,6 +74,7 @@ class BaseSystem(pl.LightningModule):
         self.data_cfg = data or {}
         if self.cfg.n_particles < 1:
             raise ConfigError(f"system.n_particles={self.cfg.n_particles}: a run needs at least one particle")
+        self.loaded_step = 0   # the checkpoint's step in --test / --export, where global_step stays 0
         self.configure()
 
     # ---- to override ----------------------------------------------------------------------
@@ -224,6 +225,15 @@ class BaseSystem(pl.LightningModule):
     def upgrade_checkpoint(self, checkpoint: dict) -> dict:
         """A checkpoint written by an older layout of this system, renamed to this one (in place)."""
         return checkpoint
+
+    @property
+    def trained_steps(self) -> int:
+        """Steps behind the current weights (also in --test / --export, where Lightning's
+        global_step is not restored)."""
+        return max(int(self.global_step), self.loaded_step)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.loaded_step = int(checkpoint.get("global_step", 0))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from scorestudio.utils.checkpoint import SYSTEM_KEY

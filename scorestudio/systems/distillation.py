@@ -130,7 +130,6 @@ class DistillationSystem(BaseSystem):
                               f"{len(cfg.prompts)} prompts for {cfg.n_particles} particles of {cfg.generator_type!r}")
         self.build_distillation(rgb_as_latents=generator_cls.renders_latents)
         self.generator = self.build_generator(generator_cls)
-        self.loaded_step = 0
 
     def build_distillation(self, **guidance_overrides) -> None:
         """The prior, prompt processor and guidance (built before the generator: libraries that
@@ -154,12 +153,6 @@ class DistillationSystem(BaseSystem):
                              path="system.generator", prior=getattr(self, "prior", None))
 
     # ---- steps, cameras, prompts ----------------------------------------------------------------
-    @property
-    def trained_steps(self) -> int:
-        """Steps behind the current weights (also in --test / --export, where Lightning's
-        global_step is not restored)."""
-        return max(int(self.global_step), self.loaded_step)
-
     def resolution_at(self, step: int) -> int:
         return int(self.cfg.resolutions[bisect.bisect_right(self.cfg.resolution_milestones, step)])
 
@@ -251,7 +244,6 @@ class DistillationSystem(BaseSystem):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.upgrade_checkpoint(checkpoint)
-        self.loaded_step = int(checkpoint.get("global_step", 0))
         self.generator.on_load_checkpoint(checkpoint)
 
     def upgrade_checkpoint(self, checkpoint: dict) -> dict:

@@ -93,7 +93,7 @@ class InverseSystem(BaseSystem):
         if frames:
             save_animation(torch.stack([load_image(f) for f in frames]), self.save_path("optimisation.gif"), fps=8)
         metrics = evaluate(images, problem, self.load_probe())
-        self.report_metrics({"step": int(self.global_step), "method": self.cfg.solver.method,
+        self.report_metrics({"step": self.trained_steps, "method": self.cfg.solver.method,
                              "operator": self.solver.operator.name, **metrics})
 
     def load_probe(self) -> Optional[nn.Module]:

@@ -133,7 +133,7 @@ class ToyParticlesSystem(BaseSystem):
 
     def final_metrics(self) -> dict[str, float]:
         stats = self.ensemble_stats()
-        out = {"step": int(self.global_step)}
+        out = {"step": self.trained_steps}
         for i, gamma in enumerate(self.cfg.gammas):
             out[f"collapse_fraction/gamma={gamma:g}"] = float(stats["collapse"][i])
             out[f"mean_mode_distance/gamma={gamma:g}"] = float(stats["mode_distance"][i])

@@ -208,7 +208,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
     if first:
         parsed = to_plain(exp)
         parsed["system"] = system.resolved_config()
-        run_ctx.prepare(parsed, argv=["launch.py", *sys.argv[1:]] if sys.argv else None, mode=args.mode,
+        run_ctx.prepare(parsed, argv=[Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else None, mode=args.mode,
                         resume=exp.resume)
         print(f"[scorestudio] run folder: {run_ctx.root}" + (f" ({processes} processes)" if processes > 1 else ""))
 

@@ -26,26 +26,26 @@ from scorestudio.utils.config import ConfigError
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 1000
-    log_every_n_steps: int = 10
+    max_steps: int = 1000               # training steps (optimizer steps × accumulate_grad_batches)
+    log_every_n_steps: int = 10         # write the scalars to the CSV / TensorBoard logs this often
     val_check_interval: int = 200       # run validation (image grid) every N training steps; 0 = never
     precision: str = "32-true"          # Lightning precision string, e.g. "16-mixed" on GPUs
     accumulate_grad_batches: int = 1    # training steps whose gradients are summed per optimizer step (docs/priors.md)
-    enable_progress_bar: bool = True
-    num_sanity_val_steps: int = 0
+    enable_progress_bar: bool = True    # the tqdm bar with step, it/s and the losses
+    num_sanity_val_steps: int = 0       # validation steps before training (Lightning's sanity check)
 
 
 @dataclass
 class CheckpointConfig:
     every_n_train_steps: int = 500      # write ckpts/last.ckpt this often (also at the end and on Ctrl-C)
-    keep_all: bool = False              # also keep ckpts/step{N}.ckpt for every periodic save
+    keep_all: bool = False              # also keep ckpts/step{N:06d}.ckpt for every periodic save
 
 
 @dataclass
 class ExperimentConfig:
     name: str = "default"               # experiment name: first level under exp_root_dir
     tag: str = ""                       # run tag, usually the prompt: <tag>@<timestamp>
-    exp_root_dir: str = "outputs"
+    exp_root_dir: str = "outputs"       # folder under which <name>/<tag>@<timestamp> run folders are made
     seed: int = 0                       # root of every random stream (init, timesteps, noise, cameras)
     use_timestamp: bool = True          # append @YYYYMMDD-HHMMSS to the run folder
     system_type: str = MISSING          # registered system name, e.g. "toy-particles"
@@ -87,6 +87,7 @@ class RunContext:
 
     root: Path
     seed: int = 0
+    mode: str = "train"   # train, validate, test or export: a later --test / --export has its own metrics file
 
     @property
     def save_dir(self) -> Path:
@@ -98,7 +99,9 @@ class RunContext:
 
     @property
     def metrics_path(self) -> Path:
-        return self.root / "metrics.json"
+        """``metrics.json`` of the training run (its final test included); ``metrics-<mode>.json``
+        of a later --test / --validate / --export, which never overwrites the training run's."""
+        return self.root / ("metrics.json" if self.mode == "train" else f"metrics-{self.mode}.json")
 
     def prepare(self, parsed_config: Any = None, argv: Optional[list[str]] = None, mode: str = "train",
                 resume: Optional[str] = None) -> None:
@@ -110,6 +113,7 @@ class RunContext:
         for itself, or ``root-1``, ``root-2``, ... when another run holds it (started in the same
         second, or ``use_timestamp=false``), so no run overwrites another's checkpoint, images
         or metrics; ``root`` then names the folder claimed."""
+        self.mode = mode
         if not self._continues(resume):
             self.root = claim_folder(self.root)
         for sub in ("configs", "ckpts", "save"):
@@ -121,7 +125,7 @@ class RunContext:
             dump_config(parsed_config, self.root / "configs" / name)
         argv = sys.argv if argv is None else argv
         with open(self.root / "cmd.txt", "a") as handle:
-            handle.write(shlex.join(["python", *argv]) + "\n")
+            handle.write(shlex.join((["python"] if argv[0].endswith(".py") else []) + list(argv)) + "\n")
 
     def _continues(self, resume: Optional[str]) -> bool:
         """Whether ``root`` is the run folder of the checkpoint ``resume`` (``<root>/ckpts/X.ckpt``)."""
