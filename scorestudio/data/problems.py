@@ -206,7 +206,7 @@ def procedural_icon(cfg: RestorationDataConfig) -> tuple[Tensor, dict, str]:
 
 
 def load_problem(data, canvas_size: Optional[int] = None) -> RestorationProblem:
-    """The :class:`RestorationProblem` of a ``data`` config; ``canvas_size`` (``system.canvas_size``)
+    """The :class:`RestorationProblem` of a ``data`` config; ``canvas_size`` (``system.generator.canvas_size``)
     must agree with the input when given. Mismatches are ``ConfigError``s that say what to change."""
     cfg: RestorationDataConfig = parse_structured(RestorationDataConfig, data, "data")
     operator = restoration_operator(cfg)
@@ -216,7 +216,7 @@ def load_problem(data, canvas_size: Optional[int] = None) -> RestorationProblem:
         canvas = y.shape[-1] * (cfg.scale if is_sr else 1)
         if canvas_size not in (None, canvas):
             how = f"data.scale={cfg.scale} × the {y.shape[-1]} px input" if is_sr else "the input size"
-            raise ConfigError(f"system.canvas_size={canvas_size} does not match data.image={cfg.image}: with "
+            raise ConfigError(f"system.generator.canvas_size={canvas_size} does not match data.image={cfg.image}: with "
                               f"data.operator={cfg.operator} the canvas is {how} = {canvas} px")
         try:
             expected = operator.output_shape((1, 3, canvas, canvas))
@@ -230,7 +230,7 @@ def load_problem(data, canvas_size: Optional[int] = None) -> RestorationProblem:
         raise ConfigError("data: set data.image=FILE (a blurry or low-resolution image) or data.procedural_index=N "
                           "(a held-out procedural icon, degraded here)")
     if canvas_size not in (None, cfg.resolution):
-        raise ConfigError(f"system.canvas_size={canvas_size} must equal data.resolution={cfg.resolution}, the size "
+        raise ConfigError(f"system.generator.canvas_size={canvas_size} must equal data.resolution={cfg.resolution}, the size "
                           "of the procedural ground truth")
     truth, labels, caption = procedural_icon(cfg)
     y = measure(operator, truth, cfg.measurement_seed, cfg.operator, f" (data.resolution={cfg.resolution})")

@@ -48,8 +48,8 @@ class LMCSDSGuidance(BaseGuidance):
     @dataclass
     class Config(BaseGuidance.Config):
         guidance_scale: ScheduledFloat = schedulable(7.5)   # ω; the paper works at 5-20 instead of SDS's 100
-        # w(t): the paper's gradients carry none ("omitted in the sequel"); on the embedded prior
-        # (24 prompts from grey, ω = 5/7.5/15) uniform also beat SDS's 1 − ᾱ_t in probe accuracy.
+        # w(t): the paper's gradients carry none ("omitted in the sequel"); uniform also beats SDS's
+        # 1 − ᾱ_t on the embedded prior (benchmarks/RESULTS.md, "LMC-SDS").
         weighting: str = "uniform"
         # Folder of b̂ψ (config.json + model.safetensors). None: <prior folder>/manifold_corrective
         # (shipped with the embedded prior). "identity": b̂(z, t) = z, an ablation.

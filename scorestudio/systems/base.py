@@ -116,7 +116,8 @@ class BaseSystem(pl.LightningModule):
         if not self.shardable:
             name = getattr(self, "registered_name", type(self).__name__)
             raise ConfigError(f"the {name} system runs in one process: drop --processes / the GPU list (particles "
-                              "are sharded over processes by image-particles, dreamfusion, text-to-svg, svg-restoration)")
+                              "are sharded over processes by every distillation system: distillation, dreamfusion, image-particles, "
+                              "text-to-svg, svg-restoration)")
         particle_block(self.cfg.n_particles, 0, processes)
         self._ddp_params_and_buffers_to_ignore = [n for n, p in self.named_parameters() if not p.requires_grad]
         # A module per particle (tiny-cuda-nn encodings) gets no gradient in the processes that do

@@ -225,6 +225,9 @@ class DistillationSystem(BaseSystem):
         groups = self.generator.param_groups()
         if groups is None:
             return super().param_groups()
+        if self.cfg.optimizer.params:
+            raise ConfigError(f"system.optimizer.params does not apply to the {self.cfg.generator_type} generator, "
+                              "which sets its own learning rates (see system.generator in docs/config-reference.md)")
         return groups + self.extra_param_groups()
 
     def parameter_prefix(self, prefix: str) -> str:

@@ -8,7 +8,7 @@ Given a blurry or low-resolution raster y, find the paths θ of the ``svg`` gene
 ``distillation: false`` is the paper's ablation with the data term only (no prior is built).
 The problem (y, A, the canvas, and for procedural inputs the ground truth) comes from
 :func:`scorestudio.data.problems.load_problem`; the canvas follows the input unless
-``system.canvas_size`` is set. The prompt defaults to the ground truth's caption for procedural
+``system.generator.canvas_size`` is set. The prompt defaults to the ground truth's caption for procedural
 inputs.
 
 Outputs: ``particle{i}.svg``/``.png``, ``measurement.png`` (y at its own size),

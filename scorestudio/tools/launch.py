@@ -44,7 +44,7 @@ def build_parser(mode: Optional[str] = None) -> argparse.ArgumentParser:
                              "absent or 'cpu' runs on the CPU")
     parser.add_argument("--processes", type=int, default=1,
                         help="on the CPU: shard the particles over this many processes (--train; "
-                             "image-particles, dreamfusion, text-to-svg, svg-restoration)")
+                             "the distillation systems: distillation, dreamfusion, image-particles, text-to-svg, svg-restoration)")
     parser.add_argument("--nodes", type=int, default=1,
                         help="shard the particles over this many machines too (--train; each runs --processes "
                              "or --gpu processes; started by torchrun or SLURM: docs/distributed.md)")
@@ -276,4 +276,3 @@ def main(argv: Optional[list[str]] = None, mode: Optional[str] = None) -> None:
             raise
         print(f"scorestudio: stopped by {sig.name}: exit status {128 + sig}", file=sys.stderr)
         sys.exit(128 + sig)
-
