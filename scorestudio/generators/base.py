@@ -37,12 +37,16 @@ class RenderOut:
     alpha: ``[B, H, W]`` accumulated opacity in [0, 1], or None for opaque 2-D generators.
     particle_ids: long ``[B]``, the particle of each item.
     aux: anything the generator's own regularisers need (per-ray opacity, scenes, ...).
+    normal, albedo: 3-D evaluation renders, where the generator renders them: the composited
+        unit normals (scene frame, times the opacity) and albedo (no light, no background).
     """
 
     images: Tensor
     particle_ids: Tensor
     alpha: Optional[Tensor] = None
     aux: dict[str, Any] = field(default_factory=dict)
+    normal: Optional[Tensor] = None   # [B, 3, H, W]
+    albedo: Optional[Tensor] = None   # [B, 3, H, W]
 
 
 class BaseGenerator(BaseModule):
@@ -108,6 +112,12 @@ class BaseGenerator(BaseModule):
         """Write the particles' assets (meshes, SVG files) under ``folder``; returns the paths and
         scalar metrics about them. The default exports nothing."""
         return [], {}
+
+    def export_settings(self, config: Optional[dict] = None) -> dict[str, Any]:
+        """The settings that shape the exported files, by a short name (``{"mc": 96}``), of this
+        generator or of the generator config ``config`` (a run's recorded ``system.generator``):
+        an export whose settings differ from the run's is written to a folder named after them."""
+        return {}
 
     # ---- shared ---------------------------------------------------------------------------------
     def rows(self, particle_ids: Optional[Tensor]) -> Optional[Tensor]:

@@ -3,7 +3,8 @@
 The particles' fields are stacked and rendered in one batch, never looped over. Particle i's
 initialisation, shading and sample jitter come from streams keyed by i, so a particle does not
 depend on how many others are rendered beside it. Training renders add DreamFusion's
-regularisers; ``export`` writes marching-cubes meshes with albedo vertex colours.
+regularisers; ``export`` writes marching-cubes meshes with normals and the albedo baked into a
+texture (:mod:`scorestudio.export.mesh`).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import torch
 from torch import Tensor
 
 from scorestudio.data.cameras import CameraBatch, get_rays
-from scorestudio.export.mesh import ExportConfig, extract_meshes, mesh_report, save_mesh
+from scorestudio.export.mesh import (
+    ExportConfig, check_export_config, extract_meshes, mesh_report, save_mesh, texture_mesh,
+)
 from scorestudio.generators.base import BaseGenerator, RenderOut
 from scorestudio.renderers.nerf import (
     Background, BackgroundConfig, DiffuseMaterial, GeometryConfig, MaterialConfig, ParticleGeometry,
     RendererConfig, VolumeRenderer,
 )
-from scorestudio.utils.config import ConfigError, ScheduledFloat, schedulable
+from scorestudio.utils.config import ConfigError, ScheduledFloat, parse_structured, schedulable
 from scorestudio.utils.registry import register
 from scorestudio.utils.seeding import per_particle_rand
 
@@ -63,6 +66,7 @@ class NerfGenerator(BaseGenerator):
         if cfg.loss.lambda_tv.ever_nonzero() and cfg.geometry.encoding == "hashgrid":   # other names: the geometry's error
             raise ConfigError(f"{self.config_path}.loss.lambda_tv needs {self.config_path}.geometry.encoding=grid; "
                               "set it to 0")
+        check_export_config(cfg.export, f"{self.config_path}.export")
         self.geometry = ParticleGeometry(cfg.geometry, n, self.seed, path=f"{self.config_path}.geometry")
         self.material = DiffuseMaterial(cfg.material, f"{self.config_path}.material")
         self.background = Background(cfg.background, n, self.seed, path=f"{self.config_path}.background")
@@ -81,7 +85,8 @@ class NerfGenerator(BaseGenerator):
         """K·V particle-major ``cameras`` (V per particle) of ``particle_ids`` (long ``[K]``) at
         ``resolution``²: images ``[K·V, 3, H, W]``, alpha ``[K·V, H, W]``; ``aux`` holds the volume
         renderer's per-ray ``[K, V·H·W]`` and per-sample outputs and the ray ``dirs [K, V·H·W, 3]``.
-        Training renders draw their shading and sample jitter from streams keyed by particle."""
+        Training renders draw their shading and sample jitter from streams keyed by particle;
+        evaluation renders also return the composited normals and albedo ``[K·V, 3, H, W]``."""
         if cameras is None or resolution is None:
             raise ValueError("the nerf generator renders through cameras at a resolution")
         if training:
@@ -93,11 +98,15 @@ class NerfGenerator(BaseGenerator):
                                            "stratified", step, device=particle_ids.device)
             normals = self.material.needs_normals(shading) or self.cfg.loss.lambda_orient.at(step) != 0
         else:
-            shading = self.material.eval_shading(step, len(particle_ids))
-            jitter, normals = None, self.material.needs_normals(shading)
+            # Normals even for albedo shading (whose colour does not use them): the normal panel.
+            shading, jitter, normals = self.material.eval_shading(step, len(particle_ids)), None, True
         out = self.render_rays(cameras, resolution, shading, jitter, normals, self.rows(particle_ids))
         alpha = out["opacity"].reshape(-1, resolution, resolution)
-        return RenderOut(images=out.pop("rgb"), particle_ids=particle_ids, alpha=alpha, aux=out)
+        rendered = RenderOut(images=out.pop("rgb"), particle_ids=particle_ids, alpha=alpha, aux=out)
+        if not training:
+            rendered.normal, rendered.albedo = (out[k].reshape(-1, resolution, resolution, 3).permute(0, 3, 1, 2)
+                                                for k in ("normal", "albedo"))
+        return rendered
 
     def render_rays(self, cameras: CameraBatch, resolution: int, shading: Tensor, jitter: Optional[Tensor],
                     normals: bool, particles: Optional[Tensor]) -> dict:
@@ -163,10 +172,20 @@ class NerfGenerator(BaseGenerator):
         self.renderer.empty_space.occupied = checkpoint.get(EMPTY_SPACE_KEY)   # None: rebuilt at the next step
 
     # ---- export ------------------------------------------------------------------------------
+    def export_settings(self, config: Optional[dict] = None) -> dict:
+        cfg = self.cfg.export if config is None else parse_structured(self.Config, config, self.config_path).export
+        return {"mc": cfg.resolution, "tex": cfg.texture_size if cfg.texture else 0, "faces": cfg.max_faces}
+
+    def albedo(self, points: Tensor, particle: int) -> Tensor:
+        """Particle ``particle``'s albedo ``[P, 3]`` at points ``[P, 3]`` (scene frame)."""
+        device = self.device_of()
+        return self.geometry(points.to(device)[None], torch.tensor([particle], device=device))["albedo"][0]
+
     @torch.no_grad()
     def export(self, particle_ids: Tensor, folder: Path) -> tuple[list[Path], dict]:
-        """Marching-cubes meshes ``folder/particle{i}.{obj,glb,ply}`` with albedo vertex colours
-        for every particle of ``particle_ids``, and their mesh reports."""
+        """Marching-cubes meshes ``folder/particle{i}.{obj,glb,ply}`` (with ``.mtl`` and ``.png``
+        for a textured OBJ) for every particle of ``particle_ids``, and their mesh reports (with
+        the mean texture colour ``texture_mean_rgb``, 0-255)."""
         cfg, device = self.cfg.export, self.device_of()
         meshes = extract_meshes(
             lambda p: self.geometry.density(p.to(device)),
@@ -175,10 +194,15 @@ class NerfGenerator(BaseGenerator):
         paths, report = [], {}
         for i in particle_ids.tolist():
             mesh, removed = meshes[i]
-            report.update({f"export/particle{i}/{k}": v for k, v in mesh_report(mesh, removed).items()})
+            key = f"export/particle{i}"
+            report.update({f"{key}/{k}": v for k, v in mesh_report(mesh, removed).items()})
             if len(mesh.faces) == 0:
                 warnings.warn(f"particle {i}: the density never reaches export.threshold={cfg.threshold}; no mesh written")
                 continue
+            textured = None
+            if cfg.texture and {"obj", "glb"} & set(cfg.formats):
+                textured = texture_mesh(mesh, lambda p, i=i: self.albedo(p, i), cfg)
+                report[f"{key}/texture_mean_rgb"] = [round(255 * c, 1) for c in textured.mean_color.tolist()]
             folder.mkdir(parents=True, exist_ok=True)
-            paths += save_mesh(mesh, folder / f"particle{i}", list(cfg.formats))
+            paths += save_mesh(mesh, folder / f"particle{i}", list(cfg.formats), cfg.up_axis, textured)
         return paths, report
