@@ -146,6 +146,9 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         # File of precomputed text embeddings (scorestudio.priors.text_embeddings): prompts come
         # from it and the text encoder model is never loaded. Default: $SCORESTUDIO_TEXT_EMBEDDINGS.
         text_embeddings: Optional[str] = field(default_factory=default_file)
+        # Weights file variant to read, e.g. "fp16" for a folder downloaded with only the
+        # *.fp16.safetensors files (`huggingface-cli download ... --include "*.fp16.*" "*.json" ...`).
+        variant: Optional[str] = None
         # ---- low-memory switches (docs/priors.md) ----
         # Attention in slices of heads: None (off), "auto" (half the heads at a time), "max" (one
         # at a time) or a slice size. Sliced attention is classic attention one slice at a time,
@@ -250,6 +253,11 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         """Load one component of the model folder (see :func:`loading.load_component`)."""
         return load_component(cls, source, subfolder, key=self.config_key("pretrained_model_name_or_path"),
                               local_files_only=self.cfg.local_files_only, **kwargs)
+
+    def load_weights(self, cls: Any, source: str, subfolder: str) -> Any:
+        """A network of the folder in the prior's dtype (and ``variant``'s files when set)."""
+        variant = {"variant": self.cfg.variant} if self.cfg.variant else {}
+        return self.load(cls, source, subfolder, dtype=self.torch_dtype, **variant)
 
     def load_models(self, source: str) -> None:
         """Set ``self.unet`` and the text encoder (and VAE) from ``source``."""
@@ -413,8 +421,9 @@ class DiffusionPrior(EvalOnlyMixin, BaseModule):
         if alphas.shape != self.alphas_cumprod.shape or not torch.allclose(alphas, self.alphas_cumprod.cpu(), atol=1e-6):
             raise ConfigError(f"{key}={source}: its noise schedule differs from the prior's "
                               f"({self.locate_weights()}); the two models must share their timesteps")
+        variant = {"variant": self.cfg.variant} if self.cfg.variant else {}
         unet = load_component(UNet2DConditionModel, source, "unet", key=key,
-                              local_files_only=self.cfg.local_files_only, dtype=self.torch_dtype)
+                              local_files_only=self.cfg.local_files_only, dtype=self.torch_dtype, **variant)
         unet.requires_grad_(False)
         self.apply_unet_options(unet)
         return unet.eval().to(self.device), str(scheduler.config.prediction_type)

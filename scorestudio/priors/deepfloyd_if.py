@@ -36,10 +36,10 @@ class DeepFloydIFPrior(DiffusionPrior):
         from diffusers import UNet2DConditionModel
         from transformers import AutoTokenizer, T5EncoderModel
 
-        self.unet = self.load(UNet2DConditionModel, source, "unet", dtype=self.torch_dtype)
+        self.unet = self.load_weights(UNet2DConditionModel, source, "unet")
         loads = self.loads_text_encoder   # T5-XXL stays on disk with precomputed embeddings
         self.tokenizer = self.load(AutoTokenizer, source, "tokenizer") if loads else None
-        self.text_encoder = self.load(T5EncoderModel, source, "text_encoder", dtype=self.torch_dtype) if loads else None
+        self.text_encoder = self.load_weights(T5EncoderModel, source, "text_encoder") if loads else None
         self.text_max_length = self.cfg.text_max_length or self.tokenizer_length(source)
         self.image_size: int = int(self.unet.config.sample_size)
 

@@ -22,8 +22,8 @@ class LatentDiffusionPrior(DiffusionPrior):
     def load_models(self, source: str) -> None:
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
-        self.unet = self.load(UNet2DConditionModel, source, "unet", dtype=self.torch_dtype)
-        self.vae = self.load(AutoencoderKL, source, "vae", dtype=self.torch_dtype)
+        self.unet = self.load_weights(UNet2DConditionModel, source, "unet")
+        self.vae = self.load_weights(AutoencoderKL, source, "vae")
         self.load_text_encoder(source)
         vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_size: int = int(self.unet.config.sample_size) * vae_factor

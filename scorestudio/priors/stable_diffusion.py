@@ -34,7 +34,7 @@ class StableDiffusionPrior(LatentDiffusionPrior):
 
         loads = self.loads_text_encoder
         self.tokenizer = self.load(CLIPTokenizer, source, "tokenizer") if loads else None
-        self.text_encoder = self.load(CLIPTextModel, source, "text_encoder", dtype=self.torch_dtype) if loads else None
+        self.text_encoder = self.load_weights(CLIPTextModel, source, "text_encoder") if loads else None
         self.text_max_length = self.cfg.text_max_length or self.tokenizer_length(source)
 
     def encode_uncached(self, prompts: list[str]) -> Tensor:
