@@ -218,11 +218,14 @@ def test_unet_batch_size_splits_the_calls(hub):
 
 def test_free_text_encoder_after_the_first_unet_call(hub):
     prior = build(hub, "if", free_text_encoder=True)
-    text = prior.encode_text(["a red cube", ""])
+    processor = find("prompt-processor")({"prompt": "a red cube"})
+    text = processor(prior, batch_size=2).cond   # 2-D call first: the view prompts are embedded too
     assert prior.text_encoder is not None
     prior.predict_noise(torch.randn(2, 3, 16, 16), 100, text)
     assert prior.text_encoder is None and prior.tokenizer is None
     assert torch.equal(prior.encode_text(["a red cube"])[0], text[0])   # cached prompts still work
+    views = processor(prior, torch.tensor([15.0, 15.0]), torch.tensor([0.0, 180.0]))
+    assert views.prompts == ["a red cube, front view", "a red cube, back view"]
     with pytest.raises(ConfigError, match="free_text_encoder"):
         prior.encode_text(["a blue sphere"])
 

@@ -140,6 +140,9 @@ class PromptProcessor(Configurable):
                  azimuth: Optional[Tensor] = None, batch_size: Optional[int] = None) -> PromptBatch:
         """Embeddings of :meth:`prompts_for`'s prompts (``cond`` ``[B, L, D]``) and of the negative
         prompt (``uncond``, expanded to ``[B, L, D]``), both on the prior's device."""
+        if prior.cfg.free_text_encoder and prior.text_encoder is not None:
+            # every prompt this processor can ask for, before the prior frees its encoder
+            prior.encode_text([*self.view_prompts(), self.cfg.prompt, self.cfg.negative_prompt])
         prompts = self.prompts_for(elevation, azimuth, batch_size)
         if self.cfg.use_perp_neg and elevation is not None:
             return self.perp_neg_batch(prior, elevation, azimuth, prompts)
