@@ -357,7 +357,7 @@ def test_cli_run_outputs_and_resume_equals_uninterrupted_run(tiny, tmp_path, cap
     save = full / "save"
     printed = capsys.readouterr().out
     for rel in ("it2-val.png", "it4-val.png", "it4-test/particle0.gif", "it4-test/particle1.mp4",
-                "it4-test/all.gif", "it4-export/particle0.obj", "it4-export/particle1.glb", "it4-export/particle1.ply"):
+                "it4-test/all.gif", "it4-test/particle0.obj", "it4-test/particle1.glb", "it4-test/particle1.ply"):
         assert (save / rel).is_file(), rel
         if rel.startswith(("it4-test", "it4-export")):   # turntables and meshes are announced with their paths
             assert f"[scorestudio] wrote {save / rel}" in printed, rel

@@ -25,8 +25,9 @@ What each file holds (docs/assets.md):
   baked per texel: OBJ ``map_Kd`` in the MTL, GLB ``baseColorTexture`` of a metallic 0 /
   roughness 1 PBR material), PLY as vertex colours. Textures and OBJ / PLY vertex colours hold
   the renders' sRGB values; GLB ``COLOR_0`` (vertex colours without texture) is linear by the
-  glTF spec, so it holds the linearised values. Without a material a glTF viewer uses metallic
-  1, which shows a diffuse colour dark: every GLB gets the material.
+  glTF spec, so it holds the linearised values (sRGB values there show washed out). Every GLB
+  gets a diffuse material: glTF's default one is a rough metal (metallic 1), lit by the
+  environment as a metal rather than as the diffuse surface the renders show.
 """
 
 from __future__ import annotations

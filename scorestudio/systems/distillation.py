@@ -16,9 +16,14 @@ the resolution schedule, prompts, the guidance call, augmentation, validation gr
 frames, test outputs (orbit GIF/MP4 for 3-D; PNGs, ``particles.png`` and the generator's files
 for 2-D), evaluators (``evaluation.evaluators``) and export.
 
-Outputs under the run's ``save/``: ``it{step}-val.png`` (one view of every particle);
-at test time ``it{step}-test/particle{i}.{gif,mp4}`` and ``all.gif`` (3-D) or ``particle{i}.png``
-and ``particles.png`` (2-D), metrics in metrics.json; ``--export``: ``it{step}-export/``.
+Outputs under the run's ``save/``: ``it{step}-val.png`` (one view of every particle, labelled;
+3-D: the ``evaluation.panels`` side by side); at test time ``it{step}-test/particle{i}.{gif,mp4}``
+(turntables of the panels) and ``all.gif`` (3-D) or ``particle{i}.png`` and ``particles.png``
+(2-D), metrics in metrics.json; ``--export``: ``it{step}-export/``. A --test or --export whose
+settings (render size, mesh lattice, texture size) differ from the run's recorded ones writes to
+a folder named after them (``it500-test-res512``, ``it500-export-mc128``), so no output replaces
+another made with other settings. TensorBoard (when installed) gets the validation grids and the
+turntables too.
 """
 
 from __future__ import annotations
@@ -37,11 +42,12 @@ from scorestudio.data.augment import AugmentConfig, augment
 from scorestudio.data.cameras import CameraBatch, CameraDistribution, cameras_from_angles, orbit_cameras, sample_cameras
 from scorestudio.generators.base import BaseGenerator, RenderOut
 from scorestudio.systems.base import BaseSystem
-from scorestudio.utils.config import ConfigError, to_plain
+from scorestudio.utils.config import ConfigError, parse_structured, to_plain
 from scorestudio.utils.registry import find, register
 from scorestudio.utils.seeding import generator
 
 GENERATOR_PREFIX = "generator."
+PANELS = ("rgb", "albedo", "normal", "opacity")   # what evaluation.panels may show
 
 
 @dataclass
@@ -49,7 +55,11 @@ class EvalConfig:
     """Validation and test renders, and what scores them."""
 
     evaluators: list = field(default_factory=lambda: ["probe"])   # registered evaluators run at test time
-    resolution: int = 64            # 3-D: validation / test render size (square), px
+    resolution: int = 256           # 3-D: test orbit render size (square), px
+    val_resolution: int = 64        # 3-D: validation grid render size (square), px
+    # 3-D: pictures of each particle side by side in validation grids and turntables, of
+    # rgb (the render), albedo (colour without light), normal (scene-frame normals as colours), opacity
+    panels: list = field(default_factory=lambda: ["rgb", "normal", "opacity"])
     elevation: float = 15.0         # 3-D: degrees, validation view and test orbit
     distance: float = 2.5           # 3-D: camera distance, scene units
     fovy: float = 40.0              # 3-D: vertical field of view, degrees
@@ -57,6 +67,25 @@ class EvalConfig:
     n_views: int = 24               # 3-D: test orbit frames per particle
     fps: int = 12                   # 3-D: orbit frame rate
     chunk_views: int = 6            # 3-D: views of every particle rendered in one batch
+    chunk_rays: int = 65536         # 3-D: at most this many rays per batch (then fewer views, fewer particles)
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.panels if p not in PANELS]
+        if unknown or not self.panels:
+            raise ConfigError(f"system.evaluation.panels={list(self.panels)}: choose among {list(PANELS)}")
+
+
+def panel_pictures(maps: dict[str, Tensor], names: list[str]) -> tuple[Tensor, list[str]]:
+    """The panels ``names`` of the render maps of :meth:`DistillationSystem.render_views` as
+    pictures on white ``[N, V, P, 3, H, W]`` in [0, 1], and the names of the P panels shown (a
+    panel the generator does not render is left out)."""
+    alpha = maps["opacity"][:, :, None]                                       # [N, V, 1, H, W]
+    pictures = {"rgb": lambda: maps["rgb"],
+                "albedo": lambda: maps["albedo"] + (1 - alpha),
+                "normal": lambda: (torch.nn.functional.normalize(maps["normal"], dim=2) + 1) / 2 * alpha + (1 - alpha),
+                "opacity": lambda: alpha.expand(-1, -1, 3, -1, -1)}
+    shown = [name for name in names if name == "rgb" or name == "opacity" or name in maps]
+    return torch.stack([pictures[name]().clamp(0, 1) for name in shown], dim=2), shown
 
 
 def particle_cameras(particles: Tensor, views: int, dist: CameraDistribution, seed: int, step: int) -> CameraBatch:
@@ -264,28 +293,40 @@ class DistillationSystem(BaseSystem):
 
     # ---- evaluation renders -----------------------------------------------------------------------
     @torch.no_grad()
-    def render_views(self, cameras: CameraBatch, resolution: int) -> tuple[Tensor, Tensor]:
-        """3-D: every particle seen by the same V ``cameras``: images ``[N, V, 3, H, W]`` and
-        their accumulated opacity ``[N, V, H, W]``."""
-        n, chunk = self.cfg.n_particles, self.cfg.evaluation.chunk_views
+    def render_views(self, cameras: CameraBatch, resolution: int) -> dict[str, Tensor]:
+        """3-D: every particle seen by the same V ``cameras``, in batches of at most
+        ``evaluation.chunk_rays`` rays: ``rgb`` ``[N, V, 3, H, W]`` in [0, 1], ``opacity``
+        ``[N, V, H, W]`` and, where the generator renders them, ``normal`` and ``albedo``
+        ``[N, V, 3, H, W]`` (see :class:`RenderOut`)."""
+        e, n = self.cfg.evaluation, self.cfg.n_particles
         ids = self.generator.all_particles().to(self.device)
-        frames, opacity = [], []
-        for start in range(0, len(cameras), chunk):
-            views = torch.arange(start, min(start + chunk, len(cameras)))
-            cams = cameras.index(views.repeat(n)).to(self.device)
-            out = self.generator.render(ids, cams, self.trained_steps, resolution=resolution, training=False)
-            frames.append(out.images.view(n, len(views), 3, resolution, resolution).clamp(0, 1))
-            opacity.append(out.alpha.view(n, len(views), resolution, resolution))
-        return torch.cat(frames, dim=1), torch.cat(opacity, dim=1)
+        per_view = resolution * resolution
+        particles = max(1, min(n, e.chunk_rays // per_view))
+        views = max(1, min(e.chunk_views, e.chunk_rays // (particles * per_view)))
+        blocks = [[self.render_block(ids[p: p + particles], cameras, torch.arange(v, min(v + views, len(cameras))),
+                                     resolution) for v in range(0, len(cameras), views)]
+                  for p in range(0, n, particles)]
+        return {key: torch.cat([torch.cat([b[key] for b in row], dim=1) for row in blocks]) for key in blocks[0][0]}
+
+    def render_block(self, ids: Tensor, cameras: CameraBatch, views: Tensor, resolution: int) -> dict[str, Tensor]:
+        """The evaluation render of the particles ``ids`` (long ``[K]``) by ``cameras[views]``
+        as :meth:`render_views` maps ``[K, len(views), ...]`` (on the CPU)."""
+        k, v = len(ids), len(views)
+        out = self.generator.render(ids, cameras.index(views.repeat(k)).to(self.device), self.trained_steps,
+                                    resolution=resolution, training=False)
+        maps = {"rgb": out.images.clamp(0, 1), "opacity": out.alpha, "normal": out.normal, "albedo": out.albedo}
+        return {key: m.reshape(k, v, *m.shape[1:]).cpu() for key, m in maps.items() if m is not None}
+
+    def validation_camera(self) -> CameraBatch:
+        e = self.cfg.evaluation
+        return cameras_from_angles(e.elevation, e.val_azimuth, e.distance, e.fovy)
 
     @torch.no_grad()
     def render_images(self) -> Tensor:
         """One picture of every particle ``[N, 3, H, W]`` in [0, 1]: the validation view (3-D) or
         the evaluation render (2-D)."""
         if self.generator.is_3d:
-            e = self.cfg.evaluation
-            camera = cameras_from_angles(e.elevation, e.val_azimuth, e.distance, e.fovy)
-            return self.render_views(camera, e.resolution)[0][:, 0]
+            return self.render_views(self.validation_camera(), self.cfg.evaluation.val_resolution)["rgb"][:, 0]
         ids = self.generator.all_particles().to(self.device)
         return self.generator.render(ids, None, self.trained_steps, training=False).images
 
@@ -297,12 +338,41 @@ class DistillationSystem(BaseSystem):
             return self.render_images()
         return rendered.images.detach()
 
+    # ---- labels -----------------------------------------------------------------------------------
+    def particle_prompts(self) -> list[str]:
+        """The prompt of each particle (``prompts``, else the prompt processor's)."""
+        if self.cfg.prompts is not None:
+            return [str(p) for p in self.cfg.prompts]
+        return [str(self.prompt_processor.cfg.prompt)] * self.cfg.n_particles
+
+    def grid_labels(self, panels: list[str]) -> tuple[list[str], Optional[str]]:
+        """Labels of a grid of every particle's ``panels`` (particle-major; ``[""]``: one
+        picture each) and its title: the prompt when all particles share it, else each label
+        holds its particle's prompt."""
+        prompts = self.particle_prompts()
+        shared = len(set(prompts)) == 1
+        labels = [" · ".join(filter(None, (f"particle {i}", panel, None if shared else prompts[i])))
+                  for i in range(self.cfg.n_particles) for panel in panels]
+        return labels, (prompts[0] if shared else None)
+
     # ---- validation, test, export -----------------------------------------------------------------
     def validation_step(self, batch, batch_idx):
-        from scorestudio.utils.images import save_grid
+        from scorestudio.utils.images import labelled_grid, save_image
+        from scorestudio.utils.tensorboard import log_image
 
-        if self.writes_outputs:
-            save_grid(self.render_images(), self.save_path(f"it{self.trained_steps}-val.png"))
+        if not self.writes_outputs:
+            return
+        step, e = self.trained_steps, self.cfg.evaluation
+        if self.generator.is_3d:
+            maps = self.render_views(self.validation_camera(), e.val_resolution)
+            pictures, shown = panel_pictures(maps, list(e.panels))
+            images, ncol = pictures[:, 0].flatten(0, 1), len(shown)
+        else:
+            images, shown, ncol = self.render_images(), [""], None
+        labels, title = self.grid_labels(shown)
+        grid = labelled_grid(images, labels, ncol=ncol, title=f"{title or ''} · step {step}".lstrip(" ·"))
+        save_image(grid, self.save_path(f"it{step}-val.png"))
+        log_image(self.loggers, "validation", grid, step)
 
     def test_step(self, batch, batch_idx):
         if not self.writes_outputs:
@@ -312,26 +382,44 @@ class DistillationSystem(BaseSystem):
         else:
             written, metrics = self.test_images()
         if self.generator.export_after_test:
-            written += self.export()
+            written += self.export(self.output_folder("test"))
         self.report_metrics({"step": self.trained_steps, **metrics})
         for path in written:
             print(f"[scorestudio] wrote {path}")
 
     def test_orbits(self) -> tuple[list[Path], dict]:
-        """3-D: orbit GIFs (and MP4s) per particle, all particles side by side, and the evaluators'
+        """3-D: turntables (GIF, and MP4 with imageio-ffmpeg) of each particle's panels, all
+        particles' panels in one labelled grid (``all.gif``), the mean albedo of each particle's
+        orbit (``particle{i}/albedo_mean_rgb``, 0-255, over the opacity) and the evaluators'
         metrics of the orbit frames."""
-        from scorestudio.utils.images import image_grid, mp4_available, save_animation
+        from scorestudio.utils.images import labelled_grid, mp4_available, save_animation
+        from scorestudio.utils.tensorboard import log_animation
 
         e, n, step = self.cfg.evaluation, self.cfg.n_particles, self.trained_steps
-        frames, opacity = self.render_views(orbit_cameras(e.n_views, e.elevation, e.distance, e.fovy), e.resolution)
+        folder = self.output_folder("test")
+        maps = self.render_views(orbit_cameras(e.n_views, e.elevation, e.distance, e.fovy), e.resolution)
+        pictures, shown = panel_pictures(maps, list(e.panels))                      # [N, T, P, 3, H, W]
         formats = ("gif", "mp4") if mp4_available() else ("gif",)
         if len(formats) == 1:
             warnings.warn("imageio-ffmpeg is not installed: orbits are written as GIF only (pip install imageio-ffmpeg for MP4)")
-        written = [save_animation(frames[i], self.save_path(f"it{step}-test/particle{i}.{ext}"), fps=e.fps)
-                   for i in range(n) for ext in formats]
-        side_by_side = torch.stack([image_grid(frames[:, t], ncol=n) for t in range(frames.shape[1])])
-        written.append(save_animation(side_by_side, self.save_path(f"it{step}-test/all.gif"), fps=e.fps))
-        return written, self.evaluate(frames, opacity)
+        prompts, written = self.particle_prompts(), []
+        for i in range(n):
+            frames = [labelled_grid(views, shown, ncol=len(shown), title=f"particle {i} · {prompts[i]}")
+                      for views in pictures[i]]
+            written += [save_animation(frames, folder / f"particle{i}.{ext}", fps=e.fps) for ext in formats]
+        labels, title = self.grid_labels(shown)
+        grids = [labelled_grid(pictures[:, t].flatten(0, 1), labels, ncol=len(shown), title=title)
+                 for t in range(pictures.shape[1])]
+        written.append(save_animation(grids, folder / "all.gif", fps=e.fps))
+        for path in written:
+            if path.suffix == ".gif":
+                log_animation(self.loggers, f"test/{path.stem}", path, step)
+        metrics = self.evaluate(maps["rgb"], maps["opacity"])
+        if "albedo" in maps:
+            mean = maps["albedo"].sum((1, 3, 4)) / maps["opacity"].sum((1, 2, 3))[:, None].clamp_min(1e-6)
+            metrics.update({f"particle{i}/albedo_mean_rgb": [round(255 * c, 1) for c in mean[i].tolist()]
+                            for i in range(n)})
+        return written, metrics
 
     @torch.no_grad()
     def test_images(self) -> tuple[list[Path], dict]:
@@ -371,11 +459,46 @@ class DistillationSystem(BaseSystem):
                 metrics["null_reasons"] = reasons
         return metrics
 
-    def export(self) -> list[Path]:
-        """The generator's assets of every particle under ``save/it{step}-export/``."""
+    def export(self, folder: Optional[Path] = None) -> list[Path]:
+        """The generator's assets of every particle under ``folder`` (default the export folder
+        :meth:`output_folder`)."""
         if not self.generator.exports_assets:
             return super().export()
-        step = getattr(self, "export_step", None) or self.trained_steps
-        paths, report = self.generator.export(self.generator.all_particles(), self.run.save_dir / f"it{step}-export")
+        folder = folder or self.output_folder("export")
+        paths, report = self.generator.export(self.generator.all_particles(), folder)
         self.save_metrics(report)
         return paths
+
+    # ---- output folders -----------------------------------------------------------------------------
+    def output_folder(self, mode: str) -> Path:
+        """``save/it{step}-{mode}`` (``mode``: test, export), with ``-{name}{value}`` for each
+        setting that shapes its files (:meth:`output_settings`) and differs from the run's
+        recorded config (``configs/parsed.yaml``): outputs of a --test or --export with other
+        settings never replace the run's."""
+        step = (getattr(self, "export_step", None) if mode == "export" else None) or self.trained_steps
+        ours, recorded = self.output_settings(mode), self.recorded_output_settings(mode)
+        suffix = "".join(f"-{k}{v}" for k, v in ours.items() if recorded is not None and recorded.get(k) != v)
+        return self.run.save_dir / f"it{step}-{mode}{suffix}"
+
+    def output_settings(self, mode: str, system: Optional[dict] = None) -> dict:
+        """The settings that shape the files of a ``mode`` output folder, of this run or of the
+        ``system`` config ``system`` (plain, already upgraded): the test render size (3-D) and the
+        generator's :meth:`~BaseGenerator.export_settings` when the folder holds exports."""
+        settings = {}
+        if mode == "test" and self.generator.is_3d:
+            evaluation = self.cfg.evaluation if system is None else parse_structured(
+                EvalConfig, system.get("evaluation"), "system.evaluation")
+            settings["res"] = evaluation.resolution
+        if mode == "export" or self.generator.export_after_test:
+            settings.update(self.generator.export_settings(None if system is None else dict(system.get("generator") or {})))
+        return settings
+
+    def recorded_output_settings(self, mode: str) -> Optional[dict]:
+        """:meth:`output_settings` of the config the run was trained with, or None when the run
+        folder has no record of it (a system used outside a run)."""
+        path = self.run.root / "configs" / "parsed.yaml"
+        if not path.is_file():
+            return None
+        recorded = OmegaConf.load(path).get("system")
+        system = OmegaConf.to_container(recorded, resolve=True) if recorded is not None else {}
+        return self.output_settings(mode, self.upgrade_config(system))

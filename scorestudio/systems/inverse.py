@@ -78,7 +78,7 @@ class InverseSystem(BaseSystem):
         save_grid(self.solver.images(), self.save_path(f"it{self.global_step}-val.png"))
 
     def test_step(self, batch, batch_idx):
-        from scorestudio.utils.images import load_image, save_animation, save_grid, save_image
+        from scorestudio.utils.images import load_image, save_animation, save_grid, save_image, save_labelled_grid
 
         images = self.solver.images()
         problem = dataclasses.replace(self.problem, y=self.solver.y)   # y on the solver's (operator's) device
@@ -89,6 +89,9 @@ class InverseSystem(BaseSystem):
             save_image(image, self.save_path(f"particle{i}.png"))
         row = torch.cat([truth, resize_square(measured, truth.shape[-1]), images.cpu()])
         save_grid(row, self.save_path("grid.png"), ncol=len(row))
+        labels = ["ground truth", "measurement", *(f"particle {i}" for i in range(len(images)))]
+        save_labelled_grid(row, labels, self.save_path("comparison.png"), ncol=len(row),
+                           title=f"{self.cfg.solver.method} · {self.solver.operator.name}")
         frames = sorted((self.run.save_dir / "frames").glob("it*.png"))
         if frames:
             save_animation(torch.stack([load_image(f) for f in frames]), self.save_path("optimisation.gif"), fps=8)

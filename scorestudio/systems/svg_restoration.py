@@ -109,7 +109,7 @@ class SvgRestorationSystem(DistillationSystem):
         """The 2-D outputs, then ``measurement.png``, ``ground_truth.png`` and ``comparison.png``
         and the restoration metrics."""
         from scorestudio.data.problems import upsampled
-        from scorestudio.utils.images import save_grid, save_image
+        from scorestudio.utils.images import save_image, save_labelled_grid
 
         written, metrics = super().test_images()
         images, problem = self.render_images(), self.problem
@@ -119,5 +119,7 @@ class SvgRestorationSystem(DistillationSystem):
             written.append(save_image(problem.ground_truth[0], self.save_path("ground_truth.png")))
             row.append(problem.ground_truth)
         row = torch.cat(row)
-        written.append(save_grid(row, self.save_path("comparison.png"), ncol=len(row)))
+        labels = ["measurement", *(f"particle {i}" for i in range(len(images))), "ground truth"][: len(row)]
+        written.append(save_labelled_grid(row, labels, self.save_path("comparison.png"), ncol=len(row),
+                                          title=problem.operator.name))
         return written, {"operator": problem.operator.name, "distillation": self.cfg.distillation, **metrics}
