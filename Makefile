@@ -9,10 +9,11 @@ PIP_SPEC ?= pip==26.3
 TORCH_SPEC ?= torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed
+VIEWER_STAMP := tests/viewer/node_modules/.package-lock.json
 
 .PHONY: setup demo demo-toy test clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(VIEWER_STAMP)
 
 # pip and torch pinned (TORCH_SPEC above); a torch already importable in .venv is kept.
 $(STAMP): pyproject.toml constraints.txt
@@ -21,6 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet --extra-index-url $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
+
+# The glTF viewer of tests/test_viewer.py (model-viewer, npm); Chromium comes from apt (.ci/run).
+$(VIEWER_STAMP): tests/viewer/package-lock.json
+	if command -v npm >/dev/null; then npm ci --prefix tests/viewer --no-audit --no-fund --silent; \
+	else echo "npm not found: tests/test_viewer.py will need tests/viewer/node_modules (npm ci there)"; fi
 
 # The main job: text-to-3D, 4 NeRF particles of "a red cube" from the embedded prior (≤ 15 min on
 # 2 cores): orbit GIFs, meshes and probe metrics under outputs/dreamfusion-embedded/.
