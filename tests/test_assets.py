@@ -40,7 +40,7 @@ def two_tone(points):
 def export_cone(folder: Path, name: str = "cone", **settings) -> tuple[list[Path], object, object]:
     cfg = ExportConfig(resolution=40, texture_size=128, **settings)
     ((mesh, _),) = extract_meshes(cone_density, lambda p, ids: two_tone(p), 1, 1.0, cfg)
-    textured = texture_mesh(mesh, two_tone, cfg) if cfg.texture else None
+    textured = texture_mesh(mesh, lambda points, normals: two_tone(points), cfg) if cfg.texture else None
     return save_mesh(mesh, folder / name, list(cfg.formats), cfg.up_axis, textured), mesh, textured
 
 

@@ -2,7 +2,7 @@
 vertex normals, a baked albedo texture, written y-up as OBJ + MTL + PNG, GLB and PLY.
 
     meshes = extract_meshes(density_fn, color_fn, n_particles, radius, cfg)   # [(trimesh.Trimesh, removed)]
-    textured = texture_mesh(meshes[0][0], lambda p: color_fn(p[None], ids)[0], cfg)
+    textured = texture_mesh(meshes[0][0], lambda points, normals: albedo(points), cfg)
     paths = save_mesh(meshes[0][0], "save/it500-export/particle0", ["obj", "glb", "ply"], textured=textured)
     mesh_report(meshes[0][0])   # {"watertight": ..., "boundary_edges": ..., ...}
 
@@ -21,7 +21,9 @@ What each file holds (docs/assets.md):
 * normals: per vertex, area-weighted over the faces around it (GLB NORMAL, OBJ ``vn``, PLY
   nx ny nz), computed before the atlas splits vertices along seams so shading shows no seams.
 * colour: the albedo, i.e. the renders' colour before the light (an albedo render shows the
-  same values). OBJ and GLB carry it as a texture when ``texture`` (a UV atlas, the albedo
+  same values): what a ray along the inward normal composites near each surface point
+  (the generator's ``surface_albedo``), not the field's value at the isosurface itself, which
+  lies in the thin low-density rim whose colour the renders barely see. OBJ and GLB carry it as a texture when ``texture`` (a UV atlas, the albedo
   baked per texel: OBJ ``map_Kd`` in the MTL, GLB ``baseColorTexture`` of a metallic 0 /
   roughness 1 PBR material), PLY as vertex colours. Textures and OBJ / PLY vertex colours hold
   the renders' sRGB values; GLB ``COLOR_0`` (vertex colours without texture) is linear by the
@@ -140,9 +142,9 @@ def decimate(mesh, max_faces: int):
 
 
 @torch.no_grad()
-def extract_meshes(density_fn: Callable[[Tensor], Tensor], color_fn: Callable[[Tensor, Tensor], Tensor],
+def extract_meshes(density_fn: Callable[[Tensor], Tensor], color_fn: Optional[Callable[[Tensor, Tensor], Tensor]],
                    n_particles: int, radius: float, cfg: ExportConfig) -> list[tuple]:
-    """One mesh per particle, in scene coordinates, with albedo vertex colours.
+    """One mesh per particle, in scene coordinates, with vertex colours when ``color_fn``.
 
     density_fn: points ``[N, P, 3]`` → density ``[N, P]`` (all particles at once);
     color_fn: (points ``[1, P, 3]``, particle ids ``[1]``) → colours ``[1, P, 3]`` in [0, 1].
@@ -168,24 +170,33 @@ def extract_meshes(density_fn: Callable[[Tensor], Tensor], color_fn: Callable[[T
             mesh.invert()
         mesh, removed = largest_components(mesh, cfg.min_component_fraction)
         mesh = decimate(mesh, cfg.max_faces)
-        vertices = torch.as_tensor(mesh.vertices, dtype=torch.float32)
-        colors = torch.cat([color_fn(chunk[None], torch.tensor([i]))[0].cpu() for chunk in vertices.split(cfg.chunk)])
-        mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba8(colors.numpy()))
+        if color_fn is not None:
+            vertices = torch.as_tensor(mesh.vertices, dtype=torch.float32)
+            colors = torch.cat([color_fn(chunk[None], torch.tensor([i]))[0].cpu() for chunk in vertices.split(cfg.chunk)])
+            set_vertex_colors(mesh, colors.numpy())
         out.append((mesh, removed))
     return out
 
 
-def texture_mesh(mesh, color_fn: Callable[[Tensor], Tensor], cfg: ExportConfig) -> TexturedMesh:
-    """``mesh`` (scene frame) cut along a UV atlas, with ``color_fn`` (points ``[P, 3]`` →
-    albedo ``[P, 3]``) baked into a ``texture_size``² texture (:mod:`scorestudio.export.texture`)."""
+def texture_mesh(mesh, color_fn: Callable[[Tensor, Tensor], Tensor], cfg: ExportConfig) -> TexturedMesh:
+    """``mesh`` (scene frame) cut along a UV atlas, with ``color_fn`` (points, unit normals
+    ``[P, 3]`` → albedo ``[P, 3]``) baked into a ``texture_size``² texture
+    (:mod:`scorestudio.export.texture`)."""
     from scorestudio.export.texture import bake_texture, uv_atlas
 
     vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
     atlas = uv_atlas(vertices, faces, cfg.texture_size)
-    split = vertices[atlas.vmapping]
-    image, covered = bake_texture(atlas, split, color_fn, cfg.texture_size, cfg.chunk)
+    split, normals = vertices[atlas.vmapping], np.asarray(mesh.vertex_normals)[atlas.vmapping]
+    image, covered = bake_texture(atlas, split, normals, color_fn, cfg.texture_size, cfg.chunk)
     mean = image[:, covered].mean(1) if covered.any() else image.mean((1, 2))
-    return TexturedMesh(split, atlas.faces, np.asarray(mesh.vertex_normals)[atlas.vmapping], atlas.uv, image, mean)
+    return TexturedMesh(split, atlas.faces, normals, atlas.uv, image, mean)
+
+
+def set_vertex_colors(mesh, colors: np.ndarray) -> None:
+    """Give ``mesh`` the vertex colours ``[V, 3]`` in [0, 1]."""
+    import trimesh
+
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba8(colors))
 
 
 def boundary_edges(mesh) -> int:

@@ -1,11 +1,11 @@
 """UV atlases and textures baked from a field: xatlas charts, one albedo query per texel.
 
     atlas = uv_atlas(vertices, faces, size=1024)                 # charts cut along seams
-    image, covered = bake_texture(atlas, vertices[atlas.vmapping], color_fn, size=1024)
+    image, covered = bake_texture(atlas, vertices[atlas.vmapping], normals[atlas.vmapping], color_fn, size=1024)
 
 Each texel whose centre falls inside a chart triangle gets the colour of the 3-D surface point at
-the same barycentric coordinates (the field is queried there, not interpolated from vertices, so
-a texture holds detail finer than the mesh). Texels outside the charts take the colour of the
+the same barycentric coordinates, with the normal interpolated there (the field is queried there,
+not interpolated from vertices, so a texture holds detail finer than the mesh). Texels outside the charts take the colour of the
 nearest chart texel: bilinear filtering and mipmaps read across chart borders, and would
 otherwise bleed the empty colour into the seams.
 
@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 CANDIDATES_PER_BLOCK = 1 << 22   # texel candidates tested at once while rasterising (bounds memory)
@@ -115,15 +116,18 @@ def dilate(image: Tensor, covered: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def bake_texture(atlas: Atlas, vertices: np.ndarray, color_fn: Callable[[Tensor], Tensor], size: int,
-                 chunk: int = 262144) -> tuple[Tensor, Tensor]:
-    """The ``size``² texture ``[3, size, size]`` in [0, 1] of ``color_fn`` (points ``[P, 3]`` →
-    colours ``[P, 3]``) on the atlas' surface, ``vertices [V', 3]`` being the atlas vertices'
-    positions; also the mask ``[size, size]`` of texels inside a chart (before dilation)."""
+def bake_texture(atlas: Atlas, vertices: np.ndarray, normals: np.ndarray, color_fn: Callable[[Tensor, Tensor], Tensor],
+                 size: int, chunk: int = 262144) -> tuple[Tensor, Tensor]:
+    """The ``size``² texture ``[3, size, size]`` in [0, 1] of ``color_fn`` (points ``[P, 3]``,
+    unit normals ``[P, 3]`` → colours ``[P, 3]``) on the atlas' surface, ``vertices`` and
+    ``normals [V', 3]`` being the atlas vertices'; also the mask ``[size, size]`` of texels
+    inside a chart (before dilation)."""
     texels, face, bary = rasterize_uv(atlas.uv, atlas.faces, size)
-    corners = torch.as_tensor(vertices, dtype=torch.float32)[torch.as_tensor(atlas.faces)[face]]   # [K, 3, 3]
-    points = (bary[..., None] * corners).sum(1)
-    colors = torch.cat([color_fn(p).float().cpu() for p in points.split(chunk)]) if len(points) else points
+    corners = torch.as_tensor(atlas.faces)[face]                                         # [K, 3]
+    points = (bary[..., None] * torch.as_tensor(vertices, dtype=torch.float32)[corners]).sum(1)
+    normal = F.normalize((bary[..., None] * torch.as_tensor(normals, dtype=torch.float32)[corners]).sum(1), dim=-1)
+    colors = torch.cat([color_fn(p, n).float().cpu() for p, n in zip(points.split(chunk), normal.split(chunk))]) \
+        if len(points) else points
     flat = torch.zeros(3, size * size)
     flat[:, texels] = colors.clamp(0, 1).T
     covered = torch.zeros(size * size, dtype=torch.bool)

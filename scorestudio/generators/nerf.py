@@ -19,7 +19,7 @@ from torch import Tensor
 
 from scorestudio.data.cameras import CameraBatch, get_rays
 from scorestudio.export.mesh import (
-    ExportConfig, check_export_config, extract_meshes, mesh_report, save_mesh, texture_mesh,
+    ExportConfig, check_export_config, extract_meshes, mesh_report, save_mesh, set_vertex_colors, texture_mesh,
 )
 from scorestudio.generators.base import BaseGenerator, RenderOut
 from scorestudio.renderers.nerf import (
@@ -176,10 +176,28 @@ class NerfGenerator(BaseGenerator):
         cfg = self.cfg.export if config is None else parse_structured(self.Config, config, self.config_path).export
         return {"mc": cfg.resolution, "tex": cfg.texture_size if cfg.texture else 0, "faces": cfg.max_faces}
 
-    def albedo(self, points: Tensor, particle: int) -> Tensor:
-        """Particle ``particle``'s albedo ``[P, 3]`` at points ``[P, 3]`` (scene frame)."""
-        device = self.device_of()
-        return self.geometry(points.to(device)[None], torch.tensor([particle], device=device))["albedo"][0]
+    def surface_albedo(self, points: Tensor, normals: Tensor, particle: int, samples: int = 16) -> Tensor:
+        """Particle ``particle``'s albedo ``[P, 3]`` as a render sees the surface at ``points``
+        with outward unit ``normals`` (``[P, 3]``, scene frame): composited with volume-rendering
+        weights along a ray through each point along −normal, from 2 lattice steps outside to 2
+        inside; what the ray leaves transparent takes the albedo at the point itself."""
+        device, cfg = self.device_of(), self.cfg.export
+        reach = 2 * (2 * self.cfg.geometry.radius / (cfg.resolution - 1))
+        step = 2 * reach / samples
+        offsets = reach - (torch.arange(samples, device=device) + 0.5) * step              # outside → inside
+        ids = torch.tensor([particle], device=device)
+        out = []
+        for p, n in zip(points.to(device).split(max(1, cfg.chunk // (samples + 1))), normals.to(device).split(
+                max(1, cfg.chunk // (samples + 1)))):
+            ray = torch.cat([p[:, None] + n[:, None] * offsets[:, None], p[:, None]], dim=1)   # [P, S + 1, 3]
+            fields = self.geometry(ray.reshape(1, -1, 3), ids)
+            density = fields["density"].view(-1, samples + 1)[:, :samples]
+            albedo = fields["albedo"].view(-1, samples + 1, 3)
+            alpha = 1 - torch.exp(-density * step)
+            weights = alpha * torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
+            seen = (weights[..., None] * albedo[:, :samples]).sum(1)
+            out.append(seen + (1 - weights.sum(1, keepdim=True)) * albedo[:, samples])
+        return torch.cat(out)
 
     @torch.no_grad()
     def export(self, particle_ids: Tensor, folder: Path) -> tuple[list[Path], dict]:
@@ -187,10 +205,8 @@ class NerfGenerator(BaseGenerator):
         for a textured OBJ) for every particle of ``particle_ids``, and their mesh reports (with
         the mean texture colour ``texture_mean_rgb``, 0-255)."""
         cfg, device = self.cfg.export, self.device_of()
-        meshes = extract_meshes(
-            lambda p: self.geometry.density(p.to(device)),
-            lambda p, ids: self.geometry(p.to(device), ids.to(device))["albedo"],
-            self.n_particles, self.cfg.geometry.radius, cfg)
+        meshes = extract_meshes(lambda p: self.geometry.density(p.to(device)), None, self.n_particles,
+                                self.cfg.geometry.radius, cfg)
         paths, report = [], {}
         for i in particle_ids.tolist():
             mesh, removed = meshes[i]
@@ -199,9 +215,14 @@ class NerfGenerator(BaseGenerator):
             if len(mesh.faces) == 0:
                 warnings.warn(f"particle {i}: the density never reaches export.threshold={cfg.threshold}; no mesh written")
                 continue
+            def albedo(points: Tensor, normals: Tensor, i: int = i) -> Tensor:
+                return self.surface_albedo(points, normals, i).cpu()
+
+            vertices, normals = (torch.as_tensor(a, dtype=torch.float32) for a in (mesh.vertices, mesh.vertex_normals))
+            set_vertex_colors(mesh, albedo(vertices, normals).numpy())
             textured = None
             if cfg.texture and {"obj", "glb"} & set(cfg.formats):
-                textured = texture_mesh(mesh, lambda p, i=i: self.albedo(p, i), cfg)
+                textured = texture_mesh(mesh, albedo, cfg)
                 report[f"{key}/texture_mean_rgb"] = [round(255 * c, 1) for c in textured.mean_color.tolist()]
             folder.mkdir(parents=True, exist_ok=True)
             paths += save_mesh(mesh, folder / f"particle{i}", list(cfg.formats), cfg.up_axis, textured)

@@ -351,7 +351,8 @@ class DistillationSystem(BaseSystem):
         holds its particle's prompt."""
         prompts = self.particle_prompts()
         shared = len(set(prompts)) == 1
-        labels = [" · ".join(filter(None, (f"particle {i}", panel, None if shared else prompts[i])))
+        # "#i panel" rather than "particle i · panel": it fits above a 64-px picture
+        labels = [" · ".join(filter(None, (f"#{i} {panel}" if panel else f"particle {i}", None if shared else prompts[i])))
                   for i in range(self.cfg.n_particles) for panel in panels]
         return labels, (prompts[0] if shared else None)
 
