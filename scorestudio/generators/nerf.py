@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -179,10 +180,11 @@ class NerfGenerator(BaseGenerator):
     def surface_albedo(self, points: Tensor, normals: Tensor, particle: int, samples: int = 16) -> Tensor:
         """Particle ``particle``'s albedo ``[P, 3]`` as a render sees the surface at ``points``
         with outward unit ``normals`` (``[P, 3]``, scene frame): composited with volume-rendering
-        weights along a ray through each point along −normal, from 2 lattice steps outside to 2
-        inside; what the ray leaves transparent takes the albedo at the point itself."""
+        weights along a ray through each point along −normal, from 4 lattice steps outside to 4
+        inside (the isosurface can sit a few steps out of where the renders' weights pile up);
+        what the ray leaves transparent takes the albedo at the point itself."""
         device, cfg = self.device_of(), self.cfg.export
-        reach = 2 * (2 * self.cfg.geometry.radius / (cfg.resolution - 1))
+        reach = 4 * (2 * self.cfg.geometry.radius / (cfg.resolution - 1))
         step = 2 * reach / samples
         offsets = reach - (torch.arange(samples, device=device) + 0.5) * step              # outside → inside
         ids = torch.tensor([particle], device=device)
@@ -218,7 +220,7 @@ class NerfGenerator(BaseGenerator):
             def albedo(points: Tensor, normals: Tensor, i: int = i) -> Tensor:
                 return self.surface_albedo(points, normals, i).cpu()
 
-            vertices, normals = (torch.as_tensor(a, dtype=torch.float32) for a in (mesh.vertices, mesh.vertex_normals))
+            vertices, normals = (torch.tensor(np.array(a), dtype=torch.float32) for a in (mesh.vertices, mesh.vertex_normals))
             set_vertex_colors(mesh, albedo(vertices, normals).numpy())
             textured = None
             if cfg.texture and {"obj", "glb"} & set(cfg.formats):
