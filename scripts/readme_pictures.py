@@ -50,7 +50,7 @@ def text_to_3d(out: Path, work: Path, args) -> Path:
     run = (scorestudio.load_run(args.text_to_3d_run) if args.text_to_3d_run
            else scorestudio.train("dreamfusion-embedded", **common(work)))
     system, e = run.system, run.system.cfg.evaluation
-    frames = system.render_views(orbit_cameras(6, e.elevation, e.distance, e.fovy), 128)[0]   # [N, 6, 3, H, W]
+    frames = system.render_views(orbit_cameras(6, e.elevation, e.distance, e.fovy), 128)["rgb"]   # [N, 6, 3, H, W]
     n = frames.shape[0]
     labels = [f"particle {i}, {60 * v}°" for i in range(n) for v in range(6)]
     prompt = system.prompt_processor.cfg.prompt

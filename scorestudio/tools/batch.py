@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from scorestudio.utils.cli_args import positive_int
-from scorestudio.utils.config import ConfigError, load_config, parse_structured
+from scorestudio.utils.config import ConfigError, config_path, load_config, parse_structured
 from scorestudio.utils.io import write_json
 from scorestudio.utils.run import ExperimentConfig, _safe_tag
 
@@ -292,7 +292,7 @@ def start_ray(ray, args: argparse.Namespace) -> None:
 
 
 def task_of(run: Run, args: argparse.Namespace, overrides: list[str], out: Path) -> dict:
-    return {"config": str(Path(args.config).resolve()), "folder": run.folder, "max_steps": run.max_steps,
+    return {"config": str(config_path(args.config).resolve()), "folder": run.folder, "max_steps": run.max_steps,
             "overrides": [*overrides, *run.overrides(args.prompt_key), *placement(run, out),
                           "trainer.enable_progress_bar=false"],
             "log": str(out / "batch" / "logs" / f"{run.slug}.log"), "cwd": os.getcwd(),
@@ -369,7 +369,7 @@ def thumbnail(save: Path, gif_frame: Path) -> Optional[Path]:
 
 def write_index(runs: list[Run], out: Path, args: argparse.Namespace) -> list[dict]:
     entries = [index_entry(run, out) for run in runs]
-    write_json(out / "index.json", {"config": str(Path(args.config).resolve()), "runs": entries})
+    write_json(out / "index.json", {"config": str(config_path(args.config).resolve()), "runs": entries})
     (out / "index.html").write_text(index_html(entries, args.config), encoding="utf-8")
     return entries
 
