@@ -43,6 +43,7 @@ COMMANDS = {
     "procedural": Command("procedural", "preview the procedural training images and their captions"),
     "config-reference": Command("config_reference", "write docs/config-reference.md from the modules' Config dataclasses"),
     "batch": Command("batch", "train prompts × seeds of one config as Ray tasks, with an index (scorestudio[ray])"),
+    "ui": Command("ui", "the web app: launch runs, watch them train, look at results (scorestudio[ui])"),
 }
 
 # The launch API under its import path of before the commands (``from scorestudio.cli import run``).
