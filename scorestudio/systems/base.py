@@ -216,7 +216,14 @@ class BaseSystem(pl.LightningModule):
         groups = self.param_groups()
         lambdas = [g.pop("lr_lambda", None) for g in groups]
         args = {k: tuple(v) if k == "betas" else v for k, v in opt_cfg.args.items()}
-        optimizer = optim_cls(groups, **args)
+        try:
+            optimizer = optim_cls(groups, **args)
+        except (TypeError, ValueError) as err:   # an unknown argument, a value of the wrong type or range
+            shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
+            text = [f"{k}={v!r} is text, not a number (YAML writes NaN and infinity .nan and .inf)"
+                    for k, v in args.items() if isinstance(v, str)]
+            raise ConfigError(f"system.optimizer.args: {opt_cfg.name}({shown}) fails: {err}"
+                              + "".join(f"; {t}" for t in text)) from None
         if all(f is None for f in lambdas):
             return optimizer
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [f or (lambda _: 1.0) for f in lambdas])

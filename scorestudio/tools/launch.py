@@ -23,7 +23,7 @@ from typing import Optional
 
 from scorestudio.utils.config import ConfigError, load_config, parse_structured, to_plain
 from scorestudio.utils.registry import RegistryError, find
-from scorestudio.utils.run import ExperimentConfig, RunContext, run_dir_for
+from scorestudio.utils.run import ExperimentConfig, RunContext, check_experiment, run_dir_for
 
 MODES = ("train", "validate", "test", "export")
 
@@ -109,7 +109,8 @@ def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devic
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
-    from scorestudio.utils.checkpoint import AtomicCheckpointIO, RunCheckpoint
+    from scorestudio.utils.checkpoint import AtomicCheckpointIO, CtrlC, OptimizerSettings, RunCheckpoint
+    from scorestudio.utils.divergence import DivergenceGuard
 
     # One log version per launch, so a resumed run never overwrites the logs of its first part.
     version = stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -127,7 +128,8 @@ def make_trainer(exp: ExperimentConfig, run: RunContext, accelerator: str, devic
     except ImportError:
         pass
     t = exp.trainer
-    callbacks = [RunCheckpoint(run.ckpt_dir, exp.checkpoint.every_n_train_steps, exp.checkpoint.keep_all)]
+    callbacks = [RunCheckpoint(run.ckpt_dir, exp.checkpoint.every_n_train_steps, exp.checkpoint.keep_all),
+                 DivergenceGuard(t.on_nonfinite, t.nonfinite_patience), OptimizerSettings(), CtrlC()]
     if t.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     strategy = "auto"
@@ -175,6 +177,7 @@ def load_weights(system, ckpt_path: str) -> int:
 def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
     raw = load_config(args.config, overrides)
     exp = parse_structured(ExperimentConfig, raw)
+    check_experiment(exp)
     if args.mode in ("test", "export", "validate") and not exp.resume:
         raise ConfigError(f"--{args.mode} needs a checkpoint: add resume=path/to/ckpts/last.ckpt")
     accelerator, devices, processes = select_devices(args.gpu, args.processes)
@@ -214,26 +217,27 @@ def run(args: argparse.Namespace, overrides: list[str]) -> RunContext:
 
     if not args.verbose:
         quiet_lightning()
-    trainer = make_trainer(exp, run_ctx, accelerator, devices, processes, system.ddp_find_unused_parameters,
-                           args.nodes)
-    if args.mode == "train":
-        if processes > 1 and not started_by_rank0:
-            os.environ[RUN_ROOT_ENV] = str(run_ctx.root)   # for the processes trainer.fit starts
-        try:
-            trainer.fit(system, ckpt_path=exp.resume, weights_only=True)
-            trainer.test(system, verbose=False)
-        finally:
-            if not started_by_rank0:
-                os.environ.pop(RUN_ROOT_ENV, None)
-    elif args.mode == "validate":
-        trainer.validate(system, ckpt_path=exp.resume, verbose=False, weights_only=True)
-    elif args.mode == "test":
-        trainer.test(system, ckpt_path=exp.resume, verbose=False, weights_only=True)
-    else:
-        step = load_weights(system, exp.resume)
-        system.export_step = step
-        for path in system.export():
-            print(f"[scorestudio] exported {path}")
+    with run_ctx.removed_on_failure():   # a new run that fails before its first checkpoint leaves no folder
+        trainer = make_trainer(exp, run_ctx, accelerator, devices, processes, system.ddp_find_unused_parameters,
+                               args.nodes)
+        if args.mode == "train":
+            if processes > 1 and not started_by_rank0:
+                os.environ[RUN_ROOT_ENV] = str(run_ctx.root)   # for the processes trainer.fit starts
+            try:
+                trainer.fit(system, ckpt_path=exp.resume, weights_only=True)
+                trainer.test(system, verbose=False)
+            finally:
+                if not started_by_rank0:
+                    os.environ.pop(RUN_ROOT_ENV, None)
+        elif args.mode == "validate":
+            trainer.validate(system, ckpt_path=exp.resume, verbose=False, weights_only=True)
+        elif args.mode == "test":
+            trainer.test(system, ckpt_path=exp.resume, verbose=False, weights_only=True)
+        else:
+            step = load_weights(system, exp.resume)
+            system.export_step = step
+            for path in system.export():
+                print(f"[scorestudio] exported {path}")
     if first:
         print(f"[scorestudio] outputs in {run_ctx.save_dir}")
     return run_ctx
@@ -263,7 +267,7 @@ def main(argv: Optional[list[str]] = None, mode: Optional[str] = None) -> None:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     try:
         run(args, overrides)
-    except (ConfigError, RegistryError, FileNotFoundError) as err:
+    except (ConfigError, RegistryError, OSError) as err:   # OSError: a file to read or write (full disk, ...)
         if args.verbose:
             traceback.print_exc()
         print(f"scorestudio: error: {err}", file=sys.stderr)

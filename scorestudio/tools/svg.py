@@ -3,7 +3,8 @@
     scorestudio svg render IN.svg OUT.png [--width W] [--height H]
     scorestudio svg info IN.svg
 
-Bad input (missing file, invalid XML, nothing filled) prints one error line and exits with 2.
+Bad input (missing file, invalid XML, nothing filled, a file or size beyond the reader's limits)
+and an output that cannot be written print one error line and exit with 2.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SvgError as err:
         print(f"scorestudio svg: error: {err}", file=sys.stderr)
         return 2
-    save_image(render(scene)[0], args.output)
+    image = render(scene)[0]
+    try:
+        save_image(image, args.output)
+    except (OSError, ValueError) as err:   # no or unknown extension, a folder we cannot write, a full disk
+        print(f"scorestudio svg: error: cannot write {args.output}: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {args.output} ({scene.width}x{scene.height} px, {scene.num_paths} paths)")
     return 0
 

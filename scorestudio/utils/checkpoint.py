@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -17,6 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from scorestudio.utils.config import ConfigError
+from scorestudio.utils.divergence import DivergenceError, diverged_tensors
 from scorestudio.utils.io import atomic_open
 
 SYSTEM_KEY = "scorestudio_system"   # the registered name of the system that wrote a checkpoint
@@ -37,7 +40,9 @@ class RunCheckpoint(pl.Callback):
 
     ``last.ckpt`` only ever holds a good state: a run that fails with an exception saves its
     state to ``ckpts/crash.ckpt`` (to inspect, not to resume), and a state with a non-finite
-    parameter or buffer goes there too, with a warning, instead of replacing ``last.ckpt``.
+    parameter or buffer (see :func:`nonfinite_tensors`) goes there too, with a warning, instead
+    of replacing ``last.ckpt``. A run stopped because it diverged
+    (:class:`~scorestudio.utils.divergence.DivergenceError`) saves as an interrupted one does.
     With ``keep_all`` it also keeps ``ckpts/step{N:06d}.ckpt`` for every periodic save.
     """
 
@@ -80,13 +85,121 @@ class RunCheckpoint(pl.Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if trainer.global_step == 0 or trainer.state.fn != TrainerFn.FITTING:
             return
-        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):   # a good state, stopped early
+        if isinstance(exception, DivergenceError):   # last.ckpt if still finite, else crash.ckpt with a warning
+            self._save(trainer, pl_module)
+        elif isinstance(exception, (KeyboardInterrupt, SIGTERMException)):   # a good state, stopped early
             print(f"\n{type(exception).__name__}: saving {self.last_path} at step {trainer.global_step}")
             self._save(trainer, pl_module)
         else:
             print(f"\n{type(exception).__name__}: saving the failing state to {self.crash_path} at step "
                   f"{trainer.global_step}; {self.last_path} keeps the last good one")
-            trainer.save_checkpoint(self.crash_path)
+            try:
+                trainer.save_checkpoint(self.crash_path)
+            except OSError as err:   # a full disk, say: the run's own error is the one to report
+                print(f"could not save {self.crash_path}: {err}")
+
+
+class CtrlC(pl.Callback):
+    """The first Ctrl-C stops training at the end of the step in progress; a second one at once.
+
+    Python raises KeyboardInterrupt wherever the main thread is when SIGINT arrives, which can be
+    inside a ``queue.Queue`` call of TensorBoard's event writer: the queue's condition loses its
+    waiter, the writer thread never sees the shutdown request, and closing the logger after the
+    interrupt waited forever. As Lightning does for SIGTERM, the signal handler only sets a flag;
+    the KeyboardInterrupt is raised at the step's end (agreed by all processes of a sharded run),
+    and Lightning's usual handling follows (``last.ckpt`` saved, exit status 130)."""
+
+    def __init__(self) -> None:
+        self._pressed = False
+        self._previous: Any = None   # the SIGINT handler before fit, while ours is installed
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():   # handlers can only be set there
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._pressed:
+            self._restore()
+            raise KeyboardInterrupt
+        self._pressed = True
+        print("\nCtrl-C: stopping at the end of this step (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.strategy.reduce_boolean_decision(self._pressed, all=False):
+            self._restore()
+            raise KeyboardInterrupt
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):   # Lightning now ignores SIGINT while it shuts down
+            self._previous = None
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+class OptimizerSettings(pl.Callback):
+    """A resumed run trains with the optimizer settings of its config, not of its checkpoint.
+
+    Lightning restores an optimizer's state (moments, step counts) together with the
+    hyperparameters it was saved with (lr, betas, weight decay, ...), so a setting changed at
+    resume (``system.optimizer.args.lr=...``, a generator's lr) was silently ignored while
+    ``parsed.yaml`` recorded it. The settings of the freshly configured optimizers are read
+    before the restore (``on_fit_start``) and put back after it (``on_train_start``), each change
+    printed. A group under a LambdaLR schedule keeps its place in the schedule: its configured lr
+    (``initial_lr``, the scheduler's base lr) changes, and its lr is that × the schedule's factor now.
+    """
+
+    def __init__(self) -> None:
+        self._fresh: list[list[dict]] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fresh = [[_settings(g) for g in optimizer.param_groups] for optimizer in trainer.optimizers]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.ckpt_path is None:
+            return
+        schedules = {id(c.scheduler.optimizer): c.scheduler for c in trainer.lr_scheduler_configs
+                     if isinstance(c.scheduler, torch.optim.lr_scheduler.LambdaLR)}
+        for optimizer, fresh in zip(trainer.optimizers, self._fresh):
+            schedule = schedules.get(id(optimizer))
+            for i, (group, wanted) in enumerate(zip(optimizer.param_groups, fresh)):
+                saved = _settings(group)
+                for key, value in wanted.items():
+                    if key not in saved or _same(saved[key], value):
+                        continue
+                    print(f"[scorestudio] resume: optimizer group {group.get('name', i)!r}: {key} {saved[key]} -> "
+                          f"{value} (as configured now; the checkpoint had {saved[key]})")
+                    if key == "lr" and "initial_lr" in group:
+                        group["initial_lr"] = value
+                        if schedule is not None:
+                            schedule.base_lrs[i] = value
+                            group["lr"] = value * schedule.lr_lambdas[i](schedule.last_epoch)
+                    else:
+                        group[key] = value
+
+
+def _settings(group: dict) -> dict:
+    """An optimizer param group's hyperparameters; a scheduled group's lr is its configured one
+    (``initial_lr``), not the schedule's current value."""
+    out = {k: v for k, v in group.items() if k not in ("params", "initial_lr")}
+    if "initial_lr" in group:
+        out["lr"] = group["initial_lr"]
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal settings; a list and a tuple of the same numbers are the same (betas from YAML)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return tuple(a) == tuple(b)
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):   # a tensor lr (capturable optimizers)
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and bool(torch.equal(a, b))
+    return a == b
 
 
 def interrupting_signal(stop: SystemExit) -> Optional[signal.Signals]:
@@ -102,9 +215,9 @@ def interrupting_signal(stop: SystemExit) -> Optional[signal.Signals]:
 
 
 def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
-    """The names of the floating tensors of ``state`` that hold a NaN or an infinity."""
-    return [k for k, v in state.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    """The names of the floating tensors of ``state`` that hold a NaN, an infinity or a value so
+    large that its square overflows (:func:`~scorestudio.utils.divergence.diverged_tensors`)."""
+    return diverged_tensors(state.items())
 
 
 def load_checkpoint(path: str | os.PathLike, key: Optional[str] = None, require: Sequence[str] = (),

@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from omegaconf import MISSING
 
@@ -33,6 +35,8 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1    # training steps whose gradients are summed per optimizer step (docs/priors.md)
     enable_progress_bar: bool = True    # the tqdm bar with step, it/s and the losses
     num_sanity_val_steps: int = 0       # validation steps before training (Lightning's sanity check)
+    on_nonfinite: str = "stop"          # a NaN/inf loss, guidance gradient or parameter: stop | warn | skip
+    nonfinite_patience: int = 3         # stop: after this many non-finite steps in a row
 
 
 @dataclass
@@ -54,6 +58,39 @@ class ExperimentConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: Optional[str] = None        # path to a checkpoint to resume from / test / export
+
+
+SEED_MAX = 2 ** 32 - 1   # numpy's (and so Lightning's) seed range is 0 ... 2³² − 1
+
+
+def check_experiment(cfg: ExperimentConfig) -> None:
+    """One ``ConfigError`` for a run setting no run can use, before anything is built or written:
+    a seed outside 0 ... 2³² − 1, step counts out of range, an unknown precision or
+    ``trainer.on_nonfinite`` policy."""
+    from scorestudio.utils.divergence import check_policy
+
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise ConfigError(f"seed={cfg.seed}: give a whole number from 0 to {SEED_MAX}")
+    t = cfg.trainer
+    least = {"trainer.max_steps": (t.max_steps, 1), "trainer.log_every_n_steps": (t.log_every_n_steps, 1),
+             "trainer.val_check_interval": (t.val_check_interval, 0),
+             "trainer.accumulate_grad_batches": (t.accumulate_grad_batches, 1),
+             "trainer.num_sanity_val_steps": (t.num_sanity_val_steps, 0),
+             "checkpoint.every_n_train_steps": (cfg.checkpoint.every_n_train_steps, 0)}
+    for key, (value, low) in least.items():
+        if value < low:
+            raise ConfigError(f"{key}={value}: give a number ≥ {low}")
+    _check_precision(t.precision)
+    check_policy(t.on_nonfinite, t.nonfinite_patience)
+
+
+def _check_precision(precision: str) -> None:
+    from lightning.fabric.connector import _convert_precision_to_unified_args
+
+    try:
+        _convert_precision_to_unified_args(precision)
+    except ValueError as err:   # Lightning's message lists the supported values
+        raise ConfigError(f"trainer.precision={precision!r}: {err}") from None
 
 
 TAG_MAX_BYTES = 120   # a folder name is at most 255 bytes on common file systems; the rest is the timestamp
@@ -88,6 +125,7 @@ class RunContext:
     root: Path
     seed: int = 0
     mode: str = "train"   # train, validate, test or export: a later --test / --export has its own metrics file
+    claimed: bool = False   # whether prepare() created root for this run (not a resumed run's folder)
 
     @property
     def save_dir(self) -> Path:
@@ -112,20 +150,41 @@ class RunContext:
         Only the run that ``resume`` continues reuses its folder: any other run claims ``root``
         for itself, or ``root-1``, ``root-2``, ... when another run holds it (started in the same
         second, or ``use_timestamp=false``), so no run overwrites another's checkpoint, images
-        or metrics; ``root`` then names the folder claimed."""
-        self.mode = mode
-        if not self._continues(resume):
-            self.root = claim_folder(self.root)
-        for sub in ("configs", "ckpts", "save"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        if parsed_config is not None:
-            from scorestudio.utils.config import dump_config
+        or metrics; ``root`` then names the folder claimed.
 
-            name = "parsed.yaml" if mode == "train" else f"parsed-{mode}.yaml"
-            dump_config(parsed_config, self.root / "configs" / name)
-        argv = sys.argv if argv is None else argv
-        with open(self.root / "cmd.txt", "a") as handle:
-            handle.write(shlex.join((["python"] if argv[0].endswith(".py") else []) + list(argv)) + "\n")
+        A folder that cannot be created or written (read-only, full disk) is a ``ConfigError``,
+        and a folder claimed here is removed again."""
+        self.mode = mode
+        try:
+            if not self._continues(resume):
+                self.root = claim_folder(self.root)
+                self.claimed = True
+            with self.removed_on_failure():
+                for sub in ("configs", "ckpts", "save"):
+                    (self.root / sub).mkdir(parents=True, exist_ok=True)
+                if parsed_config is not None:
+                    from scorestudio.utils.config import dump_config
+
+                    name = "parsed.yaml" if mode == "train" else f"parsed-{mode}.yaml"
+                    dump_config(parsed_config, self.root / "configs" / name)
+                argv = sys.argv if argv is None else argv
+                with open(self.root / "cmd.txt", "a") as handle:
+                    handle.write(shlex.join((["python"] if argv[0].endswith(".py") else []) + list(argv)) + "\n")
+        except OSError as err:
+            raise ConfigError(f"cannot write the run folder {self.root}: {err.strerror or err}"
+                              f"{f' ({err.filename})' if err.filename else ''}") from err
+
+    @contextmanager
+    def removed_on_failure(self) -> Iterator[None]:
+        """Removes the run folder when the body fails and the folder is this run's own (claimed by
+        :meth:`prepare`) with no checkpoint in it: a run that never trained leaves nothing
+        half-made. A resumed run's folder, or one with a checkpoint (crash.ckpt too), stays."""
+        try:
+            yield
+        except BaseException:
+            if self.claimed and not any(self.ckpt_dir.glob("*.ckpt")):
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
     def _continues(self, resume: Optional[str]) -> bool:
         """Whether ``root`` is the run folder of the checkpoint ``resume`` (``<root>/ckpts/X.ckpt``)."""

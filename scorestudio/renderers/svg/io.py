@@ -12,6 +12,12 @@ exact for affine maps: an arc under a skew or non-uniform scale stays correct.
 
 Alpha is the fill colour's alpha × ``fill-opacity`` × the product of ``opacity`` over the shape
 and its ancestors (a group's opacity applied per shape: exact unless the group's shapes overlap).
+
+Files may come from anyone, so reading is bounded: the elements after ``<use>`` expansion and
+their nesting are counted on the XML tree before svgelements expands anything (a 2 KB file of
+nested ``<use>`` names 10⁸ shapes), and the canvas, the scene's size and the coordinates are
+checked before anything that large is allocated or rasterized. Each limit is a module constant,
+named by the error it raises, to raise for files you trust.
 """
 
 from __future__ import annotations
@@ -20,14 +26,23 @@ import math
 import os
 from pathlib import Path
 from typing import Optional, Union
+from xml.etree import ElementTree
 
 import numpy as np
 import svgelements as se
 import torch
 
+from scorestudio.renderers.svg.rasterizer import check_canvas
 from scorestudio.renderers.svg.scene import SvgScene
 
 PathLike = Union[str, os.PathLike]
+
+MAX_SVG_ELEMENTS = 100_000         # elements after <use> expansion
+MAX_SVG_DEPTH = 100                # nesting of elements after <use> expansion (svgelements recurses per level)
+MAX_SVG_SEGMENTS = 10_000_000      # paths × segments of the longest path: the scene pads every path to that
+MAX_SVG_COORDINATE = 1e6           # px on the output canvas; float32 still resolves a tenth of a pixel there
+
+_XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
 
 
 class SvgError(ValueError):
@@ -49,13 +64,20 @@ def read_svg(path: PathLike, width: Optional[int] = None, height: Optional[int] 
     if not path.is_file():
         raise SvgError(f"{path}: SVG file not found")
     try:
+        _check_structure(ElementTree.parse(path).getroot(), path)
         doc = se.SVG.parse(str(path), reify=False)
+    except SvgError:
+        raise
     except Exception as err:  # ElementTree.ParseError, or svgelements' own errors on bad values
         raise SvgError(f"{path}: not a valid SVG file ({type(err).__name__}: {err})") from err
     doc_w, doc_h = float(doc.width or 0), float(doc.height or 0)
-    if doc_w <= 0 or doc_h <= 0:
+    if not (0 < doc_w < math.inf and 0 < doc_h < math.inf):
         raise SvgError(f"{path}: the document has no positive size (width={doc.width}, height={doc.height})")
     out_w, out_h = _output_size(doc_w, doc_h, width, height)
+    try:
+        check_canvas(out_w, out_h, "the canvas")
+    except ValueError as err:
+        raise SvgError(f"{path}: {err}") from None
     scale = np.array([out_w / doc_w, out_h / doc_h])
     shapes = []
     _collect(doc, 1.0, shapes)
@@ -70,7 +92,69 @@ def read_svg(path: PathLike, width: Optional[int] = None, height: Optional[int] 
     if not paths:
         raise SvgError(f"{path}: no filled shapes (only strokes, text, empty or fill=\"none\" shapes; "
                        f"the rasterizer draws fills only)")
-    return _scene_from_paths(paths, scale, out_w, out_h)
+    longest = max(sum(len(c) for c in contours) for contours, *_ in paths)
+    if len(paths) * longest > MAX_SVG_SEGMENTS:
+        raise _over_limit(path, "MAX_SVG_SEGMENTS", f"{len(paths)} paths padded to {longest} segments (its longest "
+                                                    f"path) make {len(paths) * longest} segments")
+    scene = _scene_from_paths(paths, scale, out_w, out_h)
+    far = float(scene.points.abs().max())   # inf when a coordinate overflows float32
+    if not far <= MAX_SVG_COORDINATE:
+        raise _over_limit(path, "MAX_SVG_COORDINATE", f"a control point lies {far:.3g} px from the origin of "
+                                                      f"the {out_w} x {out_h} px canvas")
+    return scene
+
+
+def _over_limit(path: Path, limit: str, found: str) -> SvgError:
+    """The error for a file beyond the module constant ``limit``: what was found, the limit, how to raise it."""
+    value = globals()[limit]
+    return SvgError(f"{path}: {found}, over the limit {__name__}.{limit} = {value:g}; raise it "
+                    f"({__name__}.{limit} = ...) for files you trust")
+
+
+def _check_structure(root: ElementTree.Element, path: Path) -> None:
+    """Count the elements of the document after ``<use>`` expansion, and their nesting, on the
+    XML tree: a :class:`SvgError` at the first count over :data:`MAX_SVG_ELEMENTS` or
+    :data:`MAX_SVG_DEPTH`, or at a ``<use>`` inside what it refers to (an endless expansion).
+    Each element is counted once (memoised), so this takes time linear in the file.
+
+    References resolve as svgelements resolves them: ``href`` over ``xlink:href``, ``#id`` to
+    the last element with that id."""
+    ids = {el.get("id"): el for el in root.iter() if el.get("id") is not None}
+    sizes: dict[int, tuple[int, int]] = {}       # id(element) → (elements, levels) of its expansion
+    open_: set[int] = set()
+
+    def expand(el: ElementTree.Element, depth: int) -> tuple[int, int]:
+        count, levels = sizes.get(id(el), (0, 1))
+        if depth + levels - 1 > MAX_SVG_DEPTH:
+            raise _over_limit(path, "MAX_SVG_DEPTH", f"elements nest more than {MAX_SVG_DEPTH} levels deep "
+                                                     "(counting what <use> inserts)")
+        if count:
+            return count, levels
+        if id(el) in open_:
+            raise SvgError(f"{path}: <{_local(el.tag)} id=\"{el.get('id')}\"> contains a <use> of itself: "
+                           "an endless expansion")
+        open_.add(id(el))
+        inner = list(el)
+        href = el.get("href", el.get(_XLINK_HREF)) if _local(el.tag) == "use" else None
+        if href and href[1:] in ids:
+            inner.append(ids[href[1:]])
+        count, levels = 1, 1
+        for child in inner:
+            c, h = expand(child, depth + 1)
+            count, levels = count + c, max(levels, h + 1)
+            if count > MAX_SVG_ELEMENTS:
+                raise _over_limit(path, "MAX_SVG_ELEMENTS", f"more than {MAX_SVG_ELEMENTS} elements after "
+                                                            "expanding <use>")
+        open_.discard(id(el))
+        sizes[id(el)] = count, levels
+        return count, levels
+
+    expand(root, 1)
+
+
+def _local(tag) -> str:
+    """An element's tag without its namespace."""
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
 
 
 def _output_size(doc_w: float, doc_h: float, width: Optional[int], height: Optional[int]) -> tuple[int, int]:

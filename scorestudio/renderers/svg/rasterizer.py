@@ -28,7 +28,10 @@ checks it against resvg. The pipeline, for the N scenes of a batch at once:
 Memory. Per pair, a few values per pixel: O(M·T²) (M pairs ≈ the paths' bounding box areas /
 T²). Everything else (crossings, (edge, pixel) candidates, the padded layer stacks of the
 composite) is cut into chunks of at most ``chunk_elements`` entries, which bounds the forward's
-temporaries (bytes per entry: ``benchmarks/RESULTS.md``).
+temporaries (bytes per entry: ``benchmarks/RESULTS.md``). Whatever the coordinates (a diverged
+optimisation can send points to ±1e12 px), only the part of an edge near the canvas is searched
+and crossings are counted on the canvas rows, so the work stays bounded by the canvas; the canvas
+itself is bounded by :data:`MAX_CANVAS_PIXELS`.
 Autograd keeps the coverage of the anti-aliased pixels and the composite's layer stacks.
 """
 
@@ -47,6 +50,9 @@ from scorestudio.utils.config import parse_structured
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 _PIECE = 4.0  # px: edges are searched for nearby pixels in the boxes of pieces this long
+# Largest canvas rendered (width × height): the output alone is 12 bytes a pixel per scene, and
+# the tiles' buffers a few times that. Raise it here for a larger render that fits your memory.
+MAX_CANVAS_PIXELS = 8192 * 8192
 
 
 @dataclass
@@ -69,6 +75,7 @@ def render(scene: SvgScene, cfg: Union[RasterizerConfig, dict, None] = None,
     ``scene.points``, ``scene.fill`` and ``scene.background``. ``cfg``: a
     :class:`RasterizerConfig`, a mapping of its keys, or None for the defaults."""
     cfg = RasterizerConfig() if cfg is None else parse_structured(RasterizerConfig, cfg)
+    check_canvas(scene.width, scene.height)
     if cfg.backend == "pydiffvg":
         rgb, alpha = render_pydiffvg(scene, cfg)
     elif cfg.backend == "torch":
@@ -76,6 +83,18 @@ def render(scene: SvgScene, cfg: Union[RasterizerConfig, dict, None] = None,
     else:
         raise ValueError(f"rasterizer backend must be 'torch' or 'pydiffvg', got {cfg.backend!r}")
     return (rgb, alpha) if return_alpha else rgb
+
+
+def check_canvas(width: int, height: int, what: str = "canvas") -> None:
+    """A ``ValueError`` naming :data:`MAX_CANVAS_PIXELS` when a ``width`` × ``height`` canvas is
+    empty or larger than it."""
+    if width < 1 or height < 1:
+        raise ValueError(f"{what} {width} x {height} px: width and height must be at least 1 px")
+    if width * height > MAX_CANVAS_PIXELS:
+        raise ValueError(f"{what} {width} x {height} px = {width * height:.3g} pixels is larger than the limit "
+                         f"scorestudio.renderers.svg.rasterizer.MAX_CANVAS_PIXELS = {MAX_CANVAS_PIXELS} "
+                         f"({math.isqrt(MAX_CANVAS_PIXELS)}²); ask for a smaller size, or raise the limit "
+                         "if your memory holds such a render")
 
 
 # ---------------------------------------------------------------------------------- flattening
@@ -91,8 +110,9 @@ def samples_per_segment(scene: SvgScene, cfg: RasterizerConfig) -> int:
     second = (ctrl[..., :2, :] - 2 * ctrl[..., 1:3, :] + ctrl[..., 2:, :]).norm(dim=-1)
     second = second.amax(-1) * (scene.contour >= 0)                       # [N, P, S]
     m = float(second.max()) if second.numel() else 0.0
-    k = math.ceil(math.sqrt(0.75 * m / cfg.flatten_tolerance)) if m > 0 else 1
-    return max(1, min(k, cfg.max_samples_per_segment))
+    cap = cfg.max_samples_per_segment
+    k = math.ceil(math.sqrt(min(0.75 * m / cfg.flatten_tolerance, cap * cap))) if m > 0 else 1   # m may be inf
+    return max(1, min(k, cap))
 
 
 def control_points(scene: SvgScene) -> Tensor:
@@ -272,15 +292,16 @@ def _winding(flat: Tensor, ok: Tensor, pairs: _Pairs, height: int, budget: int) 
     size, m = pairs.size, len(pairs.keys)
     x0, y0, x1, y1 = flat.unbind(-1)
     lo, hi = torch.minimum(y0, y1), torch.maximum(y0, y1)
-    first = torch.ceil(lo - 0.5).clamp_min(0).long()                   # first row centre ≥ lo
-    last = (torch.ceil(hi - 0.5) - 1).clamp_max(height - 1).long()     # last row centre < hi
+    # Clamped to the canvas rows before .long(): far coordinates would overflow int64.
+    first = torch.ceil(lo - 0.5).clamp(0, height).long()               # first row centre ≥ lo
+    last = (torch.ceil(hi - 0.5) - 1).clamp(-1, height - 1).long()     # last row centre < hi
     counts = torch.where(ok, (last - first + 1).clamp_min(0), 0)
     buckets = torch.zeros(m * size * size, dtype=torch.int32, device=flat.device)
     for ids, k in _expand(counts, budget):
         row = first[ids] + k
         t = (row.to(flat.dtype) + 0.5 - y0[ids]) / (y1[ids] - y0[ids])
         xc = x0[ids] + t * (x1[ids] - x0[ids])
-        col = (torch.floor(xc - 0.5).long() + 1).clamp_min(0)           # first pixel right of xc
+        col = torch.floor(xc - 0.5).clamp(-1, pairs.nx * size).long() + 1   # first pixel right of xc
         n, p = _edge_owner(ids, pairs)
         idx, found = pairs.find(n, row // size, col // size, p)
         keep = found & (col < pairs.nx * size)
@@ -325,15 +346,17 @@ def _nearest_boundary_edge(flat: Tensor, ok: Tensor, pairs: _Pairs, winding: Ten
     if flat.shape[0] >= 2 ** 32:
         raise ValueError("too many edges in one render (2³² or more); render fewer scenes at once")
     start, d = flat[:, :2].float(), (flat[:, 2:] - flat[:, :2]).float()
-    edge = (ok & ((d * d).sum(1) > 1e-12)).nonzero(as_tuple=True)[0]    # no direction, no boundary
-    count = torch.ceil(d[edge].abs().amax(1) / _PIECE).clamp_min(1).long()
+    near_canvas, part_start, part_d = _clip(start, d, width, height)
+    edge = (ok & ((d * d).sum(1) > 1e-12) & near_canvas).nonzero(as_tuple=True)[0]   # no direction, no boundary
+    count = torch.ceil(part_d[edge].abs().amax(1) / _PIECE).clamp_min(1).long()
     parts = list(_expand(count, budget))
     if not parts:
         return (edge.new_zeros(0),) * 3
     owner, j = (torch.cat(x) for x in zip(*parts))
     edge = edge[owner]                                                   # [pieces] flat edge index
     t0, t1 = j / count[owner], (j + 1) / count[owner]
-    ends = torch.stack([start[edge] + t0[:, None] * d[edge], start[edge] + t1[:, None] * d[edge]])
+    s, v = part_start[edge], part_d[edge]
+    ends = torch.stack([s + t0[:, None] * v, s + t1[:, None] * v])
     lo = torch.ceil(ends.amin(0) - margin - 0.5).clamp_min(0).long()     # [pieces, 2] pixel range
     hi = torch.minimum(torch.floor(ends.amax(0) + margin - 0.5).long(), lo.new_tensor([width - 1, height - 1]))
     span = (hi - lo + 1).clamp_min(0)
@@ -356,6 +379,25 @@ def _nearest_boundary_edge(flat: Tensor, ok: Tensor, pairs: _Pairs, winding: Ten
         keys.scatter_reduce_(0, slot[bounds], key, "amin")
     hit = (keys != _INT64_MAX).nonzero(as_tuple=True)[0]
     return hit // t2, hit % t2, keys[hit] & 0xFFFFFFFF
+
+
+def _clip(start: Tensor, d: Tensor, width: int, height: int, pad: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """The part of each edge ``start + [0, 1]·d`` (``[E, 2]`` each) inside the canvas grown by
+    ``pad`` px: ``(any part [E] bool, its start [E, 2], its direction [E, 2])``. Pixel centres
+    within the anti-aliasing band of an edge lie inside that box, so the rest of the edge (of any
+    length) never needs searching. An edge inside the box comes back bit for bit; the cut is
+    computed in float64 so that its ends stay exact to well under a pixel whatever the coordinates."""
+    s, v = start.double(), d.double()
+    lo, hi = s.new_tensor([-pad, -pad]), s.new_tensor([width + pad, height + pad])
+    inside = (s >= lo) & (s <= hi)
+    moving = v != 0
+    ta, tb = (lo - s) / torch.where(moving, v, 1.0), (hi - s) / torch.where(moving, v, 1.0)
+    enter = torch.where(moving, torch.minimum(ta, tb), torch.where(inside, -math.inf, math.inf))
+    leave = torch.where(moving, torch.maximum(ta, tb), torch.where(inside, math.inf, -math.inf))
+    t0, t1 = enter.amax(1).clamp_min(0), leave.amin(1).clamp_max(1)
+    part = t0 < t1
+    t0, t1 = torch.where(part, t0, 0.0)[:, None], torch.where(part, t1, 1.0)[:, None]
+    return part, (s + t0 * v).float(), (v * (t1 - t0)).float()
 
 
 def _separates(w: Tensor, evenodd: Tensor, d: Tensor, rx: Tensor, ry: Tensor) -> Tensor:
