@@ -253,7 +253,7 @@ def test_ply_files_load_with_a_generic_reader(tmp_path):
     import trimesh
 
     for color, degree, rest in (("rgb", 0, 0), ("sh", 1, 9)):
-        gen = small_generator(2, color=color, sh_degree=degree, export={"formats": []})
+        gen = small_generator(2, color=color, sh_degree=degree, export={"formats": [], "up_axis": "z"})
         with torch.no_grad():
             gen.active[1, 3] = False
         paths, report = gen.export(torch.tensor([0, 1]), tmp_path / color)
@@ -274,10 +274,37 @@ def test_ply_files_load_with_a_generic_reader(tmp_path):
         assert list(ours) == names and all((ours[k] == vertex[k]).all() for k in names)
 
 
+def test_ply_written_y_up_holds_the_same_splats_turned(tmp_path):
+    """export.up_axis: y (as the meshes): positions, covariances and degree-1 colours of the PLY
+    are the scene's turned by scene (x, y, z) → file (y, z, x)."""
+    from scorestudio.export.mesh import UP_AXES
+    from scorestudio.renderers.gaussians.projection import covariance_3d, sh_to_rgb
+
+    gen = small_generator(1, color="sh", sh_degree=1, export={"formats": []})
+    with torch.no_grad():
+        gen.quats.normal_(generator=torch.Generator().manual_seed(0))
+        gen.log_scales.uniform_(-3, -1, generator=torch.Generator().manual_seed(1))
+        gen.colors.normal_(generator=torch.Generator().manual_seed(2))
+    path, = gen.export(torch.tensor([0]), tmp_path)[0]
+    ply = {k: torch.tensor(v) for k, v in read_splat_ply(path).items()}
+    turn = torch.as_tensor(UP_AXES["y"], dtype=torch.float32)
+    slots = gen.active[0]
+    means, quats, scales = (gen.means[0, slots].detach(), gen.quats[0, slots].detach(), gen.log_scales[0, slots].detach().exp())
+    cols = lambda *names: torch.stack([ply[n] for n in names], dim=-1)      # noqa: E731
+    torch.testing.assert_close(cols("x", "y", "z"), means @ turn.T)
+    torch.testing.assert_close(covariance_3d(cols("scale_0", "scale_1", "scale_2").exp(), cols("rot_0", "rot_1", "rot_2", "rot_3")),
+                               turn @ covariance_3d(scales, quats) @ turn.T, rtol=1e-4, atol=1e-6)
+    dirs = torch.nn.functional.normalize(torch.randn(len(means), 3, generator=torch.Generator().manual_seed(3)), dim=-1)
+    rest = cols(*[f"f_rest_{i}" for i in range(9)]).view(-1, 3, 3).transpose(1, 2)   # [g, coefficient, channel]
+    sh = torch.cat([cols("f_dc_0", "f_dc_1", "f_dc_2")[:, None], rest], dim=1)
+    torch.testing.assert_close(sh_to_rgb(sh, dirs @ turn.T), sh_to_rgb(gen.colors[0, slots].detach(), dirs), rtol=1e-5, atol=1e-5)
+
+
 def test_density_mesh_of_one_round_splat_is_a_sphere(tmp_path):
     """Export's density field: one isotropic splat of std σ, opacity o has the isosurface
     o·exp(−r²/2σ²) = threshold at r = σ·sqrt(2 ln(o / threshold))."""
-    gen = small_generator(1, budget=4, init={"points": 1}, export={"resolution": 48, "threshold": 0.3, "formats": ["obj"]})
+    gen = small_generator(1, budget=4, init={"points": 1},
+                          export={"resolution": 48, "threshold": 0.3, "formats": ["obj"], "texture": False})
     with torch.no_grad():
         gen.means.zero_()
         gen.log_scales.fill_(torch.tensor(0.2).log())

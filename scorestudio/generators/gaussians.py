@@ -32,18 +32,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from scorestudio.data.cameras import CameraBatch
-from scorestudio.export.mesh import ExportConfig, extract_meshes, mesh_report, save_mesh
+from scorestudio.export.mesh import (
+    UP_AXES, ExportConfig, check_export_config, extract_meshes, mesh_report, save_mesh, set_vertex_colors, texture_mesh,
+)
 from scorestudio.generators.base import BaseGenerator, RenderOut
 from scorestudio.renderers.gaussians.ply import write_splat_ply
-from scorestudio.renderers.gaussians.projection import logit, quaternion_to_rotation, rgb_to_sh, sh_coefficients, sh_to_rgb
-from scorestudio.renderers.gaussians.rasterizer import RasterizerConfig, RasterOut, Splats, check_config, rasterize
+from scorestudio.renderers.gaussians.projection import (
+    logit, quaternion_to_rotation, rgb_to_sh, rotation_to_quaternion, sh_coefficients, sh_to_rgb,
+)
+from scorestudio.renderers.gaussians.rasterizer import (
+    RasterizerConfig, RasterOut, Splats, check_config, per_view, rasterize,
+)
 from scorestudio.renderers.nerf.material import DiffuseMaterial, MaterialConfig
-from scorestudio.utils.config import ConfigError, ScheduledFloat, schedulable
+from scorestudio.utils.config import ConfigError, ScheduledFloat, parse_structured, schedulable
 from scorestudio.utils.registry import register
 from scorestudio.utils.seeding import generator
 
@@ -227,6 +234,7 @@ class GaussianGenerator(BaseGenerator):
         if len(cfg.background) != 3:
             raise ConfigError(f"{key}.background={list(cfg.background)}: an RGB triple in [0, 1]")
         check_config(cfg.rasterizer, f"{key}.rasterizer")
+        check_export_config(cfg.export, f"{key}.export")
 
     def initial_splats(self, particle: int) -> tuple[Tensor, Tensor, Tensor]:
         """Means, log-scales and colours ``[budget, 3]`` of particle ``particle`` (its own stream;
@@ -255,11 +263,13 @@ class GaussianGenerator(BaseGenerator):
         return self.cfg.export.after_test
 
     # ---- rendering ---------------------------------------------------------------------------
-    def splats(self, rows: Optional[Tensor], cameras: Optional[CameraBatch], shading: Optional[Tensor] = None) -> Splats:
+    def splats(self, rows: Optional[Tensor], cameras: Optional[CameraBatch], shading: Optional[Tensor] = None,
+               panels: bool = False) -> Splats:
         """The splats of particles ``rows`` (None: all) with their colours as ``cameras`` see them
         under ``shading`` (long ``[K]``, :data:`~scorestudio.renderers.nerf.material.SHADINGS`;
         None: the albedo). Colours are per view ``[K·V, G, 3]`` when they depend on the view
-        (harmonics of degree 1, lit shading), else ``[K, G, 3]``."""
+        (harmonics of degree 1, lit shading), else ``[K, G, 3]``; with ``panels`` they are per
+        view ``[K·V, G, 9]``: the shaded colour, the normal and the albedo."""
         pick = (lambda x: x) if rows is None else (lambda x: x[rows])
         means, quats, scales = pick(self.means), pick(self.quats), pick(self.log_scales).exp()
         colors = pick(self.colors)
@@ -270,12 +280,22 @@ class GaussianGenerator(BaseGenerator):
             albedo = sh_to_rgb(colors, means)
         else:
             albedo = sh_to_rgb(colors.repeat_interleave(views, dim=0), self.view_dirs(means, cameras))
-        if shading is not None and self.material.needs_normals(shading):
-            albedo = self.shade(albedo, means, quats, scales, cameras, shading)
+        lit = shading is not None and self.material.needs_normals(shading)
+        normals = self.normals(means, quats, scales, cameras) if lit or panels else None
+        if lit:
+            positions = means.repeat_interleave(views, dim=0)
+            lights = cameras.light_position[:, None, :].expand_as(positions)
+            shaded = self.material(per_view(albedo, views, len(positions)), normals, positions, lights,
+                                   shading.repeat_interleave(views))
         elif shading is not None:
-            albedo = self.material.base_color(albedo, shading.repeat_interleave(len(albedo) // len(shading)))
+            shaded = self.material.base_color(albedo, shading.repeat_interleave(len(albedo) // len(shading)))
+        else:
+            shaded = albedo
+        if panels:
+            b = len(cameras)
+            shaded = torch.cat([per_view(shaded, views, b), normals, per_view(albedo, views, b)], dim=-1)
         return Splats(means=means, quats=quats, scales=scales, opacities=torch.sigmoid(pick(self.opacity_logits)),
-                      colors=albedo, active=pick(self.active))
+                      colors=shaded, active=pick(self.active))
 
     @staticmethod
     def view_dirs(means: Tensor, cameras: CameraBatch) -> Tensor:
@@ -284,20 +304,14 @@ class GaussianGenerator(BaseGenerator):
         eyes = cameras.camera_position.view(len(means), views, 1, 3)
         return torch.nn.functional.normalize(means[:, None] - eyes, dim=-1).flatten(0, 1)
 
-    def shade(self, albedo: Tensor, means: Tensor, quats: Tensor, scales: Tensor, cameras: CameraBatch,
-              shading: Tensor) -> Tensor:
-        """Per-view colours ``[K·V, G, 3]`` of the splats lit by each camera's point light with
-        the NeRF's diffuse material; a splat's normal is its shortest axis, turned to the camera."""
+    def normals(self, means: Tensor, quats: Tensor, scales: Tensor, cameras: CameraBatch) -> Tensor:
+        """The splats' normals as each camera sees them ``[K·V, G, 3]``: their shortest axis,
+        turned towards the camera."""
         views = len(cameras) // len(means)
         axes = quaternion_to_rotation(quats)                                              # [K, G, 3, 3]
         shortest = scales.argmin(-1)[..., None, None].expand(*scales.shape[:-1], 3, 1)
-        normals = axes.gather(-1, shortest)[..., 0].repeat_interleave(views, dim=0)       # [K·V, G, 3]
-        dirs = self.view_dirs(means, cameras)
-        normals = torch.where((normals * dirs).sum(-1, keepdim=True) > 0, -normals, normals)
-        positions = means.repeat_interleave(views, dim=0)
-        lights = cameras.light_position[:, None, :].expand_as(positions)
-        albedo = albedo if len(albedo) == len(positions) else albedo.repeat_interleave(views, dim=0)
-        return self.material(albedo, normals, positions, lights, shading.repeat_interleave(views))
+        normals = axes.gather(-1, shortest)[..., 0].repeat_interleave(views, dim=0)
+        return torch.where((normals * self.view_dirs(means, cameras)).sum(-1, keepdim=True) > 0, -normals, normals)
 
     def render(self, particle_ids: Tensor, cameras: Optional[CameraBatch] = None, step: int = 0, *,
                resolution: Optional[int] = None, training: bool = True) -> RenderOut:
@@ -305,18 +319,23 @@ class GaussianGenerator(BaseGenerator):
         images ``[K·V, 3, H, W]`` over the background, alpha ``[K·V, H, W]``; ``aux`` holds the
         expected ``depth [K·V, H, W]``. Training renders draw their shading from streams keyed
         by particle (``material``) and keep their screen-space centres, whose gradients
-        :meth:`after_optimizer_step` adds to the densification statistics."""
+        :meth:`after_optimizer_step` adds to the densification statistics; evaluation renders
+        also composite the normals and the albedo (``[K·V, 3, H, W]``, no background)."""
         if cameras is None or resolution is None:
             raise ValueError("the gaussians generator renders through cameras at a resolution")
         if training:
             shading = self.material.training_shading(step, particle_ids.cpu(), self.seed)
         else:
             shading = self.material.eval_shading(step, len(particle_ids))
-        splats = self.splats(self.rows(particle_ids), cameras, shading.to(self.means.device))
-        background = self.background_color.to(splats.means)
+        splats = self.splats(self.rows(particle_ids), cameras, shading.to(self.means.device), panels=not training)
+        background = torch.zeros(splats.colors.shape[-1], device=splats.means.device)
+        background[:3] = self.background_color.to(background)
         out = rasterize(splats, cameras, resolution, resolution, background, self.cfg.rasterizer)
         self._pending = (particle_ids, out) if training and torch.is_grad_enabled() else None
-        return RenderOut(images=out.rgb, particle_ids=particle_ids, alpha=out.alpha, aux={"depth": out.depth})
+        rendered = RenderOut(images=out.rgb[:, :3], particle_ids=particle_ids, alpha=out.alpha, aux={"depth": out.depth})
+        if not training:
+            rendered.normal, rendered.albedo = out.rgb[:, 3:6], out.rgb[:, 6:9]
+        return rendered
 
     # ---- training ----------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
@@ -487,10 +506,16 @@ class GaussianGenerator(BaseGenerator):
             out.append((weight @ rgb) / weight.sum(-1, keepdim=True).clamp_min(1e-8) if colors else weight.sum(-1))
         return torch.cat(out)
 
+    def export_settings(self, config: Optional[dict] = None) -> dict:
+        cfg = self.cfg.export if config is None else parse_structured(self.Config, config, self.config_path).export
+        return {"mc": cfg.resolution, "tex": cfg.texture_size if cfg.texture else 0, "faces": cfg.max_faces}
+
     @torch.no_grad()
     def export(self, particle_ids: Tensor, folder: Path) -> tuple[list[Path], dict]:
         """For every particle of ``particle_ids``: ``folder/particle{i}-gaussians.ply`` (its active
-        splats) and meshes ``particle{i}.{formats}`` of the density field, with their reports."""
+        splats) and meshes ``particle{i}.{formats}`` of the density field (vertex colours, and a
+        baked texture for OBJ / GLB with ``texture``), both in ``export.up_axis`` coordinates,
+        with their reports."""
         cfg, device = self.cfg.export, self.device_of()
         paths, report = [], {}
         for i in particle_ids.tolist():
@@ -499,23 +524,36 @@ class GaussianGenerator(BaseGenerator):
                 paths.append(self.write_ply(i, folder / f"particle{i}-gaussians.ply"))
         if not cfg.formats:
             return paths, report
-        meshes = extract_meshes(lambda p: self.density(p.to(device)),
-                                lambda p, ids: self.density(p.to(device), ids.to(device), colors=True),
-                                self.n_particles, cfg.radius, cfg)
+        meshes = extract_meshes(lambda p: self.density(p.to(device)), None, self.n_particles, cfg.radius, cfg)
         for i in particle_ids.tolist():
             mesh, removed = meshes[i]
-            report.update({f"export/particle{i}/{k}": v for k, v in mesh_report(mesh, removed).items()})
+            key = f"export/particle{i}"
+            report.update({f"{key}/{k}": v for k, v in mesh_report(mesh, removed).items()})
             if len(mesh.faces) == 0:
                 warnings.warn(f"particle {i}: the splats' density never reaches export.threshold={cfg.threshold}; no mesh written")
                 continue
-            paths += save_mesh(mesh, folder / f"particle{i}", list(cfg.formats))
+
+            def albedo(points: Tensor, normals: Tensor, i: int = i) -> Tensor:
+                return self.particle_density(i, points.to(device), colors=True).cpu()
+
+            set_vertex_colors(mesh, albedo(torch.tensor(np.array(mesh.vertices), dtype=torch.float32), None).numpy())
+            textured = None
+            if cfg.texture and {"obj", "glb"} & set(cfg.formats):
+                textured = texture_mesh(mesh, albedo, cfg)
+                report[f"{key}/texture_mean_rgb"] = [round(255 * c, 1) for c in textured.mean_color.tolist()]
+            paths += save_mesh(mesh, folder / f"particle{i}", list(cfg.formats), cfg.up_axis, textured)
         return paths, report
 
     def write_ply(self, i: int, path: Path) -> Path:
-        """Particle ``i``'s active splats as a 3DGS PLY (colours as spherical harmonics)."""
+        """Particle ``i``'s active splats as a 3DGS PLY in ``export.up_axis`` coordinates, like the
+        meshes (colours as spherical harmonics, whose degree-1 part turns with the frame)."""
         slots = self.active[i]
+        turn = torch.as_tensor(UP_AXES[self.cfg.export.up_axis], dtype=self.means.dtype, device=self.means.device)
         sh = rgb_to_sh(self.base_colors(i)[slots])[:, None, :] if self.cfg.color == "rgb" else self.colors[i, slots]
-        quats = torch.nn.functional.normalize(self.quats[i, slots], dim=-1)
-        return write_splat_ply(path, self.means[i, slots].cpu().numpy(), sh.cpu().numpy(),
+        if sh.shape[1] > 1:   # Y_1 = C1 · (−y, z, −x) · d: its coefficients turn by M·turn·Mᵀ
+            basis = torch.tensor([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]]).to(turn)
+            sh = torch.cat([sh[:, :1], (basis @ turn @ basis.T) @ sh[:, 1:]], dim=1)
+        quats = rotation_to_quaternion(turn @ quaternion_to_rotation(self.quats[i, slots]))
+        return write_splat_ply(path, (self.means[i, slots] @ turn.T).cpu().numpy(), sh.cpu().numpy(),
                                self.opacity_logits[i, slots].cpu().numpy(), self.log_scales[i, slots].cpu().numpy(),
                                quats.cpu().numpy())

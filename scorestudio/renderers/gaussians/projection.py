@@ -32,6 +32,24 @@ def quaternion_to_rotation(quats: Tensor) -> Tensor:
     ], dim=-1).unflatten(-1, (3, 3))
 
 
+def rotation_to_quaternion(rotation: Tensor) -> Tensor:
+    """Unit quaternions ``[..., 4]`` (w, x, y, z, w ≥ 0) of rotation matrices ``[..., 3, 3]``: from
+    the largest of the four diagonal combinations, which keeps the division well conditioned."""
+    m = rotation
+    trace = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    squares = torch.stack([1 + trace, 1 + 2 * m[..., 0, 0] - trace, 1 + 2 * m[..., 1, 1] - trace,
+                           1 + 2 * m[..., 2, 2] - trace], dim=-1)                       # 4 q_i²
+    pairs = torch.stack([
+        torch.stack([squares[..., 0], m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
+        torch.stack([m[..., 2, 1] - m[..., 1, 2], squares[..., 1], m[..., 1, 0] + m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0]], -1),
+        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] + m[..., 0, 1], squares[..., 2], m[..., 2, 1] + m[..., 1, 2]], -1),
+        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 2, 1] + m[..., 1, 2], squares[..., 3]], -1),
+    ], dim=-2)                                                                           # row i: 4 q_i · q
+    best = squares.argmax(-1)[..., None, None].expand(*squares.shape[:-1], 1, 4)
+    quats = torch.nn.functional.normalize(pairs.gather(-2, best)[..., 0, :], dim=-1)
+    return torch.where(quats[..., :1] < 0, -quats, quats)
+
+
 def covariance_3d(scales: Tensor, quats: Tensor) -> Tensor:
     """World covariances ``R S² Rᵀ`` ``[..., 3, 3]`` of axis scales ``[..., 3]`` and quaternions ``[..., 4]``."""
     m = quaternion_to_rotation(quats) * scales[..., None, :]
@@ -103,4 +121,4 @@ def logit(p: Tensor | float) -> Tensor:
 
 
 __all__ = ["SH_C0", "SH_C1", "Projection", "covariance_3d", "focal_length", "logit", "project",
-           "quaternion_to_rotation", "rgb_to_sh", "sh_coefficients", "sh_to_rgb"]
+           "quaternion_to_rotation", "rgb_to_sh", "rotation_to_quaternion", "sh_coefficients", "sh_to_rgb"]
