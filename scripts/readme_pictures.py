@@ -21,7 +21,7 @@ import torch
 import scorestudio
 from scorestudio.utils.images import labelled_grid, load_image, save_image
 
-JOBS = ("vocabulary", "text-to-3d", "svg", "restoration", "inverse")
+JOBS = ("vocabulary", "text-to-3d", "svg", "restoration", "inverse", "toy")
 
 
 def common(work: Path) -> dict:
@@ -84,6 +84,12 @@ def inverse(out: Path, work: Path, args) -> Path:
     return Path(shutil.copy(picture, out / "inverse.png"))
 
 
+def toy(out: Path, work: Path, args) -> Path:
+    """The paths of 2-D particles on a bimodal target, for growing repulsion γ (seconds)."""
+    run = scorestudio.train("toy-particles", **common(work))
+    return Path(shutil.copy(run.save_dir / "particle_paths.png", out / "toy_particles.png"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
@@ -93,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = {"vocabulary": vocabulary, "text-to-3d": text_to_3d, "svg": svg, "restoration": restoration,
-            "inverse": inverse}
+            "inverse": inverse, "toy": toy}
     for name in args.only:
         start = time.perf_counter()
         path = jobs[name](args.out, args.work, args)
