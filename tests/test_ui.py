@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -233,12 +234,10 @@ def test_a_run_from_the_page_shows_progress_then_its_pictures_and_metrics(app, b
     page.locator("#image-particles-prompt textarea").fill("a red cube")
     for elem, value in (("particles", 2), ("steps", 4), ("preview", 2)):
         set_number(page, f"image-particles-{elem}", value)
-    page.wait_for_function("document.querySelector('#image-particles-yaml').innerText.includes('max_steps: 4')",
-                           timeout=20_000)
     clicked = time.time()
     page.locator("#image-particles-run").click()
     progress = page.locator("#job-progress")
-    progress.filter(has_text="step ").wait_for(timeout=60_000)
+    progress.filter(has_text=re.compile(r"step [1-9]\d*/")).wait_for(timeout=60_000)
     record("click_to_first_progress_s", time.time() - clicked)
     progress.filter(has_text="finished").wait_for(timeout=90_000)
     title = page.locator("#results-title h3")
@@ -269,13 +268,16 @@ def test_malformed_uploads_get_a_message_and_the_server_stays_up(app, browser, t
         note.filter(has_text=expected).wait_for(timeout=30_000)
         assert "⚠" in note.inner_text()
         assert "Traceback" not in page.content()
+        page.screenshot(path=str(ARTEFACTS / f"ui-upload-{path.stem}.png"))
         page.locator("#svg-restoration-upload button[aria-label='Clear']").first.click()
-    shot(page, "uploads-refused")
     (tmp_path / "icon.png").write_bytes(RED)
     upload.set_input_files(str(tmp_path / "icon.png"))
     note.filter(has_text="accepted").wait_for(timeout=30_000)
-    page.wait_for_function("document.querySelector('#svg-restoration-yaml').innerText.includes('/ui/uploads/')",
-                           timeout=20_000)
+    page.locator("#svg-restoration-upload-preview img").wait_for(timeout=30_000)
+    deadline = time.time() + 90   # the config shown (and saved) now names the app's copy of the upload
+    while not any("/ui/uploads/" in p.read_text() for p in (outputs / "ui" / "configs").glob("svg-restoration-*")):
+        assert time.time() < deadline, "no svg-restoration config names the accepted upload"
+        time.sleep(0.5)
     assert "Traceback" not in page.content()
     assert server.poll() is None
     with urllib.request.urlopen(url, timeout=10) as response:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -40,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interrupt(signum, frame) -> None:
+    """SIGTERM as Ctrl-C: Gradio's launch() then closes the server, and the queue's exit hook
+    stops the running jobs (each saves its checkpoint)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -61,6 +68,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     threading.Thread(target=prompt_warning, args=("embedded", "a cube"), daemon=True).start()
     queue = JobQueue(launcher, outputs / "ui" / "logs", max_jobs=args.max_jobs)
     atexit.register(queue.shutdown)
+    signal.signal(signal.SIGTERM, interrupt)
     app = build_app(outputs, queue)
     launch(app, outputs, args.host, args.port, args.share)
     return 0

@@ -10,6 +10,7 @@ page, never a traceback.
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import gradio as gr
 
 from scorestudio.ui import tasks as T
 from scorestudio.ui.jobs import Job, JobQueue, log_tail
-from scorestudio.ui.runs import RunInfo, browse, latest_preview, loss_rows, results, run_folder
+from scorestudio.ui.runs import RunInfo, browse, latest_preview, loss_rows, matching, results, run_folder
 from scorestudio.ui.uploads import MAX_UPLOAD_BYTES, UploadError, prepare_image
 from scorestudio.utils.config import ConfigError
 from scorestudio.utils.registry import RegistryError, known_names
@@ -71,7 +72,7 @@ def guarded(*fallback: Any, box: int) -> Callable:
                 text = message(f"internal error ({type(err).__name__}): {err}", "error")
             outputs = [gr.skip() if value is KEEP else value for value in fallback]
             outputs[box] = text
-            return tuple(outputs)
+            return tuple(outputs) if len(outputs) > 1 else text
         return wrapper
     return decorate
 
@@ -206,8 +207,10 @@ def job_text(job: Optional[Job]) -> str:
     if job is None:
         return "No job yet: set up a run in a tab above and press **Run**."
     parts = [f"**job {job.id}** · {html.escape(job.label)} · **{job.status}**"]
-    if job.total or job.step:
+    if job.step:
         parts.append(f"step {job.step}/{job.total or '?'}")
+    elif job.status == "running":
+        parts.append("starting: building the system")
     if job.rate:
         parts.append(job.rate)
     if job.losses:
@@ -231,11 +234,13 @@ def jobs_table(queue: JobQueue) -> list[list]:
 
 
 def loss_frame(rows: list[tuple[int, str, float]]):
-    """``(step, loss name, value)`` rows as the loss plots' table (numeric axes even when empty)."""
+    """``(step, loss name, value)`` rows as the loss plots' table; None without rows (a plot
+    that once showed an empty table draws no lines afterwards)."""
     import pandas as pd
 
-    return pd.DataFrame(rows, columns=["step", "loss", "value"]).astype({"step": "int64", "loss": str,
-                                                                          "value": "float64"})
+    if not rows:
+        return None
+    return pd.DataFrame(rows, columns=["step", "loss", "value"]).astype({"step": "int64", "value": "float64"})
 
 
 def history_frame(job: Optional[Job]):
@@ -245,6 +250,22 @@ def history_frame(job: Optional[Job]):
 
 
 # ---- the results panel -----------------------------------------------------------------------
+SVG_PREVIEW_BYTES = 2 * 2**20
+
+
+def svg_gallery(svgs: list[Path]) -> str:
+    """The SVG files as pictures drawn by the browser itself. As ``<img>`` data, an SVG cannot run
+    scripts or load anything, whatever it holds."""
+    figures = []
+    for path in svgs:
+        if path.stat().st_size <= SVG_PREVIEW_BYTES:
+            data = base64.b64encode(path.read_bytes()).decode()
+            figures.append(f'<figure style="display:inline-block;margin:4px"><img alt="{html.escape(path.name)}" '
+                           f'src="data:image/svg+xml;base64,{data}" style="width:160px;height:160px;'
+                           f'border:1px solid #ddd"><figcaption>{html.escape(path.name)}</figcaption></figure>')
+    return "".join(figures)
+
+
 def show_results(ctx: Context, name: Optional[str]) -> tuple:
     """The results panel's values for the run folder the page calls ``name``; the parts a run
     has nothing for are hidden."""
@@ -253,7 +274,7 @@ def show_results(ctx: Context, name: Optional[str]) -> tuple:
         text = message(f"no run folder {name!r} under the outputs folder", "error") if name else \
             "Open a run: from the job panel when it ends, or from the **Runs** tab."
         hidden = gr.update(value=None, visible=False)
-        return (text, hidden, hidden, gr.update(choices=[], value=None, visible=False), None, hidden, hidden,
+        return (text, hidden, hidden, hidden, gr.update(choices=[], value=None, visible=False), None, hidden, hidden,
                 hidden, hidden, hidden, gr.update(visible=False))
     res = results(ctx.outputs, folder)
     info = res.info
@@ -269,12 +290,12 @@ def show_results(ctx: Context, name: Optional[str]) -> tuple:
         return gr.update(value=value, visible=bool(present))
 
     return (title, shown([str(p) for p in res.pictures], res.pictures),
-            shown([str(p) for p in res.turntables], res.turntables),
+            shown([str(p) for p in res.turntables], res.turntables), shown(svg_gallery(res.svgs), res.svgs),
             gr.update(choices=meshes, value=meshes[0] if meshes else None, visible=len(meshes) > 1),
             str(res.meshes[0]) if res.meshes else None,
             shown(str(res.videos[0]) if res.videos else None, res.videos),
             shown(tuple(str(p) for p in res.before_after) if res.before_after else None, res.before_after),
-            shown(res.metrics, res.metrics), shown(losses, len(losses)),
+            shown(res.metrics, res.metrics), shown(losses, losses is not None),
             shown([str(p) for p in res.downloads], res.downloads), gr.update(visible=resumable))
 
 
@@ -316,7 +337,7 @@ def build_app(outputs: Path, queue: JobQueue) -> gr.Blocks:
         progress = gr.Markdown(job_text(None), elem_id="job-progress")
         with gr.Row():
             preview = gr.Image(label="latest validation picture", interactive=False, height=260, elem_id="job-preview")
-            live = gr.LinePlot(history_frame(None), x="step", y="value", color="loss", label="losses (live)",
+            live = gr.LinePlot(None, x="step", y="value", color="loss", label="losses (live)",
                                height=260, elem_id="job-losses")
         with gr.Row():
             cancel = gr.Button("Cancel job", elem_id="job-cancel")
@@ -334,6 +355,7 @@ def build_app(outputs: Path, queue: JobQueue) -> gr.Blocks:
                               elem_id="results-pictures", visible=False)
         turntables = gr.Gallery(label="turntables and optimisation (GIF)", columns=4, height=260, object_fit="contain",
                                 elem_id="results-turntables", visible=False)
+        svgs = gr.HTML(label="SVG files", elem_id="results-svg", visible=False)
         with gr.Row():
             with gr.Column():
                 mesh_pick = gr.Dropdown([], label="mesh", elem_id="results-mesh", visible=False)
@@ -347,11 +369,11 @@ def build_app(outputs: Path, queue: JobQueue) -> gr.Blocks:
                                         elem_id="results-slider", visible=False)
         with gr.Row():
             metrics = gr.JSON(label="metrics", elem_id="results-metrics", visible=False)
-            losses = gr.LinePlot(history_frame(None), x="step", y="value", color="loss", label="losses (CSV log)",
+            losses = gr.LinePlot(None, x="step", y="value", color="loss", label="losses (CSV log)",
                                  height=260, elem_id="results-losses", visible=False)
         files = gr.File(label="downloads: SVG, GLB/OBJ/PLY, GIF/MP4, metrics, config", file_count="multiple",
                         interactive=False, elem_id="results-files", visible=False)
-        result_outputs = [title, pictures, turntables, mesh_pick, model, video, slider, metrics, losses, files, resume]
+        result_outputs = [title, pictures, turntables, svgs, mesh_pick, model, video, slider, metrics, losses, files, resume]
 
         job_outputs = [progress, preview, live, log_box, queue_table, shown, opened]
 
@@ -382,7 +404,7 @@ def build_app(outputs: Path, queue: JobQueue) -> gr.Blocks:
 
         @guarded(None, box=0)
         def cancel_job(job_id: Optional[int]):
-            return (message(queue.cancel(job_id)) if job_id is not None else "no job to cancel",)
+            return message(queue.cancel(job_id)) if job_id is not None else "no job to cancel"
 
         cancel.click(cancel_job, [current_job], [job_msg], show_progress="hidden")
 
@@ -404,13 +426,19 @@ def build_app(outputs: Path, queue: JobQueue) -> gr.Blocks:
                          show_progress="hidden")
 
         def filter_runs(system: str, text: str):
-            infos = browse(ctx.outputs, system or "", text or "")
-            systems = ["", *sorted({i.system for i in browse(ctx.outputs)})]
+            everything = browse(ctx.outputs)
+            infos = matching(everything, system, text)
             return (runs_table(infos), gr.update(choices=run_choices(infos)),
-                    gr.update(choices=systems))
+                    gr.update(choices=["", *sorted({i.system for i in everything})]))
 
         for trigger in (refresh.click, system_filter.change, prompt_filter.submit):
             trigger(filter_runs, [system_filter, prompt_filter], [table, pick, system_filter], show_progress="hidden")
+
+        def pick_row(event: gr.SelectData):
+            """A click in the runs table picks that row's run."""
+            return event.row_value[0] if event.row_value else gr.skip()
+
+        table.select(pick_row, None, pick, show_progress="hidden")
     return app
 
 

@@ -122,10 +122,14 @@ def describe_run(root: Path, folder: Path) -> RunInfo:
                    has_checkpoint=(folder / "ckpts" / "last.ckpt").is_file())
 
 
-def browse(root: Path, system: str = "", text: str = "") -> list[RunInfo]:
-    """The runs under ``root`` of ``system`` (empty: any) whose prompt or name holds ``text``."""
+def browse(root: Path) -> list[RunInfo]:
+    """Every run under ``root``, newest first."""
     root = root.resolve()
-    infos = [describe_run(root, f) for f in find_runs(root)]
+    return [describe_run(root, f) for f in find_runs(root)]
+
+
+def matching(infos: list[RunInfo], system: str = "", text: str = "") -> list[RunInfo]:
+    """The runs of ``system`` (empty: any) whose prompt or folder name holds ``text``."""
     text = (text or "").strip().lower()
     return [i for i in infos if (not system or i.system == system)
             and (not text or text in i.prompt.lower() or text in i.name.lower())]
@@ -199,8 +203,6 @@ def results(root: Path, folder: Path) -> Results:
     res.videos = keep(newest_step_folder(save, (".mp4",)))
     res.meshes = keep(newest_step_folder(save, (".glb",)))
     res.svgs = keep(sorted(save.glob("particle*.svg")))
-    if res.svgs:
-        res.pictures = keep(save / f"{p.stem}.png" for p in res.svgs) + res.pictures
     restored = keep([save / "particle0.png"])
     measured = keep([save / "measurement.png"])
     if restored and measured:

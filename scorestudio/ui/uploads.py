@@ -56,7 +56,8 @@ def check_image(path: str | Path) -> tuple[str, int, int]:
                                       "pixels (refused before decoding: a possible decompression bomb)")
                 image.load()                     # decodes: a truncated or damaged file fails here
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-        raise UploadError(f"{name}: refused before decoding, too many pixels ({err})") from None
+        raise UploadError(f"{name}: refused before decoding, too many pixels: a possible decompression bomb "
+                          f"({err})") from None
     except UploadError:
         raise
     except (OSError, ValueError, SyntaxError) as err:   # Pillow's decoding errors
