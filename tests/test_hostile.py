@@ -1,4 +1,4 @@
-"""Hostile inputs and faults (issue 26): crafted and broken checkpoints, each with its exact outcome."""
+"""Hostile inputs and faults: crafted and broken checkpoints, each with its exact outcome."""
 
 from __future__ import annotations
 
