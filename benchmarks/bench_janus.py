@@ -7,10 +7,19 @@ fractions. Runs go one at a time (``--lock FILE`` wraps each in ``flock FILE`` s
 several users do not overlap); a finished run (its metrics.json) is not run again.
 
     python benchmarks/bench_janus.py --out benchmarks/results/janus --lock /work/notes/heavy.lock
-    python benchmarks/bench_janus.py --out DIR --seeds 0 1 --steps 300      # a smaller set
+    python benchmarks/bench_janus.py --out DIR --seeds 0 --steps 300 --override "system.resolutions=[32]" \
+        --override "system.resolution_milestones=[]"                        # a smaller set
     python benchmarks/bench_janus.py --out DIR --summary-only               # the table of what ran
 
 Writes ``DIR/janus.json``: per run its metrics, per (prompt, perp_neg) the means over seeds.
+
+``--per-view`` measures the same guidance effect without NeRF training (minutes instead of hours
+on a loaded CPU): one latent image per test-orbit camera (``--views`` azimuths at elevation 15°), each
+distilled by SDS from the embedded prior with that camera's prompt (plain: its view prompt;
+Perp-Neg: the view mixture and negatives), all prompts, seeds and both settings in one batch;
+then the probe's view of each image against the camera's bucket, and its shape and colour.
+
+    python benchmarks/bench_janus.py --out DIR --per-view --steps 200 --seeds 0 --views 12
 """
 
 from __future__ import annotations
@@ -31,18 +40,20 @@ def run_name(prompt: str, seed: int, perp_neg: bool) -> str:
     return f"{prompt.replace(' ', '_')}-s{seed}-{'perpneg' if perp_neg else 'plain'}"
 
 
-def command(prompt: str, seed: int, perp_neg: bool, steps: int, out: Path) -> list[str]:
+def command(prompt: str, seed: int, perp_neg: bool, steps: int, out: Path, extra: list[str]) -> list[str]:
     return [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "configs/dreamfusion-embedded.yaml"),
             "--train", f"system.prompt_processor.prompt={prompt}", f"seed={seed}",
             f"system.prompt_processor.use_perp_neg={str(perp_neg).lower()}",
             "system.evaluation.evaluators=[probe,opacity,view]", f"trainer.max_steps={steps}",
             "system.generator.export.after_test=false", "trainer.enable_progress_bar=false",
-            f"exp_root_dir={out}", f"tag={run_name(prompt, seed, perp_neg)}", "use_timestamp=false"]
+            f"exp_root_dir={out}", f"tag={run_name(prompt, seed, perp_neg)}", "use_timestamp=false", *extra]
 
 
 def metrics_of(out: Path, name: str) -> dict | None:
-    path = out / "dreamfusion-embedded" / name / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The metrics of run ``name`` (in its folder, or ``name-K`` when that was taken), or None."""
+    runs = out / "dreamfusion-embedded"
+    paths = [p for p in (runs / name, *sorted(runs.glob(f"{name}-*"))) if (p / "metrics.json").is_file()]
+    return json.loads((paths[-1] / "metrics.json").read_text()) if paths else None
 
 
 def summary(out: Path, seeds: list[int]) -> dict:
@@ -57,22 +68,95 @@ def summary(out: Path, seeds: list[int]) -> dict:
     return {"runs": runs, "means": means}
 
 
+def per_view(seeds: list[int], steps: int, n_views: int = 24, lr: float = 0.03, scale: float = 10.0) -> dict:
+    """View agreement, shape and colour of view-conditioned image particles (see the docstring)."""
+    import torch
+
+    from scorestudio import find
+    from scorestudio.data.cameras import VIEW_NAMES, orbit_cameras, view_index
+    from scorestudio.metrics.attributes import prompt_attributes
+    from scorestudio.metrics.probe import load_probe
+    from scorestudio.priors.prompt_processor import PromptBatch
+    from scorestudio.priors.perp_neg import PerpNegBatch
+    from scorestudio.utils.seeding import generator
+
+    prior, probe = find("embedded")({}), load_probe()
+    cameras = orbit_cameras(n_views, 15.0)
+    bucket = view_index(cameras.elevation, cameras.azimuth)
+    groups = [(prompt, seed, perp) for perp in (False, True) for prompt in PROMPTS for seed in seeds]
+    batches = []
+    for prompt, seed, perp in groups:
+        processor = find("prompt-processor")({"prompt": prompt, "use_perp_neg": perp})
+        batches.append(processor(prior, cameras.elevation, cameras.azimuth))
+    shape = (prior.latent_channels, prior.latent_size, prior.latent_size)
+    latents = torch.stack([torch.randn(shape, generator=generator(seed, "init", i, g))
+                           for g, (_, seed, _) in enumerate(groups) for i in range(len(cameras))]).requires_grad_(True)
+    optimizer = torch.optim.Adam([latents], lr=lr)
+    sds = find("sds")({"rgb_as_latents": True, "guidance_scale": scale}, path="system.guidance")
+    half = len(groups) // 2 * len(cameras)   # plain rows first, Perp-Neg rows after
+    plain = PromptBatch(torch.cat([b.cond for b in batches[:len(groups) // 2]]),
+                        torch.cat([b.uncond for b in batches[:len(groups) // 2]]), [])
+    perp = PromptBatch(torch.cat([b.cond for b in batches[len(groups) // 2:]]),
+                       torch.cat([b.uncond for b in batches[len(groups) // 2:]]), [],
+                       PerpNegBatch(torch.cat([b.perp_neg.embeddings for b in batches[len(groups) // 2:]]),
+                                    torch.cat([b.perp_neg.weights for b in batches[len(groups) // 2:]])))
+    ids = torch.arange(len(latents))
+    for step in range(steps):
+        if step % 20 == 0:
+            print(f"per-view step {step}/{steps}", flush=True)
+        optimizer.zero_grad()
+        loss = sds(prior, latents[:half], plain, ids[:half], step)["loss_sds"]
+        loss = loss + sds(prior, latents[half:], perp, ids[half:], step)["loss_sds"]
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        logits = probe(prior.decode_latents(latents))
+    seen = {head: [probe.names(head)[j] for j in logits[head].argmax(-1).tolist()] for head in ("view", "shape", "color")}
+    result = {}
+    for g, (prompt, seed, perp_on) in enumerate(groups):
+        rows = range(g * len(cameras), (g + 1) * len(cameras))
+        views = [VIEW_NAMES.index(seen["view"][r]) for r in rows]
+        agree = [v == int(b) for v, b in zip(views, bucket)]
+        wanted = prompt_attributes(prompt)
+        key = f"{prompt} | perp_neg={perp_on}"
+        entry = result.setdefault(key, {"runs": []})
+        entry["runs"].append({
+            "seed": seed, "view_agreement": sum(agree) / len(agree),
+            **{f"view_agreement_{name}": sum(a for a, b in zip(agree, bucket) if b == v) / max(1, int((bucket == v).sum()))
+               for v, name in enumerate(VIEW_NAMES[:3])},
+            "back_seen_as_front": sum(v == 0 for v, b in zip(views, bucket) if b == 2) / int((bucket == 2).sum()),
+            "shape_fraction": sum(seen["shape"][r] == wanted["shape"] for r in rows) / len(cameras),
+            "color_fraction": sum(seen["color"][r] == wanted["color"] for r in rows) / len(cameras)})
+    for entry in result.values():
+        entry["mean"] = {k: sum(r[k] for r in entry["runs"]) / len(entry["runs"]) for k in entry["runs"][0] if k != "seed"}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--lock", default=None, help="run each training under `flock LOCK`")
+    parser.add_argument("--override", action="append", default=[], help="a config override for every run")
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--per-view", action="store_true", help="view-conditioned image particles instead of NeRF runs")
+    parser.add_argument("--views", type=int, default=24, help="--per-view: orbit cameras (images per prompt and seed)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.per_view:
+        result = {"steps": args.steps, "seeds": args.seeds, "views": args.views,
+                  "groups": per_view(args.seeds, args.steps, args.views)}
+        (args.out / "janus_per_view.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps({k: v["mean"] for k, v in result["groups"].items()}, indent=2))
+        return
     if not args.summary_only:
         for seed in args.seeds:   # seed-major: an interrupted set still holds complete pairs
             for prompt in PROMPTS:
                 for perp_neg in (False, True):
                     if metrics_of(args.out, run_name(prompt, seed, perp_neg)) is not None:
                         continue
-                    cmd = command(prompt, seed, perp_neg, args.steps, args.out)
+                    cmd = command(prompt, seed, perp_neg, args.steps, args.out, args.override)
                     cmd = ["flock", args.lock, *cmd] if args.lock else cmd
                     print(" ".join(cmd), flush=True)
                     subprocess.run(cmd, check=True, cwd=ROOT)
