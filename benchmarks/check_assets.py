@@ -1,7 +1,7 @@
 """Issue 28's acceptance on trained runs: are the exported meshes upright, textured and shaded in a
 real viewer, and does their colour match the renders' albedo?
 
-    python benchmarks/check_assets.py RUN [RUN ...] [--out outputs/assets-check]
+    python benchmarks/check_assets.py RUN [RUN ...] [--out outputs/assets-check] [--no-test]
 
 For each run folder (a finished ``dreamfusion-embedded`` run) it runs ``scorestudio test`` on
 the run's last checkpoint with the shipped config's evaluation and export settings (turntables at
@@ -11,6 +11,8 @@ checks the silhouette (taller than wide; a cone's apex at the top), that the GLB
 baseColorTexture and the OBJ ``vn`` and ``map_Kd``, that the texture's mean colour is within 10
 (0-255) of the orbit's mean albedo, and that the viewer's colour class equals that of our own
 front render. Prints one line per particle and writes ``check.json`` under ``--out``.
+``--no-test`` checks the newest test folder and the newest folder with meshes (``--test`` or
+``--export``) that the run already has.
 """
 
 from __future__ import annotations
@@ -49,17 +51,30 @@ def run_test(run: Path) -> tuple[Path, float]:
     return new[-1], seconds
 
 
-def check_particle(run: Path, folder: Path, i: int, metrics: dict, out: Path, shape: str) -> dict:
+def newest(run: Path, pattern: str, file: str) -> Path:
+    """The most recently written ``save/<pattern>`` folder holding ``file``."""
+    return max((f for f in (run / "save").glob(pattern) if (f / file).is_file()), key=lambda f: (f / file).stat().st_mtime)
+
+
+def run_metrics(run: Path) -> dict:
+    """metrics.json of the run updated by those of its later --test / --export, oldest first."""
+    metrics: dict = {}
+    for path in sorted(run.glob("metrics*.json"), key=lambda p: p.stat().st_mtime):
+        metrics.update(json.loads(path.read_text()))
+    return metrics
+
+
+def check_particle(run: Path, folder: Path, meshes: Path, i: int, metrics: dict, out: Path, shape: str) -> dict:
     from tests.test_assets import glb_json
     from tests.test_viewer import viewer_screenshot
 
     from scorestudio.export.checks import color_class, foreground, mean_color, silhouette
 
-    glb = folder / f"particle{i}.glb"
+    glb = meshes / f"particle{i}.glb"
     gltf = glb_json(glb)
     primitive = gltf["meshes"][0]["primitives"][0]
     pbr = gltf["materials"][primitive["material"]]["pbrMetallicRoughness"]
-    obj, mtl = (folder / f"particle{i}.obj").read_text(), (folder / f"particle{i}.mtl").read_text()
+    obj, mtl = (meshes / f"particle{i}.obj").read_text(), (meshes / f"particle{i}.mtl").read_text()
     shot = viewer_screenshot(glb, out / f"{run.name}-particle{i}-viewer.png")
     facts = silhouette(foreground(shot)) or {}
     viewer_color = mean_color(shot, foreground(shot)) if facts else np.zeros(3)
@@ -93,20 +108,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "assets-check")
+    parser.add_argument("--no-test", action="store_true", help="check the run's existing outputs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     report = []
     for run in args.runs:
-        folder, seconds = run_test(run)
-        metrics = json.loads((run / "metrics.json").read_text())
+        folder, seconds = (newest(run, "it*-test*", "particle0.gif"), None) if args.no_test else run_test(run)
+        meshes = newest(run, "it*-*", "particle0.glb")
+        metrics = run_metrics(run)
         prompt = json.dumps(run.name)
         shape = "cone" if "cone" in prompt else "cylinder" if "cylinder" in prompt else "other"
         for i in range(4):
-            if not (folder / f"particle{i}.glb").is_file():
+            if not (meshes / f"particle{i}.glb").is_file():
                 report.append({"run": run.name, "particle": i, "missing": True})
                 continue
-            row = {"run": run.name, "test_folder": folder.name, "test_seconds": round(seconds, 1),
-                   **check_particle(run, folder, i, metrics, args.out, shape)}
+            row = {"run": run.name, "test_folder": folder.name, "mesh_folder": meshes.name,
+                   "test_seconds": seconds and round(seconds, 1),
+                   **check_particle(run, folder, meshes, i, metrics, args.out, shape)}
             report.append(row)
             print(json.dumps(row))
     (args.out / "check.json").write_text(json.dumps(report, indent=1))
