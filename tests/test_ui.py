@@ -137,6 +137,7 @@ def shot(page, name: str) -> Path:
 
 
 def record(key: str, seconds: float) -> None:
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTEFACTS / "ui-timings.json"
     timings = json.loads(path.read_text()) if path.is_file() else {}
     timings[key] = round(seconds, 2)
