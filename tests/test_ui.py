@@ -1,7 +1,8 @@
 """The web app (``scorestudio ui``) in a real browser: Debian's Chromium driven by Playwright.
 
 The app runs as ``python -m scorestudio ui`` on a free local port over a temporary outputs folder.
-The page launches a short image-particles run and shows its progress, result pictures and metrics;
+The page warns about a prompt the embedded prior cannot draw, launches a short image-particles run
+and shows its progress, result pictures and metrics;
 a 3-D run made from the command line opens in the run browser with its GLB in the 3-D viewer;
 malformed uploads get a message and the server stays up. Screenshots go to
 outputs/test-artefacts/ui-*.png, with ui-timings.json (seconds from the click on Run to the first
@@ -232,7 +233,14 @@ def test_progress_is_read_from_the_runs_own_output():
 def test_a_run_from_the_page_shows_progress_then_its_pictures_and_metrics(app, browser):
     url, outputs, server, _ = app
     page = open_page(browser, url, "Image particles")
-    page.locator("#image-particles-prompt textarea").fill("a red cube")
+    prompt, warning = page.locator("#image-particles-prompt textarea"), page.locator("#image-particles-warning")
+    assert "cylinder" in page.locator("#image-particles-vocabulary").inner_text()   # the embedded prior's words
+    prompt.fill("a hamburger")
+    warning.filter(has_text="'a hamburger' names none of them").wait_for(timeout=60_000)
+    shot(page, "vocabulary-warning")
+    prompt.fill("a red cube")
+    page.wait_for_function("!document.querySelector('#image-particles-warning').innerText.includes('names none')",
+                           timeout=60_000)
     for elem, value in (("particles", 2), ("steps", 4), ("preview", 2)):
         set_number(page, f"image-particles-{elem}", value)
     clicked = time.time()
@@ -277,7 +285,8 @@ def test_malformed_uploads_get_a_message_and_the_server_stays_up(app, browser, t
     page.locator("#svg-restoration-upload-preview img").wait_for(timeout=30_000)
     deadline = time.time() + 90   # the config shown (and saved) now names the app's copy of the upload
     while not any("/ui/uploads/" in p.read_text() for p in (outputs / "ui" / "configs").glob("svg-restoration-*")):
-        assert time.time() < deadline, "no svg-restoration config names the accepted upload"
+        assert time.time() < deadline, ("no svg-restoration config names the accepted upload; the page says: "
+                                        + page.locator("#svg-restoration-message").inner_text())
         time.sleep(0.5)
     assert "Traceback" not in page.content()
     assert server.poll() is None

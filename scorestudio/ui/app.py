@@ -189,16 +189,23 @@ def task_tab(task: T.Task, ctx: Context, current_job: gr.State) -> None:
             widget.change(check_prompt, checked, [vocabulary, warning], show_progress="hidden")
 
     if task.image_key:
-        @guarded(None, None, None, box=1)
-        def accept(path: Optional[str]):
-            if not path:
-                return None, "", None
-            prepared = str(prepare_image(path, IMAGE_SIDE, ctx.uploads_dir))
-            return prepared, message(f"accepted {Path(path).name}: the run reads it as a "
-                                     f"{IMAGE_SIDE} × {IMAGE_SIDE} PNG"), prepared
+        @guarded(None, None, None, KEEP, KEEP, KEEP, box=1)
+        def accept(path: Optional[str], *args):
+            """The upload checked and prepared, and the config that names it (computed here: a
+            chained event could read the image state from before this upload)."""
+            prepared, note = None, ""
+            if path:
+                try:
+                    prepared = str(prepare_image(path, IMAGE_SIDE, ctx.uploads_dir))
+                    note = message(f"accepted {Path(path).name}: the run reads it as a "
+                                   f"{IMAGE_SIDE} × {IMAGE_SIDE} PNG")
+                except EXPECTED as err:
+                    note = message(str(err), "error")
+            args = list(args)
+            args[len(extra)] = prepared
+            return (prepared, note, prepared, *show_config(*args))
 
-        upload.change(accept, [upload], [image, upload_msg, thumb], show_progress="hidden").then(
-            show_config, inputs, config_outputs, show_progress="hidden")
+        upload.change(accept, [upload, *inputs], [image, upload_msg, thumb, *config_outputs], show_progress="hidden")
 
 
 # ---- the job panel ---------------------------------------------------------------------------
@@ -373,7 +380,8 @@ def build_app(outputs: Path, queue: JobQueue) -> gr.Blocks:
                                  height=260, elem_id="results-losses", visible=False)
         files = gr.File(label="downloads: SVG, GLB/OBJ/PLY, GIF/MP4, metrics, config", file_count="multiple",
                         interactive=False, elem_id="results-files", visible=False)
-        result_outputs = [title, pictures, turntables, svgs, mesh_pick, model, video, slider, metrics, losses, files, resume]
+        result_outputs = [title, pictures, turntables, svgs, mesh_pick, model, video, slider, metrics, losses, files,
+                          resume]
 
         job_outputs = [progress, preview, live, log_box, queue_table, shown, opened]
 
