@@ -1,4 +1,4 @@
-"""Hostile inputs and faults (issue 26): run each case against a source tree and classify its outcome.
+"""Hostile inputs and faults: run each case against a source tree and classify its outcome.
 
     python benchmarks/bench_hostile.py                       # this tree
     git archive 6604416 | tar -x -C /tmp/before && python benchmarks/bench_hostile.py --tree /tmp/before
@@ -10,7 +10,7 @@ instead of taking the machine down), and gets one outcome: ``correct`` (the righ
 leaves a half-made run folder), ``crash`` (killed, hung past the limit, out of memory),
 ``silent`` (exit 0 or a stored result that is wrong), ``data loss`` (a good checkpoint or another
 run's files replaced) or ``security`` (a crafted file ran code). Prints one line per case and the
-counts per issue class as a Markdown table.
+counts per class of fault as a Markdown table.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def same_folder(b: Bench) -> str:
 
 def failing_run(b: Bench) -> str:
     """A good step-4 checkpoint of svg-restoration, then a resume whose NaN loss weight turns the
-    control points NaN (the issue's case)."""
+    control points NaN."""
     import torch
 
     out = b.folder("failing")

@@ -15,6 +15,7 @@ repulsion) through ``launch.py``'s ``run`` and reads the probe metrics of the te
         --overrides system.material.lambertian_prob=0.375 system.material.textureless_prob=0.375 \
         --work-dir outputs/t3d-textureless      # a variant over seeds (here threestudio's shading mix)
     python benchmarks/bench_text_to_3d.py --device cuda --shard 0/4 --out /tmp/t0.json   # see sharding.py
+    python benchmarks/bench_text_to_3d.py --config gaussians-embedded.yaml --out benchmarks/results/gaussians_t3d.json
 
 Writes ``benchmarks/results/text_to_3d.json`` (arguments, summary, per-run rows), ``text_to_3d.md`` and
 ``text_to_3d_particles.png`` (the first orbit frame of every run whose folder is on this machine).
@@ -53,13 +54,13 @@ def run_tag(kind: str, prompt: str, value, seed: int) -> str:
 def run_job(job: tuple, args: argparse.Namespace) -> dict:
     kind, value, seed = job
     prompt = value if kind == "quality" else "a cube"
-    overrides = [f"system.prompt_processor.prompt={prompt}", f"seed={seed}", "system.export.after_test=false"]
+    overrides = [f"system.prompt_processor.prompt={prompt}", f"seed={seed}", "system.generator.export.after_test=false"]
     if args.steps:
         overrides.append(f"trainer.max_steps={args.steps}")
     gamma = value if kind == "diversity" else args.quality_gamma   # None: the config's γ
     if gamma is not None:
         overrides.append(f"system.guidance.repulsion.gamma={gamma}")
-    metrics = sharding.launch(CONFIG, args, run_tag(kind, prompt, value, seed), *overrides)
+    metrics = sharding.launch(args.config, args, run_tag(kind, prompt, value, seed), *overrides)
     n = sum(1 for k in metrics if k.endswith("/shape_fraction"))
     row = {"kind": kind, "prompt": prompt, "seed": seed, "gamma": gamma,
            "time_s": metrics["time_s"], "diversity": metrics.get("diversity"),
@@ -120,7 +121,7 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def orbit_sheet(rows: list[dict], work_dir: Path, path: Path) -> int:
+def orbit_sheet(rows: list[dict], work_dir: Path, path: Path, run_name: str = RUN_NAME) -> int:
     """One picture of the runs: per run (a line, labelled with its prompt, γ and seed) the first
     frame of its test orbit, particles side by side (``all.gif``). Runs whose folders are not on
     this machine (shards merged from elsewhere) are left out; returns how many are shown."""
@@ -133,7 +134,7 @@ def orbit_sheet(rows: list[dict], work_dir: Path, path: Path) -> int:
     found = []
     for row in rows:
         value = row["gamma"] if row["kind"] == "diversity" else None
-        save = work_dir / RUN_NAME / run_tag(row["kind"], row["prompt"], value, row["seed"]) / "save"
+        save = work_dir / run_name / run_tag(row["kind"], row["prompt"], value, row["seed"]) / "save"
         gifs = sorted(save.glob("it*-test/all.gif"), key=lambda f: int(f.parent.name[2:].split("-")[0]))
         if gifs:
             label = f"{row['prompt']}, γ {row['gamma']:g}" if row["gamma"] is not None else row["prompt"]
@@ -154,6 +155,7 @@ def orbit_sheet(rows: list[dict], work_dir: Path, path: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=CONFIG, help="a text-to-3D config in configs/ whose name is its file name")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the diversity check")
     parser.add_argument("--quality-seeds", type=int, nargs="+", default=[0], help="seeds of the quality runs")
@@ -176,7 +178,7 @@ def main() -> None:
     table = markdown(summary)
     out.with_suffix(".md").write_text(table)
     sheet = out.with_name(out.stem + "_particles.png")
-    shown = orbit_sheet(rows, Path(args.work_dir), sheet)
+    shown = orbit_sheet(rows, Path(args.work_dir), sheet, Path(args.config).stem)
     print("\n" + table)
     print(f"wrote {out} and {out.with_suffix('.md')}"
           + (f", and {sheet} ({shown} of {len(rows)} runs)" if shown else " (no run folders here for a picture)"))

@@ -339,7 +339,8 @@ def cli_train(tmp_path, tiny, tag, *overrides):
              "system.generator.densify.grad_threshold=0", "system.generator.densify.opacity_reset_every=2",
              "system.generator.densify.opacity_reset_value=0.05",
              "system.generator.export.resolution=16", "system.generator.export.threshold=0.05",
-             "system.generator.export.formats=[obj]", "system.generator.material.ambient_only_steps=2",
+             "system.generator.export.formats=[obj]", "system.generator.export.texture_size=64",
+             "system.generator.material.ambient_only_steps=2",
              "system.evaluation.resolution=16", "system.evaluation.n_views=4",
              "trainer.enable_progress_bar=false", "use_timestamp=false", "checkpoint.every_n_train_steps=2",
              "trainer.val_check_interval=2"]

@@ -230,20 +230,21 @@ def test_a_failing_run_keeps_its_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_a_nonfinite_state_never_replaces_last_ckpt(tmp_path, monkeypatch):
-    """Particles turned NaN at step 5: the saves of steps 6 and 8 go to crash.ckpt; the run stops
-    diverged (trainer.on_nonfinite=stop) after its 3 non-finite steps 5, 6, 7."""
+    """Particles turned NaN at step 5: the save of step 6 goes to crash.ckpt, and the run stops
+    there (trainer.on_nonfinite=stop: NaN parameters never recover)."""
     from scorestudio.utils.divergence import DivergenceError
 
     _toy_fault(monkeypatch, 5, "nan")
     saved = r"step 6: particles, paths not finite: saved to .*crash.ckpt; .*last.ckpt keeps"
     with pytest.warns(UserWarning, match=saved), \
-            pytest.raises(DivergenceError, match=r"^the run diverged: step 8: the loss is nan; particles not finite"):
+            pytest.raises(DivergenceError, match=r"^the run diverged: step 6: the loss is nan; particles not finite "
+                                                 r"\(or beyond 1.8e\+19\), and parameters that are not finite never"):
         train(tmp_path, "trainer.max_steps=8", "checkpoint.every_n_train_steps=2", "tag=nan")
     ckpts = tmp_path / "toy-particles" / "nan" / "ckpts"
     assert sorted(p.name for p in ckpts.iterdir()) == ["crash.ckpt", "last.ckpt"]
     last, crash = load_checkpoint(ckpts / "last.ckpt"), load_checkpoint(ckpts / "crash.ckpt")
     assert last["global_step"] == 4 and torch.isfinite(last["state_dict"]["particles"]).all()
-    assert crash["global_step"] == 8 and torch.isnan(crash["state_dict"]["particles"]).all()
+    assert crash["global_step"] == 6 and torch.isnan(crash["state_dict"]["particles"]).all()
 
 
 def test_sigterm_saves_and_exits_143(tmp_path):
@@ -481,13 +482,14 @@ def test_a_nan_guidance_scale_stops_the_run_with_exit_2(tmp_path, tiny, capsys):
 
 
 def test_a_huge_learning_rate_stops_the_run_without_a_single_nan(tmp_path, tiny, capsys):
-    """lr=1e30 sends the latents to ~1e30 (finite, no NaN anywhere at first): beyond √(float32 max)
-    they count as diverged. No finite state after step 0: crash.ckpt only, nothing else written."""
+    """lr=1e30 sends the latents to ~1e30 at the first update (finite, no NaN anywhere): beyond
+    √(float32 max) they count as diverged, and the run stops at once. No finite state after step 0:
+    crash.ckpt only, nothing else written."""
     status, err = launch_main(*tiny_particles(tmp_path, tiny, "system.optimizer.args.lr=1e30", tag="lr"),
                               capsys=capsys)
     assert status == 2
-    assert err.startswith("scorestudio: error: the run diverged: step 3: the guidance zeroed 128 NaN or infinite "
-                          "gradient elements; generator.latents not finite (or beyond 1.8e+19), for 3 steps in a row")
+    assert err.startswith("scorestudio: error: the run diverged: step 1: generator.latents not finite (or beyond "
+                          "1.8e+19), and parameters that are not finite never recover. Usual causes: ")
     root = tmp_path / "image-particles" / "lr"
     assert sorted(p.name for p in (root / "ckpts").iterdir()) == ["crash.ckpt"]
     assert not (root / "metrics.json").exists() and not any((root / "save").iterdir())
@@ -536,7 +538,7 @@ def test_skip_drops_the_update_of_a_nonfinite_step(tmp_path, monkeypatch):
         skipped = train(tmp_path, "trainer.max_steps=6", "trainer.on_nonfinite=skip", "tag=skip").root
     particles = load_checkpoint(skipped / "ckpts" / "last.ckpt")["state_dict"]["particles"]
     assert torch.isfinite(particles).all()
-    with pytest.raises(ConfigError, match=r"^the run diverged: step 6: the loss is nan; particles not finite"):
+    with pytest.raises(ConfigError, match=r"^the run diverged: step 4: the loss is nan; particles not finite"):
         train(tmp_path, "trainer.max_steps=6", "tag=stop")
     monkeypatch.undo()
     _nan_loss_at(monkeypatch, set())

@@ -19,8 +19,9 @@ statistics and the slot mask are saved with checkpoints, so a resumed run densif
 like an uninterrupted one.
 
 Export writes each particle's splats as a 3DGS PLY (``particle{i}-gaussians.ply``, what splat
-viewers open) and a mesh of the splats' density field Σ o·exp(−½ dᵀΣ⁻¹d) (marching cubes,
-vertex colours from the splats around each vertex).
+viewers open) and meshes of the splats' density field Σ o·exp(−½ dᵀΣ⁻¹d) (marching cubes; vertex
+colours and a baked texture of the splats' density-weighted colours), both in the export's
+``up_axis`` coordinates (:mod:`scorestudio.export.mesh`).
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ from scorestudio.utils.seeding import generator
 
 STATS_KEY = "gaussian_densify_stats"   # checkpoint entry of the densification statistics
 SHAPES = ("sphere", "blob")
-DENSITY_CHUNK = 1 << 22                # (point, splat) pairs per step of the export's density field
 COLORS = ("rgb", "sh")
+DENSITY_CHUNK = 1 << 22                # (point, splat) pairs per step of the export's density field
 
 
 @dataclass

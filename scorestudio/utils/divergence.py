@@ -6,9 +6,10 @@ NaN or infinite elements of its gradient (``n_nonfinite`` in the logs, see
 infinite or larger than :func:`huge` after the update (its square overflows: a learning rate of
 1e30 sends parameters there without producing a single NaN).
 
-- ``stop`` (the default): after ``trainer.nonfinite_patience`` non-finite steps in a row the run
-  stops with a :class:`DivergenceError` naming the step, what was not finite and the usual causes;
-  the command exits with status 2. A spike the next steps recover from goes on. ``last.ckpt``
+- ``stop`` (the default): after ``trainer.nonfinite_patience`` non-finite steps in a row, or at
+  once when parameters are not finite (no update brings them back), the run stops with a
+  :class:`DivergenceError` naming the step, what was not finite and the usual causes; the command
+  exits with status 2. A loss or gradient spike the next steps recover from goes on. ``last.ckpt``
   keeps the last finite state (:class:`~scorestudio.utils.checkpoint.RunCheckpoint` never
   replaces it with a non-finite one).
 - ``warn``: a warning at the first step of every run of non-finite steps; training goes on.
@@ -95,17 +96,19 @@ class DivergenceGuard(pl.Callback):
                     p.grad = None   # torch optimizers leave a parameter without gradient, and its state, alone
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        problems = self.problems(trainer, pl_module, outputs)
+        problems, lost = self.problems(trainer, pl_module, outputs)
         if not trainer.strategy.reduce_boolean_decision(bool(problems), all=False):
             self.streak = 0
             return
         self.streak += 1
+        lost = trainer.strategy.reduce_boolean_decision(lost, all=False)
         what = "; ".join(problems) or "non-finite values in another process"
         step = trainer.global_step
-        if self.policy == "stop" and self.streak >= self.patience:
+        if self.policy == "stop" and (lost or self.streak >= self.patience):
+            how = ("and parameters that are not finite never recover" if lost else
+                   f"for {self.streak} steps in a row (trainer.nonfinite_patience={self.patience})")
             raise DivergenceError(
-                f"the run diverged: step {step}: {what}, for {self.streak} steps in a row "
-                f"(trainer.nonfinite_patience={self.patience}). Usual causes: {'; '.join(CAUSES)}. The last finite "
+                f"the run diverged: step {step}: {what}, {how}. Usual causes: {'; '.join(CAUSES)}. The last finite "
                 "state is in ckpts/last.ckpt if one was saved before (checkpoint.every_n_train_steps); "
                 "trainer.on_nonfinite=warn or skip trains on regardless")
         if self.streak == 1 and self.policy != "stop":
@@ -122,8 +125,9 @@ class DivergenceGuard(pl.Callback):
                 f"pictures or metrics are written from them. Usual causes: {'; '.join(CAUSES)}")
 
     @staticmethod
-    def problems(trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any) -> list[str]:
-        """What was not finite at this step: the loss, zeroed guidance gradients, parameters."""
+    def problems(trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any) -> tuple[list[str], bool]:
+        """What was not finite at this step (the loss, zeroed guidance gradients, parameters), and
+        whether parameters were."""
         found = []
         loss: Optional[torch.Tensor] = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
@@ -134,4 +138,4 @@ class DivergenceGuard(pl.Callback):
         bad = diverged_tensors((n, p) for n, p in pl_module.named_parameters() if p.requires_grad)
         if bad:
             found.append(f"{_shown(bad)} not finite (or beyond {huge(torch.float32):.2g})")
-        return found
+        return found, bool(bad)
