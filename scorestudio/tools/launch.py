@@ -280,4 +280,3 @@ def main(argv: Optional[list[str]] = None, mode: Optional[str] = None) -> None:
             raise
         print(f"scorestudio: stopped by {sig.name}: exit status {128 + sig}", file=sys.stderr)
         sys.exit(128 + sig)
-
