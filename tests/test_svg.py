@@ -240,10 +240,10 @@ def test_clear_errors_for_bad_svg_files(tmp_path):
     broken.write_text("<svg xmlns='http://www.w3.org/2000/svg'><rect width='3'")
     with pytest.raises(SvgError, match="broken.svg: not a valid SVG file"):
         read_svg(broken)
-    empty = tmp_path / "strokes.svg"
+    empty = tmp_path / "text.svg"
     empty.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
-                     '<line x1="0" y1="0" x2="9" y2="9" stroke="red"/><circle r="3" fill="none" stroke="red"/></svg>')
-    with pytest.raises(SvgError, match="strokes.svg: no filled shapes"):
+                     '<text x="1" y="9">A</text><circle r="3" fill="none"/></svg>')
+    with pytest.raises(SvgError, match=r"text.svg: no shapes to draw \(not drawn: 1 × text\)"):
         read_svg(empty)
 
 

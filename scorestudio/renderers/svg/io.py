@@ -1,107 +1,249 @@
-"""SVG files ↔ :class:`SvgScene`, with svgelements for parsing.
+"""SVG files ↔ :class:`SvgScene`.
 
-Reading keeps the **fill** of every shape (``<path>``, ``<rect>``, ``<circle>``, ``<ellipse>``,
-``<polygon>``, ``<polyline>``, inside groups and ``<use>``) and ignores strokes, text, images,
-gradients (a gradient fill is read as its fallback colour, black) and clipping. Each shape becomes
-one path whose subpaths become contours of that path, so even-odd holes stay holes. Segments are
-converted to cubics exactly: lines with control points at 1/3 and 2/3, quadratics by the 2/3
-rule, elliptical arcs as cubics of at most 90° each. All of that happens in the shape's local
-coordinates; the shape's full transform (its own, its groups', the viewBox mapping, then the
-scale to the requested output size) is applied to the cubic control points afterwards, which is
-exact for affine maps: an arc under a skew or non-uniform scale stays correct.
+Reading (:func:`read_svg`) walks the document with :mod:`~scorestudio.renderers.svg.reader`
+(which elements are drawn, their geometry as exact cubics on the output canvas, paints, opacity,
+clip paths) over the cascade of :mod:`~scorestudio.renderers.svg.style`, then packs what the
+rasterizer draws into a scene: the **fill** of every shape with a plain colour. Each shape becomes
+one path whose subpaths become contours of that path, so even-odd holes stay holes. Whatever is
+not drawn (text, images, filters, masks, patterns, markers, …) is counted and named in one
+:class:`SvgWarning` per file instead of being drawn black or dropped silently.
 
 Alpha is the fill colour's alpha × ``fill-opacity`` × the product of ``opacity`` over the shape
 and its ancestors (a group's opacity applied per shape: exact unless the group's shapes overlap).
 
 Files may come from anyone, so reading is bounded: the elements after ``<use>`` expansion and
-their nesting are counted on the XML tree before svgelements expands anything (a 2 KB file of
-nested ``<use>`` names 10⁸ shapes), and the canvas, the scene's size and the coordinates are
-checked before anything that large is allocated or rasterized. Each limit is a module constant,
-named by the error it raises, to raise for files you trust.
+their nesting are counted on the XML tree before anything is expanded (a 2 KB file of nested
+``<use>`` names 10⁸ shapes), style sheets are bounded
+(:data:`~scorestudio.renderers.svg.style.MAX_SVG_CSS_SELECTORS`), and the canvas, the scene's size
+and the coordinates are checked before anything that large is allocated or rasterized. Each limit
+is a module constant, named by the error it raises, to raise for files you trust. Only ``#id``
+references inside the document are followed; no other file is ever read.
 """
 
 from __future__ import annotations
 
-import math
 import os
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Optional, Union
 from xml.etree import ElementTree
 
 import numpy as np
-import svgelements as se
 import torch
 
+from scorestudio.renderers.svg import reader
+from scorestudio.renderers.svg import style as css
 from scorestudio.renderers.svg.rasterizer import check_canvas
-from scorestudio.renderers.svg.scene import SvgScene
+from scorestudio.renderers.svg.scene import CAPS, JOINS, LINEAR, RADIAL, SPREADS, Clip, Gradient, Stroke, SvgScene
 
 PathLike = Union[str, os.PathLike]
 
 MAX_SVG_ELEMENTS = 100_000         # elements after <use> expansion
-MAX_SVG_DEPTH = 100                # nesting of elements after <use> expansion (svgelements recurses per level)
+MAX_SVG_DEPTH = 100                # nesting of elements after <use> expansion (the walk recurses per level)
 MAX_SVG_SEGMENTS = 10_000_000      # paths × segments of the longest path: the scene pads every path to that
 MAX_SVG_COORDINATE = 1e6           # px on the output canvas; float32 still resolves a tenth of a pixel there
-
-_XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
 
 
 class SvgError(ValueError):
     """An SVG file that cannot be used; the message names the file and the problem."""
 
 
+class SvgWarning(UserWarning):
+    """Parts of an SVG file that the scene does not draw, named with their counts."""
+
+
 # ---------------------------------------------------------------------------------- reading
 
 
 def read_svg(path: PathLike, width: Optional[int] = None, height: Optional[int] = None) -> SvgScene:
-    """Read the filled shapes of an SVG file as a scene with N = 1 on a white background.
+    """Read an SVG file as a scene with N = 1 on a white background.
 
-    The canvas is the document's size (``width``/``height``, else its viewBox; svgelements assumes
-    1000 × 1000 without either). ``width`` and/or ``height`` rescale it: one of them alone keeps
-    the aspect ratio, both stretch the drawing to that size. Raises :class:`SvgError` for a missing
-    file, unparseable XML or a document without any filled shape.
+    The canvas is the document's size (``width``/``height``, else its viewBox, else 100 × 100).
+    ``width`` and/or ``height`` rescale it: one of them alone keeps the aspect ratio, both stretch
+    the drawing to that size. Raises :class:`SvgError` for a missing file, unparseable XML, a file
+    over a limit or a document with nothing the scene draws; warns (:class:`SvgWarning`) naming
+    each feature that is not drawn, with its count.
     """
+    scene, ignored = parse_svg(path, width, height)
+    if ignored:
+        warnings.warn(SvgWarning(f"{path}: not drawn: {describe_ignored(ignored)}"), stacklevel=2)
+    return scene
+
+
+def describe_ignored(ignored: Counter) -> str:
+    """``"3 × text, 1 × filter"``: the features of a file that were not drawn, most frequent first."""
+    return ", ".join(f"{n} × {name}" for name, n in ignored.most_common())
+
+
+def parse_svg(path: PathLike, width: Optional[int] = None,
+              height: Optional[int] = None) -> tuple[SvgScene, Counter]:
+    """:func:`read_svg` without the warning: the scene and the count of each feature not drawn."""
     path = Path(path)
     if not path.is_file():
         raise SvgError(f"{path}: SVG file not found")
     try:
-        _check_structure(ElementTree.parse(path).getroot(), path)
-        doc = se.SVG.parse(str(path), reify=False)
+        root = ElementTree.parse(path).getroot()
+        _check_structure(root, path)
+        out = {}
+
+        def out_size(doc_w: float, doc_h: float) -> tuple[int, int]:
+            out["size"] = _output_size(doc_w, doc_h, width, height)
+            check_canvas(*out["size"], "the canvas")
+            return out["size"]
+
+        drawing = reader.read_drawing(root, out_size)
     except SvgError:
         raise
-    except Exception as err:  # ElementTree.ParseError, or svgelements' own errors on bad values
+    except (ElementTree.ParseError, reader.DocumentError, css.StyleError) as err:
         raise SvgError(f"{path}: not a valid SVG file ({type(err).__name__}: {err})") from err
-    doc_w, doc_h = float(doc.width or 0), float(doc.height or 0)
-    if not (0 < doc_w < math.inf and 0 < doc_h < math.inf):
-        raise SvgError(f"{path}: the document has no positive size (width={doc.width}, height={doc.height})")
-    out_w, out_h = _output_size(doc_w, doc_h, width, height)
-    try:
-        check_canvas(out_w, out_h, "the canvas")
-    except ValueError as err:
+    except ValueError as err:                      # check_canvas
         raise SvgError(f"{path}: {err}") from None
-    scale = np.array([out_w / doc_w, out_h / doc_h])
-    shapes = []
-    _collect(doc, 1.0, shapes)
-    paths = []
-    for shape, opacity in shapes:
-        contours = _contours(shape)
-        if contours:
-            rgba = _fill_rgba(shape, opacity)
-            matrix = shape.transform
-            affine = np.array([[matrix.a, matrix.c, matrix.e], [matrix.b, matrix.d, matrix.f]])
-            paths.append((contours, affine, rgba, shape.values.get("fill-rule", "nonzero")))
-    if not paths:
-        raise SvgError(f"{path}: no filled shapes (only strokes, text, empty or fill=\"none\" shapes; "
-                       f"the rasterizer draws fills only)")
-    longest = max(sum(len(c) for c in contours) for contours, *_ in paths)
-    if len(paths) * longest > MAX_SVG_SEGMENTS:
-        raise _over_limit(path, "MAX_SVG_SEGMENTS", f"{len(paths)} paths padded to {longest} segments (its longest "
-                                                    f"path) make {len(paths) * longest} segments")
-    scene = _scene_from_paths(paths, scale, out_w, out_h)
+    out_w, out_h = out["size"]
+    ignored = Counter(drawing.ignored)
+    items = [item for item in drawing.items if all(_clip_chain_drawable(c) for c in item.clips)]
+    if not items:
+        raise SvgError(f"{path}: no shapes to draw (not drawn: {describe_ignored(ignored) or 'nothing'})")
+    contours = [[_with_closing(c) for c in item.contours] for item in items]
+    longest = max(sum(len(c) for c, _ in cs) for cs in contours)
+    if len(items) * longest > MAX_SVG_SEGMENTS:
+        raise _over_limit(path, "MAX_SVG_SEGMENTS", f"{len(items)} paths padded to {longest} segments (its longest "
+                                                    f"path) make {len(items) * longest} segments")
+    scene = _scene(items, contours, out_w, out_h)
     far = float(scene.points.abs().max())   # inf when a coordinate overflows float32
+    if scene.clip is not None:
+        far = max(far, float(scene.clip.paths.points.abs().max()))
     if not far <= MAX_SVG_COORDINATE:
         raise _over_limit(path, "MAX_SVG_COORDINATE", f"a control point lies {far:.3g} px from the origin of "
                                                       f"the {out_w} x {out_h} px canvas")
-    return scene
+    return scene, ignored
+
+
+def _clip_chain_drawable(clip: reader.Clip) -> bool:
+    """False when a clip (or a clip it is clipped by) has no shape: it hides what it clips."""
+    while clip is not None:
+        if not clip.shapes:
+            return False
+        clip = clip.clip
+    return True
+
+
+def _with_closing(contour: reader.Contour) -> tuple[np.ndarray, np.ndarray]:
+    """A contour's cubics ``[S, 4, 2]`` closed for the scene (which closes every contour at its first
+    point) and which of them are stroked ``[S]``: a closed subpath ending away from its start gets a
+    stroked closing line; an open one gets a closing line (zero-length when it ends at its start)
+    that the fill uses and the stroke does not, so that its ends get caps, not a join."""
+    cubics = contour.cubics
+    ends_at_start = np.allclose(cubics[-1, 3], cubics[0, 0], rtol=0, atol=1e-9)
+    if contour.closed and ends_at_start:
+        return cubics, np.ones(len(cubics), bool)
+    closing = reader.line_cubic(cubics[-1, 3], cubics[0, 0])[None]
+    return np.concatenate([cubics, closing]), np.r_[np.ones(len(cubics), bool), contour.closed]
+
+
+def _pack(contours: list[list[tuple[np.ndarray, np.ndarray]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paths of contours padded to one segment count: points ``[1, P, 3S, 2]``, contour ids
+    ``[P, S]`` (−1 = padding) and stroked ``[P, S]``."""
+    num_segments = max(sum(len(c) for c, _ in cs) for cs in contours)
+    points = np.zeros((1, len(contours), 3 * num_segments, 2))
+    ids = -np.ones((len(contours), num_segments), dtype=np.int64)
+    stroked = np.zeros((len(contours), num_segments), dtype=bool)
+    for i, cs in enumerate(contours):
+        cubics = np.concatenate([c for c, _ in cs])                               # [S_i, 4, 2]
+        xy = cubics[:, :3].reshape(-1, 2)                                          # p0, p1, p2 of each
+        points[0, i, : len(xy)] = xy
+        points[0, i, len(xy):] = xy[0]
+        ids[i, : len(cubics)] = np.repeat(np.arange(len(cs)), [len(c) for c, _ in cs])
+        stroked[i, : len(cubics)] = np.concatenate([s for _, s in cs])
+    return points, ids, stroked
+
+
+def _f32(values) -> torch.Tensor:
+    return torch.tensor(np.asarray(values, dtype=np.float64), dtype=torch.float32)
+
+
+def _scene(items: list, contours: list, width: int, height: int) -> SvgScene:
+    """The scene of the drawn shapes: one path per shape (fill, then its stroke), with only the
+    parts the file uses (a file of flat fills gives a fill-only scene). Group opacity is folded
+    into the fill and stroke alphas (what the rasterizer does with ``opacity`` too)."""
+    points, ids, stroked = _pack(contours)
+    fills, fill_paints = zip(*(_paint_of(item.fill, item.opacity) for item in items))
+    kw = {}
+    if any(item.stroke is not None for item in items):
+        colors, stroke_paints = zip(*(_paint_of(item.stroke, item.opacity) for item in items))
+        dash = np.zeros((len(items), max(len(item.dasharray) for item in items)))
+        for i, item in enumerate(items):
+            dash[i, : len(item.dasharray)] = item.dasharray
+        kw["stroke"] = Stroke(
+            color=_f32([colors]), width=_f32([[item.stroke_width for item in items]]),
+            stroked=torch.from_numpy(stroked),
+            join=torch.tensor([JOINS.index(i.linejoin) if i.linejoin in JOINS else 0 for i in items]),
+            miter_limit=_f32([item.miterlimit for item in items]),
+            cap=torch.tensor([CAPS.index(item.linecap) for item in items]),
+            dash=_f32(dash), dash_offset=_f32([item.dashoffset for item in items]),
+            paint=_gradients(stroke_paints))
+    kw["fill_paint"] = _gradients(fill_paints)
+    kw["clip"] = _clips(items, width, height)
+    return SvgScene(_f32(points), _f32([fills]), width, height, fill_rule=[item.fill_rule for item in items],
+                    contour=torch.from_numpy(ids), **kw)
+
+
+def _paint_of(paint: reader.Fill, opacity: float) -> tuple[list[float], Optional[reader.Gradient]]:
+    """(RGBA for the scene, gradient or None) of a fill or stroke under a group ``opacity``; a
+    gradient's own opacity is in its stops and the RGBA is then (0, 0, 0, opacity)."""
+    if paint is None:
+        return [0.0, 0.0, 0.0, 0.0], None
+    if isinstance(paint, reader.Gradient):
+        return [0.0, 0.0, 0.0, opacity], paint
+    return [*paint[:3], paint[3] * opacity], None
+
+
+def _gradients(paints) -> Optional[Gradient]:
+    """The :class:`Gradient` of P paths (FLAT where a path has a plain colour), None without any."""
+    if all(p is None for p in paints):
+        return None
+    k = max(len(p.stops) for p in paints if p is not None)
+    kind, spread = np.zeros(len(paints), np.int64), np.zeros(len(paints), np.int64)
+    geometry = np.zeros((1, len(paints), 6))
+    transform = np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (1, len(paints), 1, 1))
+    stops = np.zeros((1, len(paints), k, 5))
+    for i, g in enumerate(paints):
+        if g is None:
+            continue
+        kind[i] = LINEAR if g.kind == "linear" else RADIAL
+        spread[i] = SPREADS.index(g.spread)
+        geometry[0, i, : len(g.coords)] = g.coords
+        transform[0, i] = g.transform
+        rows = [[o, *c] for o, c in g.stops]
+        stops[0, i] = rows + [rows[-1]] * (k - len(rows))            # pad by repeating the last stop
+    return Gradient(torch.from_numpy(kind), _f32(geometry), _f32(transform), _f32(stops), torch.from_numpy(spread))
+
+
+def _clips(items: list, width: int, height: int) -> Optional[Clip]:
+    """Every ``<clipPath>`` use as one region of clip paths, and the regions of each drawn path."""
+    regions: dict[int, int] = {}
+    shapes, region_of_shape, per_item = [], [], []
+    for item in items:
+        mine = []
+        for clip in item.clips:
+            while clip is not None:
+                if id(clip) not in regions:
+                    regions[id(clip)] = len(regions)
+                    for contours, rule in clip.shapes:
+                        shapes.append(([_with_closing(c) for c in contours], rule))
+                        region_of_shape.append(regions[id(clip)])
+                mine.append(regions[id(clip)])
+                clip = clip.clip
+        per_item.append(mine)
+    if not regions:
+        return None
+    points, ids, _ = _pack([cs for cs, _ in shapes])
+    paths = SvgScene(_f32(points), torch.ones(1, len(shapes), 4), width, height,
+                     fill_rule=[rule for _, rule in shapes], contour=torch.from_numpy(ids))
+    path_regions = -np.ones((len(items), max(map(len, per_item))), np.int64)
+    for i, mine in enumerate(per_item):
+        path_regions[i, : len(mine)] = mine
+    return Clip(paths, torch.tensor(region_of_shape), torch.from_numpy(path_regions))
 
 
 def _over_limit(path: Path, limit: str, found: str) -> SvgError:
@@ -117,9 +259,12 @@ def _check_structure(root: ElementTree.Element, path: Path) -> None:
     :data:`MAX_SVG_DEPTH`, or at a ``<use>`` inside what it refers to (an endless expansion).
     Each element is counted once (memoised), so this takes time linear in the file.
 
-    References resolve as svgelements resolves them: ``href`` over ``xlink:href``, ``#id`` to
-    the last element with that id."""
-    ids = {el.get("id"): el for el in root.iter() if el.get("id") is not None}
+    References resolve as the reader resolves them: ``href`` over ``xlink:href``, ``#id`` to
+    the first element with that id."""
+    ids: dict = {}
+    for el in root.iter():
+        if el.get("id") is not None:
+            ids.setdefault(el.get("id"), el)
     sizes: dict[int, tuple[int, int]] = {}       # id(element) → (elements, levels) of its expansion
     open_: set[int] = set()
 
@@ -131,11 +276,11 @@ def _check_structure(root: ElementTree.Element, path: Path) -> None:
         if count:
             return count, levels
         if id(el) in open_:
-            raise SvgError(f"{path}: <{_local(el.tag)} id=\"{el.get('id')}\"> contains a <use> of itself: "
+            raise SvgError(f"{path}: <{css.local(el.tag)} id=\"{el.get('id')}\"> contains a <use> of itself: "
                            "an endless expansion")
         open_.add(id(el))
         inner = list(el)
-        href = el.get("href", el.get(_XLINK_HREF)) if _local(el.tag) == "use" else None
+        href = css.attribute(el, "href") if css.local(el.tag) == "use" else None
         if href and href[1:] in ids:
             inner.append(ids[href[1:]])
         count, levels = 1, 1
@@ -152,11 +297,6 @@ def _check_structure(root: ElementTree.Element, path: Path) -> None:
     expand(root, 1)
 
 
-def _local(tag) -> str:
-    """An element's tag without its namespace."""
-    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
-
-
 def _output_size(doc_w: float, doc_h: float, width: Optional[int], height: Optional[int]) -> tuple[int, int]:
     if width is None and height is None:
         return max(1, round(doc_w)), max(1, round(doc_h))
@@ -165,93 +305,6 @@ def _output_size(doc_w: float, doc_h: float, width: Optional[int], height: Optio
     if width is None:
         return max(1, round(doc_w * height / doc_h)), int(height)
     return int(width), int(height)
-
-
-def _collect(node, opacity: float, out: list) -> None:
-    """Depth-first (document order = painter's order) list of (filled shape, opacity product)."""
-    for child in node:
-        own = _opacity(child.values.get("attributes", {}).get("opacity", "1")) if hasattr(child, "values") else 1.0
-        if isinstance(child, (se.Group, se.Use)):
-            _collect(child, opacity * own, out)
-        elif isinstance(child, se.Shape) and not isinstance(child, se.SimpleLine):
-            if child.fill is not None and child.fill.value is not None:
-                out.append((child, opacity * own))
-
-
-def _opacity(text: str) -> float:
-    """An ``opacity`` attribute: a number or a percentage, clamped to [0, 1]."""
-    text = str(text).strip()
-    value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    return min(max(value, 0.0), 1.0)
-
-
-def _fill_rgba(shape, opacity: float) -> list[float]:
-    """Straight RGBA of a shape's fill; svgelements already folds fill-opacity into the alpha."""
-    c = shape.fill
-    return [c.red / 255.0, c.green / 255.0, c.blue / 255.0, c.opacity * opacity]
-
-
-def _contours(shape) -> list[list[np.ndarray]]:
-    """Closed contours of a shape in its local coordinates, each a list of cubics ``[4, 2]``."""
-    contours, current = [], []
-
-    def close():
-        nonlocal current
-        if current:
-            end = current[-1][3]
-            if not np.allclose(end, current[0][0], atol=1e-9):
-                current.append(_line(end, current[0][0]))   # fill closes open subpaths with a line
-            contours.append(current)
-        current = []
-
-    for seg in shape.segments(transformed=False):
-        if isinstance(seg, (se.Move, se.Close)):
-            close()
-            continue
-        current.extend(c for c in _as_cubics(seg) if np.ptp(c, axis=0).max() > 0)  # drop zero-length
-    close()
-    return [c for c in contours if c]
-
-
-def _line(p0, p3) -> np.ndarray:
-    p0, p3 = np.asarray(p0, float), np.asarray(p3, float)
-    return np.stack([p0, p0 + (p3 - p0) / 3, p0 + 2 * (p3 - p0) / 3, p3])
-
-
-def _as_cubics(seg) -> list[np.ndarray]:
-    """One segment as exact cubic(s) ``[4, 2]`` (arcs: ≤ 90° per cubic)."""
-    pt = lambda p: np.array([p.x, p.y], float)  # noqa: E731
-    if isinstance(seg, se.Line):
-        return [_line(pt(seg.start), pt(seg.end))]
-    if isinstance(seg, se.QuadraticBezier):
-        p0, c, p3 = pt(seg.start), pt(seg.control), pt(seg.end)
-        return [np.stack([p0, p0 + 2 / 3 * (c - p0), p3 + 2 / 3 * (c - p3), p3])]
-    if isinstance(seg, se.CubicBezier):
-        return [np.stack([pt(seg.start), pt(seg.control1), pt(seg.control2), pt(seg.end)])]
-    if isinstance(seg, se.Arc):
-        pieces = max(1, math.ceil(abs(seg.sweep) / (math.pi / 2) - 1e-9))
-        return [c for cubic in seg.as_cubic_curves(pieces) for c in _as_cubics(cubic)]
-    raise SvgError(f"unsupported path segment {type(seg).__name__}")
-
-
-def _scene_from_paths(paths: list, scale: np.ndarray, width: int, height: int) -> SvgScene:
-    """Pad paths to the same number of segments (padding segments have contour id −1)."""
-    num_segments = max(sum(len(c) for c in contours) for contours, *_ in paths)
-    points = np.zeros((1, len(paths), 3 * num_segments, 2))
-    contour_ids = -np.ones((len(paths), num_segments), dtype=np.int64)
-    fills, rules = [], []
-    for i, (contours, affine, rgba, rule) in enumerate(paths):
-        cubics = np.stack([c for contour in contours for c in contour])           # [S, 4, 2]
-        local = cubics[:, :3].reshape(-1, 2)                                       # p0, p1, p2
-        xy = (local @ affine[:, :2].T + affine[:, 2]) * scale
-        points[0, i, : len(xy)] = xy
-        points[0, i, len(xy):] = xy[0]
-        contour_ids[i, : len(cubics)] = np.repeat(np.arange(len(contours)), [len(c) for c in contours])
-        fills.append(rgba)
-        rules.append("evenodd" if rule == "evenodd" else "nonzero")
-    return SvgScene(torch.tensor(points, dtype=torch.float32),
-                    torch.tensor([fills], dtype=torch.float32).clamp(0, 1),
-                    width, height, fill_rule=rules, contour=torch.from_numpy(contour_ids))
 
 
 # ---------------------------------------------------------------------------------- writing
