@@ -35,7 +35,7 @@ import torch
 from scorestudio.renderers.svg import reader
 from scorestudio.renderers.svg import style as css
 from scorestudio.renderers.svg.rasterizer import check_canvas
-from scorestudio.renderers.svg.scene import CAPS, JOINS, LINEAR, RADIAL, SPREADS, Clip, Gradient, Stroke, SvgScene
+from scorestudio.renderers.svg.scene import CAPS, FLAT, JOINS, LINEAR, RADIAL, SPREADS, Clip, Gradient, Stroke, SvgScene
 
 PathLike = Union[str, os.PathLike]
 
@@ -175,7 +175,7 @@ def _scene(items: list, contours: list, width: int, height: int) -> SvgScene:
         for i, item in enumerate(items):
             dash[i, : len(item.dasharray)] = item.dasharray
         kw["stroke"] = Stroke(
-            color=_f32([colors]), width=_f32([[item.stroke_width for item in items]]),
+            color=_f32([colors]), width=_f32([[item.stroke_width if item.stroke is not None else 0.0 for item in items]]),
             stroked=torch.from_numpy(stroked),
             join=torch.tensor([JOINS.index(i.linejoin) if i.linejoin in JOINS else 0 for i in items]),
             miter_limit=_f32([item.miterlimit for item in items]),
@@ -190,11 +190,11 @@ def _scene(items: list, contours: list, width: int, height: int) -> SvgScene:
 
 def _paint_of(paint: reader.Fill, opacity: float) -> tuple[list[float], Optional[reader.Gradient]]:
     """(RGBA for the scene, gradient or None) of a fill or stroke under a group ``opacity``; a
-    gradient's own opacity is in its stops and the RGBA is then (0, 0, 0, opacity)."""
+    gradient's RGBA is (0, 0, 0, fill- or stroke-opacity × group opacity), as the scene wants."""
     if paint is None:
         return [0.0, 0.0, 0.0, 0.0], None
     if isinstance(paint, reader.Gradient):
-        return [0.0, 0.0, 0.0, opacity], paint
+        return [0.0, 0.0, 0.0, paint.opacity * opacity], paint
     return [*paint[:3], paint[3] * opacity], None
 
 
@@ -311,20 +311,36 @@ def _output_size(doc_w: float, doc_h: float, width: Optional[int], height: Optio
 
 
 def svg_string(scene: SvgScene, index: int = 0) -> str:
-    """Scene ``index`` as SVG markup: a background rect and one ``<path>`` per path."""
+    """Scene ``index`` as SVG markup: a background rect, then one ``<path>`` per path with its fill
+    and stroke (gradients as ``userSpaceOnUse`` gradients with the scene's transform, clip regions as
+    ``<clipPath>`` elements, the scene's opacity folded into fill and stroke opacity, as the
+    rasterizer draws it). Reading the file back gives the same scene (plus the background rect)."""
     w, h = scene.width, scene.height
-    pts = scene.points[index].detach().double().cpu().numpy()                      # [P, 3S, 2]
-    fill = scene.fill[index].detach().double().clamp(0, 1).cpu().numpy()
-    ends = scene.segment_ends().cpu().numpy()
-    contour = scene.contour.cpu().numpy()
+    arr = lambda t: t[index].detach().double().cpu().numpy()  # noqa: E731
+    pts, fill = arr(scene.points), arr(scene.fill).clip(0, 1)                     # [P, 3S, 2], [P, 4]
+    opacity = arr(scene.opacity) if scene.opacity is not None else np.ones(scene.num_paths)
+    ends, contour = scene.segment_ends().cpu().numpy(), scene.contour.cpu().numpy()
+    stroke = scene.stroke
+    stroked = stroke.stroked.cpu().numpy() if stroke is not None else np.zeros(contour.shape, bool)
+    defs, body = [], []
+    for p, rule in enumerate(scene.fill_rules()):
+        fill_attrs = _paint_attrs("fill", fill[p], opacity[p], scene.fill_paint, index, p, defs)
+        stroke_attrs = _stroke_attrs(stroke, index, p, opacity[p], defs) if stroke is not None else None
+        contours = _contours_of(pts[p], ends[p], contour[p], stroked[p])
+        if stroke_attrs and all(kind != "split" for _, kind in contours):
+            elements = [(" ".join(d for d, _ in contours), f"{fill_attrs} fill-rule=\"{rule}\" {stroke_attrs}")]
+        else:                                       # a stroke that the fill's outline cannot carry: two paths
+            elements = [(" ".join(_closed_data(pts[p], ends[p], contour[p])), f'{fill_attrs} fill-rule="{rule}"')]
+            if stroke_attrs:
+                elements.append((_stroked_runs(pts[p], ends[p], contour[p], stroked[p]), f'fill="none" {stroke_attrs}'))
+        for d, attrs in elements:
+            if d and ('fill="none"' not in attrs or "stroke=" in attrs):
+                body.append(_clipped(f'<path d="{d}" {attrs}/>', scene, p, defs))
     lines = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">',
              f'<rect width="{w}" height="{h}" fill="{_hex(scene.backgrounds()[index].detach().cpu())}"/>']
-    for p, rule in enumerate(scene.fill_rules()):
-        d = _path_data(pts[p], ends[p], contour[p])
-        if d and fill[p, 3] > 0:                     # a fully transparent path draws nothing
-            lines.append(f'<path d="{d}" fill="{_hex(fill[p, :3])}" fill-opacity="{fill[p, 3]:.4f}" '
-                         f'fill-rule="{rule}"/>')
-    lines.append("</svg>")
+    if defs:
+        lines += ["<defs>", *dict.fromkeys(defs), "</defs>"]
+    lines += body + ["</svg>"]
     return "\n".join(lines) + "\n"
 
 
@@ -336,17 +352,131 @@ def write_svg(scene: SvgScene, path: PathLike, index: int = 0) -> Path:
     return path
 
 
-def _path_data(pts: np.ndarray, ends: np.ndarray, contour: np.ndarray) -> str:
-    """``M … C … Z`` for every contour of one path (``pts [3S, 2]``, ``ends``/``contour`` ``[S]``)."""
-    f = lambda xy: f"{xy[0]:.3f} {xy[1]:.3f}"  # noqa: E731
+def _xy(xy) -> str:
+    return f"{xy[0]:.3f} {xy[1]:.3f}"
+
+
+def _contours_of(pts: np.ndarray, ends: np.ndarray, contour: np.ndarray, stroked: np.ndarray) -> list:
+    """Each contour of one path as (path data, kind): "closed" (``Z``, every segment stroked),
+    "open" (its only unstroked segment is a straight closing line: written as an open subpath, which
+    the fill closes with that same line), or "split" (anything else)."""
+    out = []
+    for segs in _runs(contour):
+        cubic = [f"C {_xy(pts[3 * s + 1])} {_xy(pts[3 * s + 2])} {_xy(pts[ends[s]])}" for s in segs]
+        last = segs[-1]
+        if stroked[segs].all():
+            out.append((f"M {_xy(pts[3 * segs[0]])} " + " ".join(cubic) + " Z", "closed"))
+        elif stroked[segs[:-1]].all() and _straight(pts[3 * last], pts[3 * last + 1], pts[3 * last + 2], pts[ends[last]]):
+            out.append((f"M {_xy(pts[3 * segs[0]])} " + " ".join(cubic[:-1]), "open"))
+        else:
+            out.append(("", "split"))
+    return out
+
+
+def _runs(contour: np.ndarray) -> list[np.ndarray]:
+    """The segment indices of each contour (−1 padding left out)."""
+    real = np.flatnonzero(contour >= 0)
+    if not len(real):
+        return []
+    cuts = np.flatnonzero(np.diff(contour[real])) + 1
+    return np.split(real, cuts)
+
+
+def _straight(p0, p1, p2, p3) -> bool:
+    """True when a cubic is the straight line the reader writes (controls at 1/3 and 2/3)."""
+    return bool(np.allclose(p1, p0 + (p3 - p0) / 3, atol=1e-3) and np.allclose(p2, p0 + 2 * (p3 - p0) / 3, atol=1e-3))
+
+
+def _closed_data(pts: np.ndarray, ends: np.ndarray, contour: np.ndarray) -> list[str]:
+    """``M … C … Z`` for every contour of one path, every segment written (the fill's outline)."""
+    return [f"M {_xy(pts[3 * segs[0]])} " + " ".join(
+        f"C {_xy(pts[3 * s + 1])} {_xy(pts[3 * s + 2])} {_xy(pts[ends[s]])}" for s in segs) + " Z"
+        for segs in _runs(contour)]
+
+
+def _stroked_runs(pts: np.ndarray, ends: np.ndarray, contour: np.ndarray, stroked: np.ndarray) -> str:
+    """Open subpaths of the stroked runs of segments (a contour whose run wraps round its start
+    is written from the run's first segment)."""
     parts = []
-    for s in np.flatnonzero(contour >= 0):
-        if s == 0 or contour[s] != contour[s - 1]:
-            parts.append(f"M {f(pts[3 * s])}")
-        parts.append(f"C {f(pts[3 * s + 1])} {f(pts[3 * s + 2])} {f(pts[ends[s]])}")
-        if s + 1 == len(contour) or contour[s + 1] != contour[s]:
-            parts.append("Z")
+    for segs in _runs(contour):
+        flags = stroked[segs]
+        if flags.all():
+            parts.append(_closed_data(pts, ends, np.where(np.isin(np.arange(len(contour)), segs), 0, -1))[0])
+            continue
+        start = int(np.argmin(flags))                 # rotate so that the contour starts unstroked
+        order, run = np.roll(segs, -start), []
+        for s in list(order) + [None]:
+            if s is not None and stroked[s]:
+                run.append(s)
+            elif run:
+                parts.append(f"M {_xy(pts[3 * run[0]])} " + " ".join(
+                    f"C {_xy(pts[3 * r + 1])} {_xy(pts[3 * r + 2])} {_xy(pts[ends[r]])}" for r in run))
+                run = []
     return " ".join(parts)
+
+
+def _paint_attrs(what: str, rgba: np.ndarray, opacity: float, paint, index: int, p: int, defs: list) -> str:
+    """``fill``/``stroke`` colour (or gradient reference) and opacity attributes of path ``p``."""
+    alpha = float(rgba[3]) * float(opacity)
+    if alpha <= 0:
+        return f'{what}="none"'
+    if paint is not None and int(paint.kind[p]) != FLAT:
+        gid = f"{what[0]}{p}"
+        defs.append(_gradient_def(paint, index, p, gid))
+        return f'{what}="url(#{gid})" {what}-opacity="{alpha:.4f}"'
+    return f'{what}="{_hex(rgba[:3])}" {what}-opacity="{alpha:.4f}"'
+
+
+def _stroke_attrs(stroke: Stroke, index: int, p: int, opacity: float, defs: list) -> Optional[str]:
+    width = float(stroke.width[index, p])
+    color = stroke.color[index, p].detach().double().clamp(0, 1).cpu().numpy()
+    if width <= 0 or color[3] * opacity <= 0:
+        return None
+    dash = stroke.dash[p].detach().double().cpu().numpy()
+    while len(dash) >= 2 and not dash[-2:].any():
+        dash = dash[:-2]                               # the 0-padding of shorter lists
+    attrs = [_paint_attrs("stroke", color, opacity, stroke.paint, index, p, defs),
+             f'stroke-width="{width:.4f}"', f'stroke-linejoin="{JOINS[int(stroke.join[p])]}"',
+             f'stroke-linecap="{CAPS[int(stroke.cap[p])]}"', f'stroke-miterlimit="{float(stroke.miter_limit[p]):.4f}"']
+    if len(dash) and dash.any():
+        attrs += [f'stroke-dasharray="{" ".join(f"{d:.4f}" for d in dash)}"',
+                  f'stroke-dashoffset="{float(stroke.dash_offset[p]):.4f}"']
+    return " ".join(attrs)
+
+
+def _gradient_def(paint: Gradient, index: int, p: int, gid: str) -> str:
+    """A ``userSpaceOnUse`` gradient with the scene's gradient-space → canvas transform."""
+    g = paint.geometry[index, p].detach().double().cpu().numpy()
+    (a, c, e), (b, d, f) = paint.transform[index, p].detach().double().cpu().numpy()
+    stops = paint.stops[index, p].detach().double().cpu().numpy()
+    head = (f'gradientUnits="userSpaceOnUse" gradientTransform="matrix({a:.6g} {b:.6g} {c:.6g} {d:.6g} {e:.6g} {f:.6g})" '
+            f'spreadMethod="{SPREADS[int(paint.spread[p])]}"')
+    if int(paint.kind[p]) == LINEAR:
+        tag, coords = "linearGradient", 'x1="{:.6g}" y1="{:.6g}" x2="{:.6g}" y2="{:.6g}"'.format(*g[:4])
+    else:
+        tag, coords = "radialGradient", 'cx="{:.6g}" cy="{:.6g}" r="{:.6g}" fx="{:.6g}" fy="{:.6g}" fr="{:.6g}"'.format(*g)
+    rows = "".join(f'<stop offset="{s[0]:.6g}" stop-color="{_hex(s[1:4])}" stop-opacity="{min(max(s[4], 0), 1):.4f}"/>'
+                   for s in stops)
+    return f'<{tag} id="{gid}" {coords} {head}>{rows}</{tag}>'
+
+
+def _clipped(element: str, scene: SvgScene, p: int, defs: list) -> str:
+    """``element`` inside one group per clip region of path ``p`` (their clips intersect)."""
+    if scene.clip is None:
+        return element
+    clip = scene.clip
+    for region in clip.path_regions[p].tolist():
+        if region < 0:
+            continue
+        members = (clip.region == region).nonzero().flatten().tolist()
+        pts = clip.paths.points[0].detach().double().cpu().numpy()
+        ends, contour = clip.paths.segment_ends().cpu().numpy(), clip.paths.contour.cpu().numpy()
+        rules = clip.paths.fill_rules()
+        shapes = "".join(f'<path d="{" ".join(_closed_data(pts[q], ends[q], contour[q]))}" clip-rule="{rules[q]}"/>'
+                         for q in members)
+        defs.append(f'<clipPath id="c{region}" clipPathUnits="userSpaceOnUse">{shapes}</clipPath>')
+        element = f'<g clip-path="url(#c{region})">{element}</g>'
+    return element
 
 
 def _hex(rgb) -> str:

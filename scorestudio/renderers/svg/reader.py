@@ -59,6 +59,7 @@ class Gradient:
     stops: list[tuple[float, RGBA]]              # offsets non-decreasing in [0, 1], straight RGBA
     spread: str                                  # "pad" | "reflect" | "repeat"
     transform: np.ndarray                        # [2, 3] gradient space → canvas px
+    opacity: float = 1.0                         # fill-opacity / stroke-opacity of the shape using it
 
 
 Fill = Union[RGBA, Gradient, None]
@@ -126,6 +127,7 @@ class _Walker:
         self.specified = css.cascade(root)
         self.ignored: Counter = Counter()
         self.items: list[Item] = []
+        self.clips: dict[tuple, Clip] = {}             # clip paths by (clipPath, user space, inner clip)
 
     # ------------------------------------------------------------------ document
     def drawing(self, out_size) -> Drawing:
@@ -353,7 +355,7 @@ class _Walker:
                 return None
             if isinstance(gradient, tuple):              # one stop: a plain colour
                 return _times_alpha(gradient, alpha)
-            gradient.stops = [(o, _times_alpha(c, alpha)) for o, c in gradient.stops]
+            gradient.opacity = alpha
             return gradient
         if kind == "pattern":
             self.ignored["pattern"] += 1
@@ -476,7 +478,8 @@ class _Walker:
             inner = self._clip(target, matrix, owner, owner_style, viewport, open_)
             if inner is None:
                 return None
-        return Clip(shapes, inner)
+        key = (id(clip_el), m.round(9).tobytes(), id(inner))
+        return self.clips.setdefault(key, Clip(shapes, inner))  # one region per distinct use
 
 
 _KIND_ATTRIBUTES = {"cx", "cy", "r", "fx", "fy", "fr", "x1", "y1", "x2", "y2"}

@@ -188,8 +188,8 @@ def parse_paint(text: str, current: str) -> Optional[Paint]:
         return None
     if low in ("context-fill", "context-stroke"):
         return Paint(keyword=low)
-    ref = parse_url(text)
-    if ref is not None:
+    if low.startswith("url(") and ")" in text:
+        ref = parse_url(text) or ""                   # "" (another file's id) never resolves: fallback
         rest = text[text.index(")") + 1:].strip()
         fallback = None
         if rest and rest.lower() != "none":
