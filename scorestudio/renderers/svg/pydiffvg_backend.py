@@ -35,6 +35,9 @@ def render(scene, cfg) -> tuple[Tensor, Tensor]:
     """Render an :class:`~scorestudio.renderers.svg.SvgScene` with diffvg: RGB ``[N, 3, H, W]``
     over the scene's background and coverage ``[N, 1, H, W]``, differentiable like the torch
     backend. ``cfg.antialias`` picks 2×2 (True) or 1 sample per pixel."""
+    if not scene.is_fill_only():
+        raise ValueError("the pydiffvg backend draws flat fills only; this scene has strokes, gradients, opacity "
+                         "or clip paths: render it with backend: torch")
     pydiffvg = _pydiffvg()
     pydiffvg.set_use_gpu(scene.points.is_cuda)
     samples = 2 if cfg.antialias else 1
