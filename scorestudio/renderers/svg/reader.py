@@ -127,7 +127,21 @@ class _Walker:
         self.specified = css.cascade(root)
         self.ignored: Counter = Counter()
         self.items: list[Item] = []
+        self.parents = {id(child): el for el in root.iter() for child in el}
+        self.xml_styles: dict[int, dict] = {}
         self.clips: dict[tuple, Clip] = {}             # clip paths by (clipPath, user space, inner clip)
+
+    def _xml_style(self, el) -> dict:
+        """The computed style of an element inheriting along its XML ancestors (for the content of
+        clip paths and gradients, which inherit from where they are defined)."""
+        chain = []
+        while el is not None and id(el) not in self.xml_styles:
+            chain.append(el)
+            el = self.parents.get(id(el))
+        style = self.xml_styles[id(el)] if el is not None else css.initial()
+        for node in reversed(chain):
+            style = self.xml_styles[id(node)] = css.compute(self.specified.get(id(node), {}), style)
+        return style
 
     # ------------------------------------------------------------------ document
     def drawing(self, out_size) -> Drawing:
@@ -204,7 +218,9 @@ class _Walker:
         matrix = ctx.matrix @ self._transform(el, style, ctx.viewport)
         clips = ctx.clips
         ref = style["clip-path"]
-        if ref != "none":
+        if ref != "none" and not ref.lower().startswith("url("):
+            self.ignored["clip-path shape"] += 1          # CSS basic shapes: drawn unclipped
+        elif ref != "none":
             target = self.ids.get(css.parse_url(ref) or "")
             if target is None or css.local(target.tag) != "clipPath":
                 return None
@@ -419,7 +435,7 @@ class _Walker:
     def _stops(self, gradient) -> list[tuple[float, RGBA]]:
         """Stops with offsets clamped to [0, 1] and made non-decreasing; stop-opacity folded in."""
         out, last = [], 0.0
-        parent = css.compute(self.specified.get(id(gradient), {}), css.initial())
+        parent = self._xml_style(gradient)
         for stop in gradient:
             if css.local(stop.tag) != "stop":
                 continue
@@ -437,7 +453,7 @@ class _Walker:
         if id(clip_el) in open_:
             return None
         open_ = open_ | {id(clip_el)}
-        style = css.compute(self.specified.get(id(clip_el), {}), css.initial())
+        style = self._xml_style(clip_el)
         m = matrix @ self._transform(clip_el, style, viewport)
         if (clip_el.get("clipPathUnits") or "").strip() == "objectBoundingBox":
             geometry = _owner_bbox(owner, self)
@@ -513,6 +529,7 @@ def _geometry(el, tag: str, viewport, font: float) -> Optional[list[tuple[np.nda
             shape = se.Circle(n("cx", vw) or 0.0, n("cy", vh) or 0.0, r)
         elif tag == "ellipse":
             rx, ry = _length(el.get("rx"), vw, font, default=None), _length(el.get("ry"), vh, font, default=None)
+            rx, ry = (rx if rx is not None and rx >= 0 else None), (ry if ry is not None and ry >= 0 else None)
             rx, ry = (rx if rx is not None else ry), (ry if ry is not None else rx)   # SVG 2 "auto"
             if rx is None or ry is None or rx <= 0 or ry <= 0:
                 return None
