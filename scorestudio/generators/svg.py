@@ -13,6 +13,10 @@ Following VectorFusion / DreamSampler's appendix 7.1:
 - a fixed number of line edges per cubic in the rasterizer (its adaptive choice is made per
   batch and would couple the particles).
 
+With ``clean.enabled`` (restoration, vectorisation) the P paths are a budget of slots that fill
+up during training, each traced on the largest region the render still gets wrong, and what is
+written and scored is the cleaned scene (:mod:`scorestudio.generators.svg_paths`).
+
 The canvas may be larger than the prior's images: the prior's encoder resizes renderings to its
 ``image_size``. The raster-to-vector start of text-to-SVG (fit the paths to target images, then
 prune the paths the fit does not need) is :func:`fit_to_images` and :func:`prune_paths`.
@@ -30,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scorestudio.generators.base import BaseGenerator, RenderOut
+from scorestudio.generators.svg_paths import CleanPathConfig, clean_scene, path_report, region_masks, slot_layout, traced_path
 from scorestudio.renderers.svg import RasterizerConfig, SvgScene, circle_points, write_svg
 from scorestudio.renderers.svg import render as rasterize
 from scorestudio.renderers.svg.rasterizer import control_points
@@ -108,6 +113,9 @@ class SvgGenerator(BaseGenerator):
         lr: SvgLrConfig = field(default_factory=SvgLrConfig)
         xing_weight: float = 0.01            # weight of the self-intersection loss (LIVE / VectorFusion)
         canvas_size: Optional[int] = 64      # px; systems that derive it from their data pass it in
+        # Paths grown where the residual is largest and a cleaned file (restoration, vectorisation);
+        # paths.num_paths is then the budget and paths.segments is unused.
+        clean: CleanPathConfig = field(default_factory=CleanPathConfig)
 
     def configure(self) -> None:
         cfg, n = self.cfg.paths, self.n_particles
@@ -131,6 +139,32 @@ class SvgGenerator(BaseGenerator):
             self.register_buffer("background", background)
         # 0 = a pruned path: fully transparent, so it neither shows nor receives gradient.
         self.register_buffer("visible", torch.ones(n, p))
+        self.contour = self.fill_rule = None
+        if self.cfg.clean.enabled:
+            self.configure_slots()
+
+    def configure_slots(self) -> None:
+        """Empty slots for grown paths: every path has the layout of :func:`slot_layout` (even-odd
+        fill), its points collapsed at the canvas centre (no coverage, no gradient, so its Adam
+        moments stay zero until it is traced), hidden; ``used [N]`` counts the slots taken (paths
+        are added on top, never in a freed slot below)."""
+        clean, n, p = self.cfg.clean, self.n_particles, self.cfg.paths.num_paths
+        if clean.initial_paths < 1 or clean.paths_per_round < 0 or clean.add_every < 1 or clean.outer_segments < 3:
+            raise ConfigError(f"{self.config_path}.clean: need initial_paths ≥ 1, paths_per_round ≥ 0, add_every ≥ 1 and "
+                              f"outer_segments ≥ 3, got {clean.initial_paths}, {clean.paths_per_round}, "
+                              f"{clean.add_every}, {clean.outer_segments}")
+        layout = slot_layout(clean)
+        self.contour = layout.expand(p, -1).clone()
+        self.fill_rule = torch.ones(p, dtype=torch.bool)
+        with torch.no_grad():
+            self.points.data = torch.full((n, p, 3 * layout.numel(), 2), self.canvas / 2)
+            self.colors.data[..., 3] = 1.0
+        self.visible.zero_()
+        self.register_buffer("used", torch.zeros(n, dtype=torch.long))
+        # Collapsed points (unused segments and contours) get no update: one that moved would draw.
+        self.register_buffer("frozen", torch.ones(n, p, 3 * layout.numel(), dtype=torch.bool))
+        self.points.register_hook(lambda grad: grad.masked_fill(self.frozen[..., None], 0))
+        self._clean_cache: dict = {}
 
     def scene(self, particles: Optional[Tensor] = None) -> SvgScene:
         """The current scenes of ``particles`` (long ``[K]``; None: all N), differentiable w.r.t.
@@ -139,7 +173,70 @@ class SvgGenerator(BaseGenerator):
             return x if particles is None else x[particles]
 
         colors = torch.cat([self.colors[..., :3], self.colors[..., 3:] * self.visible[..., None]], -1)
-        return SvgScene(rows(self.points), rows(colors), self.canvas, self.canvas, background=rows(self.background))
+        return SvgScene(rows(self.points), rows(colors), self.canvas, self.canvas, background=rows(self.background),
+                        contour=self.contour, fill_rule=self.fill_rule)
+
+    # ---- grown paths (clean.enabled) ----------------------------------------------------------
+    def grows_at(self, step: int) -> bool:
+        """Whether paths are added before the training step ``step``."""
+        clean = self.cfg.clean
+        return clean.enabled and step < clean.add_until and step % clean.add_every == 0
+
+    @torch.no_grad()
+    def grow(self, step: int, targets: Tensor, renders: Tensor, particle_ids: Optional[Tensor] = None) -> int:
+        """Drop paths that faded out (alpha below ``clean.prune_alpha``), then trace new paths on
+        the largest error regions of ``renders`` against ``targets`` (both ``[K, 3, H, W]`` in
+        [0, 1], canvas size, of ``particle_ids``; None: all N), on top of the others:
+        ``clean.initial_paths`` at step 0, ``clean.paths_per_round`` later. Returns the paths added."""
+        clean, budget = self.cfg.clean, self.cfg.paths.num_paths
+        ids = self.all_particles() if particle_ids is None else particle_ids
+        faded = self.colors[..., 3] < clean.prune_alpha
+        self.visible[faded & (self.visible > 0)] = 0
+        count = clean.initial_paths if step == 0 else clean.paths_per_round
+        added = 0
+        for k, i in enumerate(ids.tolist()):
+            room = min(count, budget - int(self.used[i]))
+            if room <= 0:
+                continue
+            for mask, color in region_masks(targets[k], renders[k], self.background[i], clean, room):
+                slot = int(self.used[i])
+                pts, frozen = traced_path(mask, clean, self.canvas)
+                self.points.data[i, slot] = torch.as_tensor(pts, dtype=self.points.dtype)
+                self.frozen[i, slot] = torch.as_tensor(frozen)
+                self.colors.data[i, slot] = torch.tensor([*color.tolist(), 1.0], dtype=self.colors.dtype)
+                self.visible[i, slot] = 1
+                self.used[i] += 1
+                added += 1
+        return added
+
+    def clean_scenes(self, particle_ids: Tensor) -> list[tuple[SvgScene, Tensor]]:
+        """The written scene of each particle and its render ``[3, H, W]``
+        (:func:`scorestudio.generators.svg_paths.clean_scene` of its visible paths), cached until
+        the parameters change."""
+        out = []
+        for i in particle_ids.tolist():
+            key = (i, self.points._version, self.colors._version, self.background._version, int(self.used[i]))
+            if key not in self._clean_cache:
+                shown = self.visible[i].nonzero(as_tuple=True)[0]
+                scene = self.scene(torch.tensor([i]))
+                if len(shown):
+                    scene = SvgScene(scene.points[:, shown], scene.fill[:, shown], scene.width, scene.height,
+                                     fill_rule=scene.fill_rule[shown], contour=scene.contour[shown],
+                                     background=scene.background)
+                    self._clean_cache[key] = clean_scene(scene.detach(), self.cfg.clean, self.cfg.renderer)
+                else:
+                    self._clean_cache[key] = (scene.detach(), rasterize(scene.detach(), self.cfg.renderer)[0])
+            out.append(self._clean_cache[key])
+        return out
+
+    def path_reports(self, particle_ids: Tensor) -> dict:
+        """``particle{i}/paths``, ``/invisible``, ``/off_canvas``, ``/erasers``, ``/coverage`` of the
+        written scenes (:class:`~scorestudio.generators.svg_paths.PathReport`)."""
+        out = {}
+        for i, (scene, _) in zip(particle_ids.tolist(), self.clean_scenes(particle_ids)):
+            report = path_report(scene, self.cfg.renderer, self.cfg.clean.background_tolerance)
+            out.update(report.as_dict(f"particle{i}/"))
+        return out
 
     # ---- the generator interface --------------------------------------------------------------
     def render(self, particle_ids: Optional[Tensor] = None, cameras=None, step: int = 0, *,
@@ -148,6 +245,9 @@ class SvgGenerator(BaseGenerator):
         ``aux["scene"]`` (for the Xing loss). No camera, no resolution: the canvas is fixed."""
         if particle_ids is None:
             particle_ids = self.all_particles()
+        if self.cfg.clean.enabled and not training:
+            images = torch.stack([image for _, image in self.clean_scenes(particle_ids)])
+            return RenderOut(images, particle_ids)
         scene = self.scene(self.rows(particle_ids))
         return RenderOut(rasterize(scene, self.cfg.renderer), particle_ids, aux={"scene": scene})
 
@@ -173,7 +273,12 @@ class SvgGenerator(BaseGenerator):
 
     @torch.no_grad()
     def export(self, particle_ids: Tensor, folder: Path) -> tuple[list[Path], dict]:
-        """``particle{i}.svg`` for every i in ``particle_ids``."""
+        """``particle{i}.svg`` for every i in ``particle_ids`` (with ``clean.enabled``: the
+        cleaned scenes, and their path reports as metrics)."""
+        if self.cfg.clean.enabled:
+            scenes = [scene for scene, _ in self.clean_scenes(particle_ids)]
+            paths = [write_svg(s, Path(folder) / f"particle{int(i)}.svg") for s, i in zip(scenes, particle_ids)]
+            return paths, self.path_reports(particle_ids)
         scene = self.scene(self.rows(particle_ids))
         paths = [write_svg(scene, Path(folder) / f"particle{int(i)}.svg", index=k) for k, i in enumerate(particle_ids)]
         return paths, {}

@@ -11,6 +11,11 @@ The problem (y, A, the canvas, and for procedural inputs the ground truth) comes
 ``system.generator.canvas_size`` is set. The prompt defaults to the ground truth's caption for procedural
 inputs.
 
+With ``system.generator.clean.enabled`` the paths grow during training where the measurement is
+explained worst (:meth:`SvgGenerator.grow`, regions traced on the measurement shown at canvas
+size), and the SVG, PNG and metrics are those of the cleaned scene, with its path counts
+(``particle{i}/paths``, ``/invisible``, ``/off_canvas``, ``/erasers``, ``/coverage``).
+
 Outputs: ``particle{i}.svg``/``.png``, ``measurement.png`` (y at its own size),
 ``comparison.png`` (measurement upsampled | restorations | ground truth), ``ground_truth.png``,
 ``optimisation.gif``, metrics.json (PSNR/SSIM when the ground truth is known, measurement
@@ -53,12 +58,16 @@ class SvgRestorationSystem(DistillationSystem):
         distillation_weight: ScheduledFloat = schedulable(1.0)
 
     def configure(self) -> None:
-        from scorestudio.data.problems import load_problem
-
-        self.problem = load_problem(self.data_cfg, self.cfg.generator.get("canvas_size"))
+        self.problem = self.load_problem()
         self.operator = self.problem.operator
         self.register_buffer("y", self.problem.y, persistent=False)
         super().configure()
+
+    def load_problem(self):
+        """The :class:`~scorestudio.data.problems.RestorationProblem` of the ``data`` config."""
+        from scorestudio.data.problems import load_problem
+
+        return load_problem(self.data_cfg, self.cfg.generator.get("canvas_size"))
 
     def build_distillation(self, **guidance_overrides) -> None:
         """The prior, prompt processor and guidance, unless ``distillation: false``."""
@@ -87,6 +96,25 @@ class SvgRestorationSystem(DistillationSystem):
     def build_generator(self, generator_cls: type, **overrides):
         """The generator on the problem's canvas."""
         return super().build_generator(generator_cls, canvas_size=self.problem.canvas, **overrides)
+
+    # ---- path growth --------------------------------------------------------------------------
+    def render_step(self, step: int):
+        """Grow the generator's paths first when it does at ``step``, then render."""
+        if getattr(self.generator, "grows_at", lambda _: False)(step):
+            self.grow_paths(step)
+        return super().render_step(step)
+
+    @torch.no_grad()
+    def grow_paths(self, step: int) -> None:
+        """Add paths where the render's measurement is furthest from y, both seen at canvas size
+        (:func:`~scorestudio.data.problems.upsampled`), traced on y."""
+        from scorestudio.data.problems import upsampled
+
+        ids = self.local_particles()
+        images = self.generator.render(ids, None, step, training=True).images
+        seen = upsampled(self.operator(2 * images - 1), self.problem.canvas)
+        target = upsampled(self.y, self.problem.canvas).expand_as(seen)
+        self.generator.grow(step, target, seen, ids)
 
     # ---- losses -------------------------------------------------------------------------------
     def data_term(self, images: Tensor) -> Tensor:
@@ -122,4 +150,6 @@ class SvgRestorationSystem(DistillationSystem):
         labels = ["measurement", *(f"particle {i}" for i in range(len(images))), "ground truth"][: len(row)]
         written.append(save_labelled_grid(row, labels, self.save_path("comparison.png"), ncol=len(row),
                                           title=problem.operator.name))
+        if self.generator.cfg.clean.enabled:
+            metrics.update(self.generator.path_reports(self.generator.all_particles()))
         return written, {"operator": problem.operator.name, "distillation": self.cfg.distillation, **metrics}
