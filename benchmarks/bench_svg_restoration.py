@@ -22,6 +22,15 @@ every run are stacked in ``<out>_particles.png``.
 
 Writes ``benchmarks/results/svg_restoration.json`` (arguments, summary, per-run rows) and
 ``svg_restoration.md`` (the tables), or next to ``--out``.
+
+Real icons (``--real-icons``): the icons of ``benchmarks/data/vectorize`` (see
+``bench_vectorize.py``) rasterized by resvg at ``--real-size``, blurred by the config's Gaussian
+blur (σ ``--real-sigma``, no noise) and restored from that blurry image, with and without
+distillation (``--real-methods``); PSNR of the system's PNG and of resvg's drawing of its SVG
+against the sharp icon, paths against the source's, invisible / off-canvas / eraser counts.
+Writes ``svg_restoration_real.json`` / ``.md`` and ``svg_restoration_real_<icon>.png``.
+
+    OMP_NUM_THREADS=1 flock /work/notes/heavy.lock python benchmarks/bench_svg_restoration.py --real-icons
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from pathlib import Path
 
 import sharding
@@ -191,8 +201,89 @@ def markdown(summary: dict, t2s: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def real_icon_row(name: str, distillation: bool, args: argparse.Namespace, work: Path) -> dict:
+    """Restore one blurred real icon; its row and pictures (blurry, restored, truth)."""
+    import bench_vectorize as vec
+
+    from scorestudio.cli import parse_args, run
+    from scorestudio.data.problems import RestorationDataConfig, restoration_operator
+    from scorestudio.utils.images import load_image, save_image
+
+    truth = vec.rasterize(vec.DATA / f"{name}.svg", args.real_size)
+    kernel = 2 * round(3 * args.real_sigma) + 1
+    blur = restoration_operator(RestorationDataConfig(sigma=args.real_sigma, kernel_size=kernel, sigma_y=0.0))
+    blurry = ((blur(2 * truth - 1) + 1) / 2).clamp(0, 1)
+    image = work / f"{name}_blur.png"
+    save_image(blurry[0], image)
+    tag = f"{name}-{'ds' if distillation else 'dc-only'}"
+    steps = args.real_steps
+    argv = ["--config", str(ROOT / "configs" / "svg-restoration.yaml"), "--train", f"exp_root_dir={work}", f"tag={tag}",
+            "use_timestamp=false", "trainer.enable_progress_bar=false", f"data.image={image}",
+            f"data.sigma={args.real_sigma}", f"data.kernel_size={kernel}", f"trainer.max_steps={steps}",
+            f"system.distillation={str(distillation).lower()}", "system.prompt_processor.prompt=an icon",
+            f"system.generator.clean.add_until={int(0.6 * steps)}", f"system.distillation_weight=[0, 1.0, 0.0, {steps // 2}]",
+            f"seed={args.seed}"]
+    start = time.perf_counter()
+    run(*parse_args(argv))
+    seconds = time.perf_counter() - start
+    folder = work / "svg-restoration" / tag
+    metrics = json.loads((folder / "metrics.json").read_text())
+    own = load_image(folder / "save" / "particle0.png")[None]
+    drawn = vec.rasterize(folder / "save" / "particle0.svg", args.real_size)
+    row = {"icon": name, "distillation": distillation, "psnr_blurry": vec.psnr(blurry, truth),
+           "psnr_own": vec.psnr(own, truth), "psnr_resvg": vec.psnr(drawn, truth),
+           "paths": metrics["particle0/paths"], "source_paths": vec.source_paths(name), "time_s": seconds,
+           **{k: metrics[f"particle0/{k}"] for k in ("invisible", "off_canvas", "erasers", "coverage")}}
+    print(f"{tag:24s} " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    return row, (blurry, drawn, truth)
+
+
+def real_icons(args: argparse.Namespace) -> None:
+    """The ``--real-icons`` benchmark (see the module docstring)."""
+    import tempfile
+
+    from scorestudio.utils.images import save_labelled_grid
+
+    rows, out = [], Path(args.out).with_name("svg_restoration_real.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.real_names:
+            pictures, labels = [], []
+            for method in args.real_methods:
+                row, (blurry, drawn, truth) = real_icon_row(name, method == "dreamsampler", args, Path(tmp))
+                rows.append(row)
+                pictures += [blurry, drawn, truth]
+                labels += [f"blurry {row['psnr_blurry']:.1f}dB", f"{method} {row['paths']}p {row['psnr_resvg']:.1f}dB",
+                           f"truth {row['source_paths']}p"]
+            save_labelled_grid(torch.cat(pictures), labels, out.with_name(f"{out.stem}_{name}.png"), ncol=3, title=name)
+    lines = ["| method | blurry | PSNR (own render) | PSNR (resvg) | paths / source paths | invisible | off-canvas | erasers | s / run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    summary = {}
+    for method in args.real_methods:
+        group = [r for r in rows if r["distillation"] == (method == "dreamsampler")]
+        mean = {k: statistics.fmean(r[k] for r in group) for k in ("psnr_blurry", "psnr_own", "psnr_resvg", "time_s")}
+        mean.update({k: sum(r[k] for r in group) for k in ("paths", "source_paths", "invisible", "off_canvas", "erasers")})
+        mean["max_path_ratio"] = max(r["paths"] / r["source_paths"] for r in group)
+        summary[method] = mean
+        lines.append(f"| {method} | {mean['psnr_blurry']:.2f} | {mean['psnr_own']:.2f} | {mean['psnr_resvg']:.2f} | "
+                     f"{mean['paths']} / {mean['source_paths']} (max ×{mean['max_path_ratio']:.1f}) | {mean['invisible']} | "
+                     f"{mean['off_canvas']} | {mean['erasers']} | {mean['time_s']:.0f} |")
+    lines += ["", "| icon | method | blurry | own | resvg | paths / source | erasers |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['icon']} | {'dreamsampler' if r['distillation'] else 'data-only'} | {r['psnr_blurry']:.2f} | "
+              f"{r['psnr_own']:.2f} | {r['psnr_resvg']:.2f} | {r['paths']} / {r['source_paths']} | {r['erasers']} |" for r in rows]
+    out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary, "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--real-icons", action="store_true", help="restore blurred real icons instead (see the docstring)")
+    parser.add_argument("--real-names", nargs="+", default=["github", "apple", "spotify", "firefox", "x", "emoji_1f600",
+                                                            "emoji_1f34e", "emoji_1f42d"])
+    parser.add_argument("--real-size", type=int, default=256)
+    parser.add_argument("--real-sigma", type=float, default=3.0)
+    parser.add_argument("--real-steps", type=int, default=400)
+    parser.add_argument("--real-methods", nargs="+", default=["data-only"], choices=["dreamsampler", "data-only"])
     parser.add_argument("--icons", type=int, default=10, help="M held-out icons per operator")
     parser.add_argument("--steps", type=int, default=1000, help="optimisation steps per restoration")
     parser.add_argument("--operators", nargs="+", default=list(OPERATORS), choices=list(OPERATORS))
@@ -214,6 +305,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "svg_restoration.json"))
     sharding.add_arguments(parser)
     args = parser.parse_args()
+    if args.real_icons:
+        return real_icons(args)
     sharding.configure_launches(args)
 
     rows = (sharding.merged(args.merge) if args.merge
