@@ -132,6 +132,41 @@ def test_empty_space_skipping_renders_and_differentiates_like_dense_sampling():
     assert evaluated[0] == dense[3]
 
 
+def test_evaluation_renders_skip_only_empty_space_and_keep_faint_fog():
+    """Evaluation renders skip the cells whose density · step ≤ eval_skip_threshold (a grid of
+    their own, estimated once per trained step): a ball inside a faint fog (density · step 5e-3,
+    below the training grid's 0.01) renders exactly as with every sample, with fewer samples; the
+    training grid's threshold would have dropped the fog."""
+    cams = cameras_from_angles(torch.tensor([10.0, 40.0]), torch.tensor([20.0, -70.0]), 2.5, 40.0)
+    origins, dirs = get_rays(cams, 12, 12)
+    origins, dirs = origins.reshape(2, -1, 3), dirs.reshape(2, -1, 3)
+    calls = []
+
+    def density_fn(points, particles=None):
+        calls.append(particles)
+        r = points.norm(dim=-1)
+        return torch.where(r < 0.3, 20.0, torch.where(r < 0.6, 0.08, 0.0))   # step 1/16: fog 5e-3
+
+    def field_fn(points, samples):
+        calls.append(points.shape[1])
+        return {"density": density_fn(points), "rgb": (points + 1) / 2}
+
+    def render(threshold):
+        renderer = VolumeRenderer({"num_samples_per_ray": 32, "estimator": "dense", "eval_skip_threshold": threshold,
+                                   "occupancy": {"resolution": 16, "dilation": 1}}, 2, radius=1.0).eval()
+        for step in (7, 7):                                  # one estimate per trained step
+            renderer.prepare_evaluation(step, density_fn, torch.device("cpu"))
+        calls.clear()
+        out = renderer(field_fn, origins, dirs)
+        return out, calls[0]
+
+    (every, n_every), (skipped, n_skipped), (training_grid, _) = render(0.0), render(1e-5), render(0.01)
+    for key in ("rgb", "opacity"):
+        torch.testing.assert_close(every[key], skipped[key], rtol=0, atol=1e-6)
+    assert n_skipped < 0.6 * n_every
+    assert (every["opacity"] - training_grid["opacity"]).max() > 0.05      # the fog a coarser grid hides
+
+
 @pytest.mark.parametrize("items", [1, 2, 3, 11, 20])
 def test_grid_sampled_in_several_batch_items_equals_one_grid_sample(items):
     """sample_grid cuts each particle's points into batch items (to use every CPU thread): same

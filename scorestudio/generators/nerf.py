@@ -101,6 +101,7 @@ class NerfGenerator(BaseGenerator):
         else:
             # Normals even for albedo shading (whose colour does not use them): the normal panel.
             shading, jitter, normals = self.material.eval_shading(step, len(particle_ids)), None, True
+            self.renderer.prepare_evaluation(step, self.geometry.density, self.device_of())
         out = self.render_rays(cameras, resolution, shading, jitter, normals, self.rows(particle_ids))
         alpha = out["opacity"].reshape(-1, resolution, resolution)
         rendered = RenderOut(images=out.pop("rgb"), particle_ids=particle_ids, alpha=alpha, aux=out)
@@ -171,6 +172,7 @@ class NerfGenerator(BaseGenerator):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.renderer.empty_space.occupied = checkpoint.get(EMPTY_SPACE_KEY)   # None: rebuilt at the next step
+        self.renderer.eval_space_step = None                                    # other weights: re-estimated
 
     # ---- export ------------------------------------------------------------------------------
     def export_settings(self, config: Optional[dict] = None) -> dict:

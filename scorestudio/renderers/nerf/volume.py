@@ -15,16 +15,21 @@ something is visible (normals, point-light shading) on the samples whose weight 
 - ``occupancy``: the dense samples, but while training the field is evaluated only at those in
   occupied cells of an :class:`EmptySpaceMask` (the others get density 0), which cuts the field's
   forward and backward, the bulk of a CPU step (``benchmarks/bench_nerf.py``). Plain PyTorch,
-  any device; validation and test renders stay dense;
+  any device;
 - ``nerfacc`` (CUDA only): a nerfacc ``OccGridEstimator`` per particle skips empty space and
   returns packed samples, composited with nerfacc's packed CUDA kernels. nerfacc's packed and
   estimator functions need its CUDA extension, so they are never called on a CPU tensor;
 - ``auto``: ``nerfacc`` on CUDA, ``dense`` elsewhere.
+
+Evaluation renders (validation grids, test orbits: many more rays than a training step) with dense
+samples skip space too, but with a grid of their own, re-estimated once per trained step at a
+threshold (``eval_skip_threshold``) so low that the skipped samples cannot show: the training grid's
+threshold would hide the faint fog the evaluation is there to measure.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import torch
@@ -57,6 +62,9 @@ class RendererConfig:
     # Normals and point-light shading are evaluated only at samples whose compositing weight
     # exceeds this (the others add < prune_weight each to their pixel); 0 = at every sample.
     prune_weight: float = 1e-3
+    # Evaluation renders with dense samples evaluate the field only in cells (occupancy.resolution,
+    # occupancy.dilation) where density · step size exceeds this; 0 = at every sample.
+    eval_skip_threshold: float = 1e-5
     occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
 
 
@@ -168,6 +176,23 @@ class OccupancyGridSampler(nn.Module):
                                            occ_thre=self.cfg.threshold, n=self.cfg.update_every)
 
     @torch.no_grad()
+    def prepare_evaluation(self, step: int, density_fn: Callable[..., Tensor], device: torch.device) -> None:
+        """Before evaluation renders of the field trained for ``step`` steps: the cells they skip,
+        re-estimated only when the step changed (``density_fn`` as in :meth:`update`)."""
+        if self.cfg.eval_skip_threshold <= 0 or self.uses_nerfacc(device) or self.eval_space_step == step:
+            return
+        self.eval_space.occupied = None
+        self.eval_space.update(step, lambda points: density_fn(points, None), self.n_particles, self.step_size, device)
+        self.eval_space_step = step
+
+    def skipped_space(self) -> Optional[EmptySpaceMask]:
+        """The mask whose occupied cells alone are evaluated in this render, None for all samples."""
+        if self.skips_empty_space:
+            return self.empty_space if self.empty_space.occupied is not None else None
+        if not self.training and self.eval_space_step is not None:
+            return self.eval_space
+        return None
+
     def sample(self, origins: Tensor, dirs: Tensor, near: Tensor, far: Tensor, step_size: float,
                stratified: bool, particles: Optional[Tensor] = None) -> RaySamples:
         """Rays ``[K, R, 3]`` of the particles ``particles`` (long ``[K]``; None: all N)."""
@@ -289,6 +314,8 @@ class VolumeRenderer(BaseModule):
         if cfg.estimator in ("nerfacc", "auto"):
             self.occupancy = OccupancyGridSampler(cfg.occupancy, self.n_particles, self.radius)
         self.empty_space = EmptySpaceMask(cfg.occupancy, self.radius)
+        self.eval_space = EmptySpaceMask(replace(cfg.occupancy, threshold=cfg.eval_skip_threshold), self.radius)
+        self.eval_space_step: Optional[int] = None   # the trained step eval_space was estimated at
 
     @property
     def step_size(self) -> float:
@@ -317,6 +344,23 @@ class VolumeRenderer(BaseModule):
         elif self.skips_empty_space:
             self.empty_space.update(step, lambda points: density_fn(points, None), self.n_particles,
                                     self.step_size, device)
+
+    def prepare_evaluation(self, step: int, density_fn: Callable[..., Tensor], device: torch.device) -> None:
+        """Before evaluation renders of the field trained for ``step`` steps: the cells they skip,
+        re-estimated only when the step changed (``density_fn`` as in :meth:`update`)."""
+        if self.cfg.eval_skip_threshold <= 0 or self.uses_nerfacc(device) or self.eval_space_step == step:
+            return
+        self.eval_space.occupied = None
+        self.eval_space.update(step, lambda points: density_fn(points, None), self.n_particles, self.step_size, device)
+        self.eval_space_step = step
+
+    def skipped_space(self) -> Optional[EmptySpaceMask]:
+        """The mask whose occupied cells alone are evaluated in this render, None for all samples."""
+        if self.skips_empty_space:
+            return self.empty_space if self.empty_space.occupied is not None else None
+        if not self.training and self.eval_space_step is not None:
+            return self.eval_space
+        return None
 
     def sample(self, origins: Tensor, dirs: Tensor, jitter: Optional[Tensor],
                particles: Optional[Tensor] = None) -> RaySamples:
@@ -348,8 +392,9 @@ class VolumeRenderer(BaseModule):
         """
         samples = self.sample(origins, dirs, jitter, particles)
         points = samples.gather(origins) + samples.gather(dirs) * samples.t_points[..., None]
-        if self.skips_empty_space and self.empty_space.occupied is not None:
-            fields = evaluate_where(field_fn, points, samples, self.empty_space.lookup(points, particles))
+        space = self.skipped_space() if samples.valid is None else None
+        if space is not None:
+            fields = evaluate_where(field_fn, points, samples, space.lookup(points, particles))
         else:
             fields = field_fn(points, samples)
         values = {k: v for k, v in fields.items() if k != "density" and v.ndim == 3}
