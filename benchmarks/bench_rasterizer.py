@@ -11,6 +11,13 @@ does not see torch's allocations), in a fresh subprocess per configuration. CPU 
 threads) is reported next to wall time: on a shared machine it is the steadier number. Then the
 mean absolute error against resvg over 20 scenes at 224² and at 512². Prints a table and writes
 a JSON file.
+
+    python benchmarks/bench_rasterizer.py --strokes [--runs 5]
+
+instead times forward + backward of a stroke-heavy 512² scene (random open 4-cubic curves, stroke
+widths 2-6 px, round joins and caps, no fill; gradients to points, widths and colours) against
+the same paths filled (closed, no stroke), and writes ``rasterizer_strokes.json`` and a picture
+of both scenes next to ``--out``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scorestudio.renderers.svg import RasterizerConfig, random_scene, render, svg_string  # noqa: E402
+from scorestudio.renderers.svg import (  # noqa: E402
+    CAPS,
+    JOINS,
+    RasterizerConfig,
+    Stroke,
+    SvgScene,
+    random_scene,
+    render,
+    svg_string,
+)
 from scorestudio.utils.images import load_image  # noqa: E402
 
 CASES = [  # (name, size, paths, radius as a fraction of the size)
@@ -128,7 +144,11 @@ def main() -> None:
                         "against each other")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/rasterizer.json"))
     parser.add_argument("--memory-case", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--strokes", action="store_true", help="time strokes against fills instead (see above)")
     args = parser.parse_args()
+    if args.strokes:
+        strokes_vs_fills(args.runs, Path(args.out).parent)
+        return
     threads = sorted({int(t) for t in args.threads.split(",")} if args.threads else {1, torch.get_num_threads()})
     if args.memory_case is not None:
         torch.set_num_threads(threads[0])
@@ -190,6 +210,68 @@ def print_table(result: dict) -> None:
     print(f"MAE vs resvg (1/255): 224² {mae['224']:.3f}, 512² {mae['512']:.3f}")
     print(f"{machine['cpus']} CPUs, load average {machine['load_average_before'][0]:.1f} → "
           f"{machine['load_average_after'][0]:.1f}")
+
+
+def sketch_scenes(size: int, paths: int, seed: int = 0) -> tuple[SvgScene, SvgScene]:
+    """The same random curves (4 cubics from a random walk) as open round strokes without fill,
+    and as closed filled paths without stroke."""
+    gen = torch.Generator().manual_seed(seed)
+    start = torch.rand(1, paths, 1, 2, generator=gen) * size
+    steps = torch.randn(1, paths, 12, 2, generator=gen) * size * 0.04
+    points = start + torch.cat([torch.zeros(1, paths, 1, 2), steps[:, :, :-1].cumsum(2)], 2)   # [1, P, 12, 2]
+    color = torch.rand(1, paths, 4, generator=gen)
+    color[..., 3] = 1.0
+    width = 2 + 4 * torch.rand(1, paths, generator=gen)
+    stroked = torch.tensor([True, True, True, False]).expand(paths, 4)      # the closing cubic is not drawn
+    strokes = SvgScene(points, torch.zeros_like(color), size, size,
+                       stroke=Stroke(color, width, stroked=stroked, join=torch.full((paths,), JOINS.index("round")),
+                                     cap=torch.full((paths,), CAPS.index("round"))))
+    return strokes, SvgScene(points, color, size, size)
+
+
+def time_scene(make, runs: int) -> float:
+    """Median wall seconds of forward + backward of the scene ``make()`` builds, after a warm-up."""
+    weights = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1))
+    wall = []
+    for i in range(runs + 1):
+        start = time.perf_counter()
+        (render(make()) * weights).sum().backward()
+        if i:
+            wall.append(time.perf_counter() - start)
+    return statistics.median(wall)
+
+
+def strokes_vs_fills(runs: int, folder: Path) -> None:
+    from PIL import Image
+
+    strokes, fills = sketch_scenes(512, 128)
+
+    def stroked():
+        pts, col, w = (t.detach().clone().requires_grad_() for t in (strokes.points, strokes.stroke.color,
+                                                                      strokes.stroke.width))
+        s = strokes.stroke
+        return SvgScene(pts, strokes.fill, 512, 512, stroke=Stroke(col, w, stroked=s.stroked, join=s.join, cap=s.cap))
+
+    def filled():
+        pts, col = (t.detach().clone().requires_grad_() for t in (fills.points, fills.fill))
+        return SvgScene(pts, col, 512, 512)
+
+    order = [("fill", filled), ("stroke", stroked), ("stroke", stroked), ("fill", filled)]   # palindromic
+    times = {"fill": [], "stroke": []}
+    for name, make in order:
+        times[name].append(time_scene(make, runs))
+    fill_s, stroke_s = min(times["fill"]), min(times["stroke"])
+    result = {"scene": "512², 128 random 4-cubic curves; strokes: open, width 2-6 px, round joins/caps, no fill; "
+                       "fills: the same paths closed, no stroke",
+              "fwd_bwd_fill_s": fill_s, "fwd_bwd_stroke_s": stroke_s, "ratio": stroke_s / fill_s,
+              "runs": runs, "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+              "note": "best of two palindromic rounds of medians of `runs` forward+backward passes"}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rasterizer_strokes.json").write_text(json.dumps(result, indent=2) + "\n")
+    with torch.no_grad():
+        picture = torch.cat([render(strokes)[0], render(fills)[0]], 2)
+    Image.fromarray((picture.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / "rasterizer_strokes.png")
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
