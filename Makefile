@@ -11,7 +11,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed
 VIEWER_STAMP := tests/viewer/node_modules/.package-lock.json
 
-.PHONY: setup demo demo-toy test clean
+.PHONY: setup demo demo-toy test test-distributed clean
 
 setup: $(STAMP) $(VIEWER_STAMP)
 
@@ -39,6 +39,11 @@ demo-toy: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The slower checks of scorestudio batch on a local Ray cluster (tests marked slow; CI runs them too).
+test-distributed: setup
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,ray]"
+	$(PY) -m pytest -q -m slow tests/test_distributed_batch.py
 
 clean:
 	rm -rf outputs .pytest_cache
