@@ -243,18 +243,30 @@ def test_vae_switches_need_a_vae(hub):
         build(hub, "if", vae_slicing=True)
 
 
-def test_accumulate_grad_batches_reaches_the_trainer(tmp_path, tiny, monkeypatch):
+def test_accumulate_grad_batches_draws_new_samples_per_batch(tmp_path, tiny, monkeypatch):
+    """k = 2 training batches per optimizer step: each batch draws its own t (and cameras, noise);
+    the first batch of every step draws what a run without accumulation draws at that step."""
     from scorestudio.systems.distillation import DistillationSystem
     from tests.test_image_particles import launch
 
     seen = []
-    original = DistillationSystem.training_step
-    monkeypatch.setattr(DistillationSystem, "training_step",
-                        lambda self, batch, i: seen.append((self.global_step, self.trainer.accumulate_grad_batches))
-                        or original(self, batch, i))
+    original = DistillationSystem.distill_step
+
+    def spy(self, step):
+        out = original(self, step)
+        seen.append((self.global_step, self.trainer.accumulate_grad_batches, out["t"].tolist()))
+        return out
+
+    monkeypatch.setattr(DistillationSystem, "distill_step", spy)
     launch(tmp_path, tiny, "sds", "trainer.max_steps=2", "trainer.accumulate_grad_batches=2",
-           "trainer.val_check_interval=0")
-    assert seen == [(0, 2), (0, 2), (1, 2), (1, 2)]
+           "trainer.val_check_interval=0", "system.n_particles=2", tag="k2")
+    accumulated, seen[:] = list(seen), []
+    launch(tmp_path, tiny, "sds", "trainer.max_steps=2", "trainer.val_check_interval=0", "system.n_particles=2",
+           tag="k1")
+    assert [(step, k) for step, k, _ in accumulated] == [(0, 2), (0, 2), (1, 2), (1, 2)]
+    t = [ts for _, _, ts in accumulated]
+    assert t[0] != t[1] and t[2] != t[3]                       # two draws per optimizer step
+    assert [t[0], t[2]] == [ts for _, _, ts in seen]          # the first is the run without accumulation's
 
 
 def test_fp16_variant_files_alone_load(hub, tmp_path):

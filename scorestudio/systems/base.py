@@ -75,6 +75,8 @@ class BaseSystem(pl.LightningModule):
         if self.cfg.n_particles < 1:
             raise ConfigError(f"system.n_particles={self.cfg.n_particles}: a run needs at least one particle")
         self.loaded_step = 0   # the checkpoint's step in --test / --export, where global_step stays 0
+        self.batches_trained = 0   # training batches since this process began (or resumed) training
+        self._micro_batch: Optional[Any] = None
         self.configure()
 
     # ---- to override ----------------------------------------------------------------------
@@ -142,6 +144,28 @@ class BaseSystem(pl.LightningModule):
         from scorestudio.utils.seeding import generator
 
         return generator(self.seed, *keys)
+
+    # Training batch i of an optimizer step (trainer.accumulate_grad_batches = k) draws from streams
+    # of its own (utils.seeding.micro_batch): otherwise the k batches of a step, which share its
+    # step number, would repeat one draw. Counted from the start of this process's training, which
+    # is at an optimizer step (checkpoints are saved there).
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        from scorestudio.utils.seeding import micro_batch
+
+        self._micro_batch = micro_batch(self.batches_trained % self.trainer.accumulate_grad_batches)
+        self._micro_batch.__enter__()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.leave_micro_batch()
+        self.batches_trained += 1
+
+    def teardown(self, stage: str) -> None:
+        self.leave_micro_batch()   # a training step that raised never reached on_train_batch_end
+
+    def leave_micro_batch(self) -> None:
+        if self._micro_batch is not None:
+            self._micro_batch.__exit__(None, None, None)
+            self._micro_batch = None
 
     # ---- outputs ---------------------------------------------------------------------------
     def resolved_config(self) -> dict:
