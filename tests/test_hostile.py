@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -471,14 +472,27 @@ def test_a_nan_guidance_scale_stops_the_run_with_exit_2(tmp_path, tiny, capsys):
                               capsys=capsys)
     assert status == 2
     assert err == ("scorestudio: error: the run diverged: step 3: the guidance zeroed 128 NaN or infinite gradient "
-                   "elements, for 3 steps in a row (trainer.nonfinite_patience=3). " + CAUSES + ". The last finite "
-                   "state is in ckpts/last.ckpt if one was saved before (checkpoint.every_n_train_steps); "
-                   "trainer.on_nonfinite=warn or skip trains on regardless")
+                   "elements, for 3 steps in a row (trainer.nonfinite_patience=3); trainer.on_nonfinite=warn or skip "
+                   "trains on regardless. " + CAUSES + ". The last finite state is in ckpts/last.ckpt if one was "
+                   "saved before (checkpoint.every_n_train_steps)")
     root = tmp_path / "image-particles" / "cfg"
     assert sorted(p.name for p in (root / "ckpts").iterdir()) == ["last.ckpt"]
     last = load_checkpoint(root / "ckpts" / "last.ckpt")
     assert last["global_step"] == 3 and torch.isfinite(last["state_dict"]["generator.latents"]).all()
     assert not (root / "metrics.json").exists() and not any((root / "save").iterdir())
+
+
+def test_an_svg_run_whose_paths_turn_nan_stops_with_exit_2_whatever_the_policy(tmp_path, capsys):
+    """svg-restoration with a NaN data-term weight and trainer.on_nonfinite=warn: its control points
+    turn NaN at the first update, which no policy trains on from (a rasterizer cannot draw NaN
+    paths): one clear error, exit 2, instead of the rasterizer's traceback at the next step."""
+    status, err = launch_main("--config", "svg-restoration.yaml", "--train", f"exp_root_dir={tmp_path}", "tag=svg",
+                              "use_timestamp=false", "trainer.enable_progress_bar=false", "trainer.max_steps=4",
+                              "trainer.on_nonfinite=warn", "system.lambda_dc=.nan", "system.distillation=false",
+                              capsys=capsys)
+    assert status == 2
+    assert re.match(r"scorestudio: error: the run diverged: step 1: .*generator\.points.* not finite .*never recover "
+                    r"\(whatever trainer.on_nonfinite says\)", err), err
 
 
 def test_a_huge_learning_rate_stops_the_run_without_a_single_nan(tmp_path, tiny, capsys):
@@ -489,7 +503,8 @@ def test_a_huge_learning_rate_stops_the_run_without_a_single_nan(tmp_path, tiny,
                               capsys=capsys)
     assert status == 2
     assert err.startswith("scorestudio: error: the run diverged: step 1: generator.latents not finite (or beyond "
-                          "1.8e+19), and parameters that are not finite never recover. Usual causes: ")
+                          "1.8e+19), and parameters that are not finite never recover (whatever trainer.on_nonfinite says). "
+                          "Usual causes: ")
     root = tmp_path / "image-particles" / "lr"
     assert sorted(p.name for p in (root / "ckpts").iterdir()) == ["crash.ckpt"]
     assert not (root / "metrics.json").exists() and not any((root / "save").iterdir())

@@ -386,7 +386,8 @@ class DistillationSystem(BaseSystem):
             written += self.export(self.output_folder("test"))
         self.report_metrics({"step": self.trained_steps, **metrics})
         for path in written:
-            print(f"[scorestudio] wrote {path}")
+            if path.exists():   # pictures with NaN are not written (utils.images.all_finite warns instead)
+                print(f"[scorestudio] wrote {path}")
 
     def test_orbits(self) -> tuple[list[Path], dict]:
         """3-D: turntables (GIF, and MP4 with imageio-ffmpeg) of each particle's panels, all

@@ -16,8 +16,9 @@ infinite or larger than :func:`huge` after the update (its square overflows: a l
 - ``skip``: as ``warn``, and the update of a step whose gradients are not finite or whose guidance
   zeroed elements is dropped (parameters and optimizer state stay as they were).
 
-Whatever the policy, a run whose parameters are not finite at the end writes no pictures or
-metrics from them: it ends with a :class:`DivergenceError` too.
+Whatever the policy, a run stops with a :class:`DivergenceError` at the first step that leaves
+parameters not finite: nothing can be rendered or learnt from them (an SVG rasterizer cannot even
+draw NaN paths), so no pictures or metrics are written from them.
 """
 
 from __future__ import annotations
@@ -104,13 +105,13 @@ class DivergenceGuard(pl.Callback):
         lost = trainer.strategy.reduce_boolean_decision(lost, all=False)
         what = "; ".join(problems) or "non-finite values in another process"
         step = trainer.global_step
-        if self.policy == "stop" and (lost or self.streak >= self.patience):
-            how = ("and parameters that are not finite never recover" if lost else
-                   f"for {self.streak} steps in a row (trainer.nonfinite_patience={self.patience})")
+        if lost or (self.policy == "stop" and self.streak >= self.patience):
+            how = ("and parameters that are not finite never recover (whatever trainer.on_nonfinite says)" if lost else
+                   f"for {self.streak} steps in a row (trainer.nonfinite_patience={self.patience}); "
+                   "trainer.on_nonfinite=warn or skip trains on regardless")
             raise DivergenceError(
                 f"the run diverged: step {step}: {what}, {how}. Usual causes: {'; '.join(CAUSES)}. The last finite "
-                "state is in ckpts/last.ckpt if one was saved before (checkpoint.every_n_train_steps); "
-                "trainer.on_nonfinite=warn or skip trains on regardless")
+                "state is in ckpts/last.ckpt if one was saved before (checkpoint.every_n_train_steps)")
         if self.streak == 1 and self.policy != "stop":
             action = "its update dropped" if self.policy == "skip" else "training goes on"
             warnings.warn(f"step {step}: {what} (trainer.on_nonfinite={self.policy}: {action}). "
