@@ -229,6 +229,41 @@ def test_progress_is_read_from_the_runs_own_output():
     assert (job.step, job.total, job.history[5]["train/loss_sds"]) == (5, 4, 97.2)   # a resumed run's bar
 
 
+def test_a_cancelled_job_keeps_its_checkpoint_and_resumes_from_it(tmp_path):
+    """The queue's cancel stops a run with SIGTERM (exit 143, ckpts/last.ckpt at the step it had
+    reached); resume continues that run folder from there, and its bar counts on from that step."""
+    from scorestudio.ui.jobs import EXIT_CANCELLED, JobQueue, Launcher
+    from scorestudio.utils.checkpoint import load_checkpoint
+
+    queue = JobQueue(Launcher(threads=1, cold=True), tmp_path / "logs", poll_s=0.1)
+
+    def run_until_step(job, least: int):
+        deadline = time.time() + 120
+        while job.step < least and job.active and time.time() < deadline:
+            time.sleep(0.1)
+        assert job.step >= least, (job.status, job_log(job))
+        assert queue.cancel(job.id).startswith(f"job {job.id}: stopping")
+        while job.active and time.time() < deadline:
+            time.sleep(0.1)
+        assert (job.status, job.returncode) == ("cancelled", EXIT_CANCELLED), job_log(job)
+        return load_checkpoint(job.folder / "ckpts" / "last.ckpt")["global_step"]
+
+    def job_log(job):
+        return job.log.read_text(errors="replace")[-2000:]
+
+    try:
+        first = queue.submit("toy", ["train", "--config", str(ROOT / "configs" / "toy-particles.yaml"),
+                                     f"exp_root_dir={tmp_path}", "tag=cancel", "use_timestamp=false",
+                                     "trainer.max_steps=1000000", "trainer.val_check_interval=0"])
+        stopped_at = run_until_step(first, 20)
+        resumed = queue.resume(first.folder, "toy, resumed")
+        again_at = run_until_step(resumed, stopped_at + 20)
+    finally:
+        queue.shutdown(timeout_s=30)
+    assert stopped_at >= 20 and again_at >= stopped_at + 20
+    assert resumed.folder == first.folder
+
+
 # ---- in the browser ----------------------------------------------------------------------------
 def test_a_run_from_the_page_shows_progress_then_its_pictures_and_metrics(app, browser):
     url, outputs, server, _ = app
