@@ -229,6 +229,39 @@ def test_progress_is_read_from_the_runs_own_output():
     assert (job.step, job.total, job.history[5]["train/loss_sds"]) == (5, 4, 97.2)   # a resumed run's bar
 
 
+def test_the_run_browser_lists_runs_newest_first_and_filters_by_system_and_prompt(tmp_path):
+    """Run folders anywhere under outputs/ (CLI and batch runs alike), described from their
+    parsed.yaml and metrics; filters by system and by text in the prompt or the folder's name."""
+    import yaml
+
+    from scorestudio.ui.runs import browse, matching
+
+    def make(name, system, prompt, step=None, checkpoint=False, age=0):
+        folder = tmp_path / name
+        (folder / "configs").mkdir(parents=True)
+        cfg = {"system_type": system, "trainer": {"max_steps": 10}, "system": {"prompt_processor": {"prompt": prompt}}}
+        (folder / "configs" / "parsed.yaml").write_text(yaml.safe_dump(cfg))
+        if step is not None:
+            (folder / "metrics.json").write_text(json.dumps({"step": step}))
+        if checkpoint:
+            (folder / "ckpts").mkdir()
+            (folder / "ckpts" / "last.ckpt").write_bytes(b"")
+        stamp = time.time() - age
+        for path in [*folder.rglob("*"), folder]:
+            os.utime(path, (stamp, stamp))
+
+    make("dreamfusion/a_red_cube@1", "dreamfusion", "a red cube", step=10, age=30)
+    make("batch/a_blue_sphere-s0", "dreamfusion", "a blue sphere", checkpoint=True, age=20)
+    make("text-to-svg/a_star@2", "text-to-svg", "a star icon", age=10)
+    runs = browse(tmp_path)
+    assert [r.name for r in runs] == ["text-to-svg/a_star@2", "batch/a_blue_sphere-s0", "dreamfusion/a_red_cube@1"]
+    assert [r.status for r in runs] == ["incomplete", "stopped (resumable)", "finished"]
+    assert [r.name for r in matching(runs, system="dreamfusion")] == ["batch/a_blue_sphere-s0", "dreamfusion/a_red_cube@1"]
+    assert [r.name for r in matching(runs, text="SPHERE")] == ["batch/a_blue_sphere-s0"]
+    assert [r.name for r in matching(runs, system="text-to-svg", text="cube")] == []
+    assert [r.name for r in matching(runs, text="batch/")] == ["batch/a_blue_sphere-s0"]
+
+
 def test_a_cancelled_job_keeps_its_checkpoint_and_resumes_from_it(tmp_path):
     """The queue's cancel stops a run with SIGTERM (exit 143, ckpts/last.ckpt at the step it had
     reached); resume continues that run folder from there, and its bar counts on from that step."""
