@@ -233,6 +233,36 @@ def test_guidance_end_to_end_on_tiny_sd_and_if(maker, tmp_path):
         images.grad = None
 
 
+@pytest.mark.parametrize("perp_neg", [False, True])
+def test_vsd_lora_sees_the_prompt_without_its_view_and_the_prior_with_it(tmp_path, perp_neg):
+    """With view-dependent prompts, the pretrained prediction is conditioned on each camera's view
+    prompt (or Perp-Neg's mixture), the LoRA (given the camera itself) and its training step on the
+    plain prompt, as in ProlificDreamer / threestudio."""
+    prior = scorestudio.find("embedded")({"pretrained_model_name_or_path": str(make_tiny_embedded(tmp_path))})
+    processor = scorestudio.find("prompt-processor")({"prompt": "a red cube", "use_perp_neg": perp_neg})
+    pb = processor(prior, torch.tensor([10.0, 10.0]), torch.tensor([0.0, 180.0]))   # front, back
+    plain = prior.encode_text(["a red cube"])
+    assert torch.equal(pb.plain, plain.expand(2, -1, -1)) and not torch.allclose(pb.cond, pb.plain)
+    vsd = scorestudio.find("vsd")({"rgb_as_latents": True, "guidance_scale_lora": 1.0})
+    vsd.attach(prior)
+    seen = {"prior": [], "lora": []}
+    original = prior.denoiser_output
+
+    def spy(x, t, text, *args, unet=None, **kwargs):
+        seen["prior" if kwargs.get("class_labels") is None else "lora"].append(text.detach().clone())
+        return original(x, t, text, *args, unet=unet, **kwargs)
+
+    prior.denoiser_output = spy
+    try:
+        vsd(prior, latents_for(prior, 2), pb, torch.arange(2), step=0, seed=0)
+    finally:
+        del prior.denoiser_output
+    assert seen["lora"] and all(torch.equal(text, pb.plain) for text in seen["lora"])
+    assert any(torch.equal(text[:2], pb.cond) for text in seen["prior"])
+    assert not any(torch.equal(text[:2], pb.plain) for text in seen["prior"])
+    assert processor(prior, batch_size=2).plain is None                   # no cameras: no views
+
+
 def test_vsd_trains_only_lora_and_disabled_adapter_is_the_prior(tmp_path):
     folder = make_tiny_embedded(tmp_path / "vsd-prior")
     prior = scorestudio.find("embedded")({"pretrained_model_name_or_path": str(folder)})

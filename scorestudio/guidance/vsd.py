@@ -7,6 +7,8 @@ embedding c (flattened camera-to-world 4×4 → the UNet's class embedding; a ze
 "unconditional"). It models the distribution of the current renderings: each step it takes one
 denoising update on the detached particle latents at a fresh t (MSE to the noise, or to
 v = α_t ε − σ_t z_0 for a v-prediction LoRA model), with the camera dropped with probability 0.1.
+The LoRA is conditioned on the prompt without its view suffix (the camera tells it the view), the
+pretrained prediction on the view-dependent prompt, as in ProlificDreamer and threestudio.
 
 By default the frozen prior and the LoRA share the prior's UNet: the pretrained prediction runs
 with the adapter disabled and no camera embedding. ``pretrained_model_name_or_path_lora`` gives
@@ -135,9 +137,9 @@ class VSDGuidance(BaseGuidance):
         scale = self.cfg.guidance_scale_lora
         with self.lora(prior) as unet:
             if scale == 1.0:
-                return self.lora_eps(prior, unet, call.noisy, call.t, call.prompts.cond, cameras)
+                return self.lora_eps(prior, unet, call.noisy, call.t, call.prompts.without_view, cameras)
             eps = self.lora_eps(prior, unet, torch.cat([call.noisy] * 2), torch.cat([call.t] * 2),
-                                torch.cat([call.prompts.cond, call.prompts.uncond]),
+                                torch.cat([call.prompts.without_view, call.prompts.uncond]),
                                 torch.cat([cameras, torch.zeros_like(cameras)]))
         eps_cam, eps_uncond = eps.chunk(2)
         return eps_uncond + scale * (eps_cam - eps_uncond)
@@ -165,7 +167,7 @@ class VSDGuidance(BaseGuidance):
                             for p, k in keys]).to(z0.device) < self.cfg.camera_dropout
         cameras = self.cameras_of(call) * (~drop).float()[:, None]
         with self.lora(prior) as unet:
-            out = prior.denoiser_output(prior.add_noise(z0, noise, t), t, call.prompts.cond, class_labels=cameras,
+            out = prior.denoiser_output(prior.add_noise(z0, noise, t), t, call.prompts.without_view, class_labels=cameras,
                                         unet=unet)
         target = prior.velocity(z0, noise, t) if self.lora_prediction_type == "v_prediction" else noise
         return {"loss_lora": F.mse_loss(out, target)}

@@ -46,12 +46,22 @@ class PromptBatch:
     uncond: Tensor  # [B, L, D] embedding of the negative prompt ("" = unconditional)
     prompts: list[str]  # the B prompt strings behind ``cond`` (with Perp-Neg: each camera's nearest view)
     perp_neg: Optional[PerpNegBatch] = None  # Perp-Neg's negative views of each item (use_perp_neg)
+    # [B, L, D] embedding of each item's prompt without its view (None: as ``cond``): what a model
+    # given the camera itself (VSD's LoRA) is conditioned on, as in ProlificDreamer and threestudio
+    plain: Optional[Tensor] = None
+
+    @property
+    def without_view(self) -> Tensor:
+        """``plain``, or ``cond`` where the prompts carry no view."""
+        return self.cond if self.plain is None else self.plain
 
     def index(self, rows: Tensor) -> "PromptBatch":
         """The items ``rows`` (long ``[b]``) of the batch."""
         rows = rows.to(self.cond.device)
         perp_neg = self.perp_neg.index(rows) if self.perp_neg is not None else None
-        return PromptBatch(self.cond[rows], self.uncond[rows], [self.prompts[int(i)] for i in rows.tolist()], perp_neg)
+        plain = self.plain[rows] if self.plain is not None else None
+        return PromptBatch(self.cond[rows], self.uncond[rows], [self.prompts[int(i)] for i in rows.tolist()], perp_neg,
+                           plain)
 
 
 @register("prompt-processor")
@@ -148,7 +158,14 @@ class PromptProcessor(Configurable):
             return self.perp_neg_batch(prior, elevation, azimuth, prompts)
         cond = prior.encode_text(prompts)
         uncond = prior.encode_text([self.cfg.negative_prompt]).expand_as(cond)
-        return PromptBatch(cond=cond, uncond=uncond, prompts=prompts)
+        return PromptBatch(cond=cond, uncond=uncond, prompts=prompts, plain=self.plain_embedding(prior, elevation, cond))
+
+    def plain_embedding(self, prior: DiffusionPrior, elevation: Optional[Tensor], cond: Tensor) -> Optional[Tensor]:
+        """The prompt's embedding without a view, ``[B, L, D]`` like ``cond``, where the items'
+        prompts carry views (view-dependent prompting with cameras); else None."""
+        if elevation is None or not self.cfg.view_dependent_prompting:
+            return None
+        return prior.encode_text([self.cfg.prompt]).expand_as(cond)
 
     def perp_neg_batch(self, prior: DiffusionPrior, elevation: Tensor, azimuth: Tensor,
                        prompts: list[str]) -> PromptBatch:
@@ -162,4 +179,5 @@ class PromptProcessor(Configurable):
         cond = torch.einsum("bv,vld->bld", mix.to(views), views)
         uncond = prior.encode_text([self.cfg.negative_prompt]).expand_as(cond)
         perp_neg = PerpNegBatch(views[negatives.to(views.device)], weights.to(views))
-        return PromptBatch(cond=cond, uncond=uncond, prompts=prompts, perp_neg=perp_neg)
+        return PromptBatch(cond=cond, uncond=uncond, prompts=prompts, perp_neg=perp_neg,
+                           plain=self.plain_embedding(prior, elevation, cond))
