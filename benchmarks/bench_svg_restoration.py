@@ -28,7 +28,7 @@ Real icons (``--real-icons``): the icons of ``benchmarks/data/vectorize`` (see
 blur (σ ``--real-sigma``, no noise) and restored from that blurry image, with and without
 distillation (``--real-methods``); PSNR of the system's PNG and of resvg's drawing of its SVG
 against the sharp icon, paths against the source's, invisible / off-canvas / eraser counts.
-Writes ``svg_restoration_real.json`` / ``.md`` and ``svg_restoration_real_<icon>.png``.
+Writes ``<out>_real.json`` / ``.md`` and ``<out>_real_<icon>.png`` (``svg_restoration_real.*`` by default).
 
     OMP_NUM_THREADS=1 flock /work/notes/heavy.lock python benchmarks/bench_svg_restoration.py --real-icons
 """
@@ -244,7 +244,7 @@ def real_icons(args: argparse.Namespace) -> None:
 
     from scorestudio.utils.images import save_labelled_grid
 
-    rows, out = [], Path(args.out).with_name("svg_restoration_real.json")
+    rows, out = [], Path(args.out).with_name(Path(args.out).stem + "_real.json")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.real_names:
             pictures, labels = [], []

@@ -235,7 +235,8 @@ def test_sample_initialisation_applies_the_guidance_repulsion(tmp_path, tiny):
 
 
 def test_restoration_writes_all_outputs(tmp_path, tiny):
-    ctx = launch(tmp_path, tiny, "svg-restoration.yaml", "trainer.max_steps=3", "system.paths.num_paths=8")
+    ctx = launch(tmp_path, tiny, "svg-restoration.yaml", "trainer.max_steps=3", "system.paths.num_paths=8",
+                 "system.distillation=true")
     for name in ("particle0.svg", "particle0.png", "measurement.png", "ground_truth.png", "comparison.png",
                  "optimisation.gif"):
         assert (ctx.save_dir / name).is_file(), name
