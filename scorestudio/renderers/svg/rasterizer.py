@@ -219,15 +219,16 @@ def _take_paint(g: Gradient, idx: Tensor) -> Gradient:
 def _layers(scene: SvgScene, cfg: RasterizerConfig) -> _Layers:
     """The layers of ``scene``: fills, and strokes (interleaved: fill p then stroke p) as outline
     edges (:mod:`~scorestudio.renderers.svg.stroke`). Layers drawing nothing for sure (alpha 0 in
-    every scene, no gradient wanted) are left out."""
+    every scene, and no gradient wanted for their colour) are left out."""
     curve = polyline(scene, samples_per_segment(scene, cfg))
     edges, valid = _fill_edges(curve, scene)
     n, p = scene.batch_size, scene.num_paths
     path = torch.arange(p, device=edges.device)
     layers = _Layers(edges, valid, scene.fill_rule, torch.zeros_like(scene.fill_rule), scene.fill, path, scene.fill_paint)
+    learnt = torch.full((p,), scene.fill.requires_grad, device=edges.device)   # [L] colour with a gradient
     if scene.stroke is not None:
         arcs = arc_segments(scene, cfg.flatten_tolerance, cfg.max_samples_per_segment)
-        s_edges, s_valid = stroke_edges(curve, scene, arcs)
+        s_edges, s_valid = stroke_edges(curve, scene, arcs, cfg.flatten_tolerance)
         e = max(edges.shape[2], s_edges.shape[2])
         pad = lambda t, v: torch.cat([t, t.new_full((*t.shape[:2], e - t.shape[2], *t.shape[3:]), v)], 2)  # noqa: E731
         paint = None
@@ -240,16 +241,29 @@ def _layers(scene: SvgScene, cfg: RasterizerConfig) -> _Layers:
                          torch.stack([torch.zeros_like(scene.fill_rule), torch.ones_like(scene.fill_rule)], 1).reshape(-1),
                          torch.stack([scene.fill, scene.stroke.color], 2).reshape(n, 2 * p, 4),
                          path.repeat_interleave(2), paint)
+        learnt = torch.stack([learnt, torch.full_like(learnt, scene.stroke.color.requires_grad)], 1).reshape(-1)
     ok = layers.valid.expand(n, *layers.valid.shape)
     if not bool(torch.isfinite(layers.edges.detach()[ok]).all()):
         raise ValueError("cannot rasterize: the scene has NaN or infinite control points or stroke widths")
     if scene.opacity is not None:
         opacity = scene.opacity[:, layers.path, None]
         layers.color = torch.cat([layers.color[..., :3], layers.color[..., 3:] * opacity], -1)
-    if not layers.color.requires_grad:
-        drawn = (layers.color[..., 3] != 0).any(0)
-        if not bool(drawn.all()):
-            layers = layers.take(drawn.nonzero(as_tuple=True)[0])
+    drawn = (layers.color[..., 3] != 0).any(0) | learnt
+    if not bool(drawn.all()):
+        layers = layers.take(drawn.nonzero(as_tuple=True)[0])
+    return _compact(layers)
+
+
+def _compact(layers: _Layers) -> _Layers:
+    """The layers with only their real edges of non-zero length (in some scene), each layer's first:
+    the edges of padding segments and the unused points of stroke chains add no winding and are
+    never a nearest edge, and every later step costs per edge."""
+    e = layers.edges.detach()
+    useful = layers.valid & ((e[..., :2] != e[..., 2:]).any(-1)).any(0)     # [L, E]
+    keep = max(1, int(useful.sum(1).max()) if useful.numel() else 0)     # an empty edge axis breaks min/max
+    order = torch.argsort((~useful).to(torch.int8), dim=1, stable=True)[:, :keep]
+    layers.edges = torch.gather(layers.edges, 2, order[None, :, :, None].expand(e.shape[0], -1, -1, 4))
+    layers.valid = torch.gather(useful, 1, order)
     return layers
 
 
