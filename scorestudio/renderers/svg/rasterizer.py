@@ -23,8 +23,8 @@ checks it against resvg. The pipeline, for the N scenes of a batch at once:
    by the fill state, recomputed with autograd from that edge only. Other pixels are exactly 0 or
    1. The image is continuous in the points (a pixel changes side only at sd = 0), so finite
    differences and autograd agree.
-   A path's stroke is a second layer over its fill, its outline a union of overlapping pieces
-   filled "nonzero". A clip multiplies the coverage by its regions' coverage (rendered the same
+   A path's stroke is a second layer over its fill, its outline (offset chains, caps, round
+   sweeps; dashes cut by arc length, :mod:`~scorestudio.renderers.svg.dash`) filled "nonzero". A clip multiplies the coverage by its regions' coverage (rendered the same
    way, per region).
 6. **Composite** in painter's order per tile (a gradient gives a pair a colour per pixel):
    ``out = bg·Π(1−α_j) + Σ_i c_i α_i Π_{j>i}(1−α_j)``
@@ -50,6 +50,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from scorestudio.renderers.svg.dash import dash_edges, dashed
 from scorestudio.renderers.svg.pydiffvg_backend import render as render_pydiffvg
 from scorestudio.renderers.svg.paint import gradient_rgba, merge_paints
 from scorestudio.renderers.svg.scene import FLAT, Clip, Gradient, SvgScene
@@ -229,6 +230,10 @@ def _layers(scene: SvgScene, cfg: RasterizerConfig) -> _Layers:
     if scene.stroke is not None:
         arcs = arc_segments(scene, cfg.flatten_tolerance, cfg.max_samples_per_segment)
         s_edges, s_valid = stroke_edges(curve, scene, arcs, cfg.flatten_tolerance)
+        if bool(dashed(scene.stroke).any()):
+            d_edges, d_valid = dash_edges(curve, scene, arcs, cfg.flatten_tolerance)
+            s_edges = torch.cat([s_edges, d_edges], 2)
+            s_valid = torch.cat([s_valid & ~dashed(scene.stroke)[:, None], d_valid], 1)
         e = max(edges.shape[2], s_edges.shape[2])
         pad = lambda t, v: torch.cat([t, t.new_full((*t.shape[:2], e - t.shape[2], *t.shape[3:]), v)], 2)  # noqa: E731
         paint = None

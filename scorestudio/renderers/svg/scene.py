@@ -29,8 +29,9 @@ Everything below is optional (``None``): a scene without it draws exactly as a f
   part: exact for similarity transforms), ``stroked [P, S]`` bool (which segments are drawn),
   ``join [P]`` (:data:`JOINS` codes), ``miter_limit [P]``, ``cap [P]`` (:data:`CAPS` codes),
   ``dash [P, D]`` px (the dash array, repeated to an even length as SVG says, padded with 0),
-  ``dash_offset [P]`` px and ``paint`` (a :class:`Gradient` or None). The rasterizer does not cut
-  dashes yet: a dashed stroke is drawn solid.
+  ``dash_offset [P]`` px and ``paint`` (a :class:`Gradient` or None). Dashes are cut by arc
+  length along the flattened polyline (:mod:`~scorestudio.renderers.svg.dash`); the dash lengths
+  are topology, shared by the N scenes.
 
   *Open subpaths.* Every contour is closed for the fill; an open SVG subpath is stored with its
   closing segment (a straight cubic back to the contour's start, zero-length when the subpath

@@ -40,6 +40,7 @@ rasterizing. Everything is differentiable w.r.t. the points and widths.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -61,10 +62,13 @@ def arc_segments(scene: SvgScene, tolerance: float, cap: int) -> int:
     return max(2, min(cap, math.ceil(math.pi / (2 * math.acos(1 - tolerance / h)))))
 
 
-def stroke_edges(curve: Tensor, scene: SvgScene, arcs: int, tolerance: float) -> tuple[Tensor, Tensor]:
+def stroke_edges(curve: Tensor, scene: SvgScene, arcs: int, tolerance: float,
+                 joins: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Outline edges ``[N, P, E, 4]`` (x0, y0, x1, y1) of the strokes of ``scene``, and
     ``valid [P, E]``, from the flattened segments ``curve [N, P, S, K+1, 2]`` (:func:`polyline`)
-    with at most ``arcs`` = J edges per half-turn arc and the flattening ``tolerance`` in px."""
+    with at most ``arcs`` = J edges per half-turn arc and the flattening ``tolerance`` in px.
+    ``joins [P, S, K]``: the join code at the vertex after each edge (default: round inside a
+    segment, the path's join at the segment's end)."""
     stroke = scene.stroke
     h = (stroke.width.abs() / 2)[:, :, None, None, None]                   # [N, P, 1, 1, 1]
     a, b = curve[..., :-1, :], curve[..., 1:, :]                           # [N, P, S, K, 2]
@@ -81,7 +85,7 @@ def stroke_edges(curve: Tensor, scene: SvgScene, arcs: int, tolerance: float) ->
     shorter = torch.minimum(length, torch.cat([length[..., 1:, :], first(length)], -2))
     inside = torch.arange(k, device=curve.device) < k - 1                  # [K]
     at_vertex = torch.cat([stroked[..., None].expand(-1, -1, k - 1), joined[..., None]], -1)   # [P, S, K]
-    join = torch.where(inside, _ROUND, stroke.join[:, None, None])         # inside a segment: round sweep
+    join = torch.where(inside, _ROUND, stroke.join[:, None, None]) if joins is None else joins   # inside: round sweep
     chains, pivot, arc = _vertex_chains(b, u, u_out, shorter, h, join, stroke.miter_limit[:, None, None],
                                         at_vertex, tolerance)          # [N, P, S, K, 2 sides, 3, 2]
     side = torch.tensor([1.0, -1.0], dtype=curve.dtype, device=curve.device)[:, None]    # [2, 1] left, right
