@@ -221,3 +221,32 @@ def test_writer_round_trip_of_strokes_gradients_and_clips(tmp_path):
     assert again.clip.path_regions[1:].tolist() == scene.clip.path_regions.tolist()
     reference = resvg(HEAD + body + "</svg>")
     assert float(np.abs(resvg(svg_string(scene)) - reference).mean()) < 1.0
+
+
+def test_zero_length_subpaths_draw_their_caps(tmp_path):
+    """A zero-length line, ``L`` to the same point or ``M … Z`` draws its round or square cap (a
+    dot, as icon sets draw the dots of ⋮ or ÷), a butt cap nothing."""
+    body = ('<line x1="8" y1="10" x2="8" y2="10" stroke="#000" stroke-width="4" stroke-linecap="round"/>'
+            '<path d="M 22 9 L 22 9" stroke="#000" stroke-width="5" stroke-linecap="square"/>'
+            '<path d="M 30 28 Z" stroke="#000" stroke-width="5" stroke-linecap="round"/>'
+            '<path d="M 12 30 L 12 30" stroke="#000" stroke-width="5" stroke-linecap="butt"/>')
+    image, _ = ours(tmp_path, body)
+    assert (image.mean(-1) < 128).sum() >= 3 * 12                       # three dots of ink
+    assert mae_vs_resvg(tmp_path, body) <= 1.0
+
+
+def test_clip_path_on_a_clip_paths_child(tmp_path):
+    """A child of a ``<clipPath>`` with a ``clip-path`` of its own is intersected with it before the
+    union; drawn as resvg draws it, read and written back alike (the writer chains the clipPaths)."""
+    defs = ('<defs><clipPath id="inner"><rect x="0" y="0" width="18" height="40"/></clipPath>'
+            '<clipPath id="outer"><circle cx="15" cy="20" r="12" clip-path="url(#inner)"/>'
+            '<rect x="26" y="4" width="10" height="32"/></clipPath></defs>')
+    body = defs + '<rect x="2" y="2" width="36" height="36" fill="#2050c0" clip-path="url(#outer)"/>'
+    reference = resvg(HEAD + body + "</svg>")
+    assert mae_vs_resvg(tmp_path, body) <= 0.5
+    without_inner, _ = ours(tmp_path, body.replace('clip-path="url(#inner)"', ""))
+    assert float(np.abs(np.round(without_inner) - reference).mean()) > 5       # the check can fail
+    path = tmp_path / "case.svg"
+    path.write_text(HEAD + body + "</svg>")
+    written = svg_string(read_svg(path))
+    assert float(np.abs(resvg(written) - reference).mean()) <= 0.5

@@ -183,7 +183,7 @@ def _scene(items: list, contours: list, width: int, height: int) -> SvgScene:
             dash=_f32(dash), dash_offset=_f32([item.dashoffset for item in items]),
             paint=_gradients(stroke_paints))
     kw["fill_paint"] = _gradients(fill_paints)
-    kw["clip"] = _clips(items, width, height)
+    kw["clip"] = _clips([item.clips for item in items], width, height)
     return SvgScene(_f32(points), _f32([fills]), width, height, fill_rule=[item.fill_rule for item in items],
                     contour=torch.from_numpy(ids), **kw)
 
@@ -219,28 +219,31 @@ def _gradients(paints) -> Optional[Gradient]:
     return Gradient(torch.from_numpy(kind), _f32(geometry), _f32(transform), _f32(stops), torch.from_numpy(spread))
 
 
-def _clips(items: list, width: int, height: int) -> Optional[Clip]:
-    """Every ``<clipPath>`` use as one region of clip paths, and the regions of each drawn path."""
+def _clips(clip_lists: list, width: int, height: int) -> Optional[Clip]:
+    """Every ``<clipPath>`` use as one region of clip paths, and the regions of each drawn path
+    (``clip_lists``: the clips of each path, intersecting). Clip paths with a ``clip-path`` of their
+    own are clipped the same way (the clip scene's own ``clip``)."""
     regions: dict[int, int] = {}
     shapes, region_of_shape, per_item = [], [], []
-    for item in items:
+    for clips in clip_lists:
         mine = []
-        for clip in item.clips:
+        for clip in clips:
             while clip is not None:
                 if id(clip) not in regions:
                     regions[id(clip)] = len(regions)
-                    for contours, rule in clip.shapes:
-                        shapes.append(([_with_closing(c) for c in contours], rule))
+                    for contours, rule, own in clip.shapes:
+                        shapes.append(([_with_closing(c) for c in contours], rule, own))
                         region_of_shape.append(regions[id(clip)])
                 mine.append(regions[id(clip)])
                 clip = clip.clip
         per_item.append(mine)
     if not regions:
         return None
-    points, ids, _ = _pack([cs for cs, _ in shapes])
+    points, ids, _ = _pack([cs for cs, _, _ in shapes])
     paths = SvgScene(_f32(points), torch.ones(1, len(shapes), 4), width, height,
-                     fill_rule=[rule for _, rule in shapes], contour=torch.from_numpy(ids))
-    path_regions = -np.ones((len(items), max(map(len, per_item))), np.int64)
+                     fill_rule=[rule for _, rule, _ in shapes], contour=torch.from_numpy(ids),
+                     clip=_clips([own for _, _, own in shapes], width, height))
+    path_regions = -np.ones((len(clip_lists), max(1, max(map(len, per_item)))), np.int64)
     for i, mine in enumerate(per_item):
         path_regions[i, : len(mine)] = mine
     return Clip(paths, torch.tensor(region_of_shape), torch.from_numpy(path_regions))
@@ -464,19 +467,31 @@ def _clipped(element: str, scene: SvgScene, p: int, defs: list) -> str:
     """``element`` inside one group per clip region of path ``p`` (their clips intersect)."""
     if scene.clip is None:
         return element
-    clip = scene.clip
-    for region in clip.path_regions[p].tolist():
-        if region < 0:
-            continue
-        members = (clip.region == region).nonzero().flatten().tolist()
-        pts = clip.paths.points[0].detach().double().cpu().numpy()
-        ends, contour = clip.paths.segment_ends().cpu().numpy(), clip.paths.contour.cpu().numpy()
-        rules = clip.paths.fill_rules()
-        shapes = "".join(f'<path d="{" ".join(_closed_data(pts[q], ends[q], contour[q]))}" clip-rule="{rules[q]}"/>'
-                         for q in members)
-        defs.append(f'<clipPath id="c{region}" clipPathUnits="userSpaceOnUse">{shapes}</clipPath>')
-        element = f'<g clip-path="url(#c{region})">{element}</g>'
+    for region in scene.clip.path_regions[p].tolist():
+        if region >= 0:
+            element = f'<g clip-path="url(#{_clip_def(scene.clip, region, defs, "c", None)})">{element}</g>'
     return element
+
+
+def _clip_def(clip: Clip, region: int, defs: list, prefix: str, then: Optional[str]) -> str:
+    """Define (once) a ``<clipPath>`` of the shapes of clip region ``region`` (each clipped by the
+    regions of its own, chained), intersected with the clip path ``then``; its id."""
+    gid = f"{prefix}{region}" + (f"-{then}" if then else "")
+    if any(f'id="{gid}"' in d for d in defs):
+        return gid
+    paths, own = clip.paths, clip.paths.clip
+    pts = paths.points[0].detach().double().cpu().numpy()
+    ends, contour, rules = paths.segment_ends().cpu().numpy(), paths.contour.cpu().numpy(), paths.fill_rules()
+    shapes = []
+    for q in (clip.region == region).nonzero().flatten().tolist():
+        chain = None
+        for r in ([] if own is None else [r for r in own.path_regions[q].tolist() if r >= 0])[::-1]:
+            chain = _clip_def(own, r, defs, prefix + "c", chain)
+        attr = f' clip-path="url(#{chain})"' if chain else ""
+        shapes.append(f'<path d="{" ".join(_closed_data(pts[q], ends[q], contour[q]))}" clip-rule="{rules[q]}"{attr}/>')
+    tail = f' clip-path="url(#{then})"' if then else ""
+    defs.append(f'<clipPath id="{gid}" clipPathUnits="userSpaceOnUse"{tail}>{"".join(shapes)}</clipPath>')
+    return gid
 
 
 def _hex(rgb) -> str:

@@ -301,11 +301,13 @@ def _clip_coverage(scene: SvgScene, layer_path: Tensor, pairs: _Pairs, cfg: Rast
 
 
 def _clip_mask(clip: Clip, region: int, cfg: RasterizerConfig) -> Tensor:
-    """Coverage ``[N, H, W]`` of clip region ``region``: the union of its paths, drawn like paths."""
+    """Coverage ``[N, H, W]`` of clip region ``region``: the union of its paths, drawn like paths
+    (clipped by their own clip regions, where the clip paths have some)."""
     shapes = clip.paths
     q = (clip.region == region).nonzero(as_tuple=True)[0]
+    own = None if shapes.clip is None else Clip(shapes.clip.paths, shapes.clip.region, shapes.clip.path_regions[q])
     sub = SvgScene(shapes.points[:, q], torch.ones_like(shapes.fill[:, q]), shapes.width, shapes.height,
-                   shapes.fill_rule[q], shapes.contour[q])
+                   shapes.fill_rule[q], shapes.contour[q], clip=own)
     return _render_torch(sub, cfg)[1][:, 0]
 
 

@@ -67,10 +67,10 @@ Fill = Union[RGBA, Gradient, None]
 
 @dataclass
 class Clip:
-    """One ``clipPath``: the union of its shapes (each with its clip rule), intersected with the
-    clip path it has itself (``clip``)."""
+    """One ``clipPath``: the union of its shapes (each with its clip rule and the clip paths of its
+    own ``clip-path``, which intersect it), intersected with the clip path it has itself (``clip``)."""
 
-    shapes: list[tuple[list[Contour], str]]
+    shapes: list[tuple[list[Contour], str, list["Clip"]]]
     clip: Optional["Clip"] = None
 
 
@@ -311,7 +311,7 @@ class _Walker:
             matrix = matrix @ self._transform(el, style, ctx.viewport)
         clips = ctx.clips
         if self.specified.get(id(el), {}).get("overflow", "hidden").strip() not in ("visible", "auto"):
-            clips = clips + [Clip([([_rect_contour(matrix, x, y, w, h)], "nonzero")])]
+            clips = clips + [Clip([([_rect_contour(matrix, x, y, w, h)], "nonzero", [])])]
         matrix = matrix @ _viewport_matrix(view_box, el.get("preserveAspectRatio"), x, y, w, h)
         size = (view_box[2], view_box[3]) if view_box else (w, h)
         opacity = ctx.opacity * (css.opacity(style["opacity"]) if el is not placed else 1.0)
@@ -482,9 +482,14 @@ class _Walker:
                 y = _length(child.get("y"), viewport[1], 16.0) or 0.0
                 cm = m @ _translate(x, y) @ self._transform(el, child_style, viewport)
             local = _geometry(el, tag, viewport, _font(child_style))
-            if local:
+            own = []
+            if child_style["clip-path"] != "none":                # the child's own clip, in its user space
+                target = self.ids.get(css.parse_url(child_style["clip-path"]) or "")
+                own = [self._clip(target, cm, el, child_style, viewport, open_)] \
+                    if target is not None and css.local(target.tag) == "clipPath" else [None]
+            if local and None not in own:
                 rule = "evenodd" if child_style["clip-rule"].strip() == "evenodd" else "nonzero"
-                shapes.append(([Contour(_apply(cm, c), True) for c, _ in local if len(c)], rule))
+                shapes.append(([Contour(_apply(cm, c), True) for c, _ in local if len(c)], rule, own))
         inner = None
         ref = style["clip-path"]
         if ref != "none":
@@ -551,25 +556,31 @@ def _geometry(el, tag: str, viewport, font: float) -> Optional[list[tuple[np.nda
 
 
 def _subpaths(shape) -> list[tuple[np.ndarray, bool]]:
-    """Subpaths of an svgelements shape as exact cubics (zero-length segments dropped)."""
-    out, current, closed = [], [], False
+    """Subpaths of an svgelements shape as exact cubics (zero-length segments dropped). A subpath
+    whose segments all have zero length is one zero-length open cubic: SVG draws its round or
+    square caps (a dot)."""
+    out, current, closed, dot = [], [], False, None
 
     def finish():
-        nonlocal current, closed
+        nonlocal current, closed, dot
         if current:
             out.append((np.stack(current), closed))
-        current, closed = [], False
+        elif dot is not None:
+            out.append((line_cubic(dot, dot)[None], False))
+        current, closed, dot = [], False, None
 
     for seg in shape.segments(transformed=False):
         if isinstance(seg, se.Move):
             finish()
             continue
+        if seg.start is not None:
+            dot = np.array([seg.start.x, seg.start.y], float)
         if isinstance(seg, se.Close):
             if seg.start is not None and seg.end is not None and current:
                 start, end = np.array([seg.start.x, seg.start.y]), np.array([seg.end.x, seg.end.y])
                 if not np.allclose(start, end, rtol=0, atol=1e-9):   # arcs end a rounding error away
                     current.append(line_cubic(start, end))
-            closed = True
+            closed = bool(current)
             finish()
             continue
         current.extend(c for c in _as_cubics(seg) if np.ptp(c, axis=0).max() > 0)
