@@ -273,3 +273,25 @@ def test_pydiffvg_backend_missing_gives_install_instructions():
     scene = circle_scene(torch.tensor([[[8.0, 8.0]]]), torch.tensor([[4.0]]), torch.ones(1, 1, 4), 16, 16)
     with pytest.raises(ImportError, match="BachiLi/diffvg"):
         render(scene, RasterizerConfig(backend="pydiffvg"))
+
+
+def test_sketch_generator_draws_open_strokes_with_learnt_widths(tmp_path):
+    """``generator.stroke.enabled``: the paths are drawn as open black strokes (no fill), the
+    widths are a parameter with its lr group and a gradient, and the written SVG draws alike."""
+    from scorestudio.generators.svg import SvgGenerator
+
+    svg = SvgGenerator({"paths": {"num_paths": 6, "radius": 120.0}, "canvas_size": 96, "xing_weight": 0.0,
+                        "renderer": {"samples_per_segment": 16},
+                        "stroke": {"enabled": True, "width": 4.0}}, n_particles=2, seed=0)
+    out = svg.render()
+    image = out.images
+    assert image.shape == (2, 3, 96, 96)
+    ink = image.mean(1) < 0.5                                            # [N, H, W]
+    assert 0.01 < float(ink.float().mean()) < 0.3                        # thin strokes, not filled discs
+    assert float((image.max(1).values - image.min(1).values).max()) < 0.05   # black ink on white: grey levels only
+    image.sum().backward()
+    assert svg.widths.grad is not None and float(svg.widths.grad.abs().sum()) > 0
+    assert "widths" in [g["name"] for g in svg.param_groups()]
+    paths, _ = svg.export(svg.all_particles(), tmp_path)
+    # Thin diagonal edges are where our distance coverage and resvg's area coverage differ most.
+    assert mae255(image[0].detach(), resvg(paths[0], tmp_path)) < 1.5

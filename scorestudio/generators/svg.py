@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from scorestudio.generators.base import BaseGenerator, RenderOut
 from scorestudio.generators.svg_paths import CleanPathConfig, clean_scene, path_report, region_masks, slot_layout, traced_path
-from scorestudio.renderers.svg import RasterizerConfig, SvgScene, circle_points, write_svg
+from scorestudio.renderers.svg import CAPS, JOINS, RasterizerConfig, Stroke, SvgScene, circle_points, write_svg
 from scorestudio.renderers.svg import render as rasterize
 from scorestudio.renderers.svg.rasterizer import control_points
 from scorestudio.utils.config import ConfigError
@@ -72,6 +72,19 @@ class SvgLrConfig:
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / span)
         return self.end_fraction + (1 - self.end_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class SvgStrokeConfig:
+    """Paths drawn as strokes (sketches: CLIPasso, DiffSketcher) instead of filled shapes."""
+
+    enabled: bool = False            # draw every path as a stroke, with no fill
+    open: bool = True                # leave each path's last segment undrawn (open strokes, round caps)
+    width: float = 1.5               # initial stroke width, px at the canvas
+    learn_width: bool = True         # optimise each stroke's width (lr = point lr × width_ratio)
+    width_ratio: float = 0.1
+    width_range: list = field(default_factory=lambda: [0.5, 4.0])   # px: widths are kept in [lo, hi]
+    ink: Optional[list] = field(default_factory=lambda: [0.0, 0.0, 0.0])   # fixed RGB ink; None: learnt colours
 
 
 def xing_loss(scene: SvgScene) -> Tensor:
@@ -116,6 +129,7 @@ class SvgGenerator(BaseGenerator):
         # Paths grown where the residual is largest and a cleaned file (restoration, vectorisation);
         # paths.num_paths is then the budget and paths.segments is unused.
         clean: CleanPathConfig = field(default_factory=CleanPathConfig)
+        stroke: SvgStrokeConfig = field(default_factory=SvgStrokeConfig)   # sketches: strokes instead of fills
 
     def configure(self) -> None:
         cfg, n = self.cfg.paths, self.n_particles
@@ -142,6 +156,35 @@ class SvgGenerator(BaseGenerator):
         self.contour = self.fill_rule = None
         if self.cfg.clean.enabled:
             self.configure_slots()
+        if self.cfg.stroke.enabled:
+            self.configure_strokes()
+
+    def configure_strokes(self) -> None:
+        """Stroke widths ``[N, P]`` (a parameter when learnt) for sketches; the fill is not drawn."""
+        stroke, (n, p) = self.cfg.stroke, self.colors.shape[:2]
+        lo, hi = stroke.width_range
+        if not 0 < lo <= stroke.width <= hi or self.cfg.clean.enabled:
+            raise ConfigError(f"{self.config_path}.stroke: need 0 < width_range[0] ≤ width ≤ width_range[1] and "
+                              f"clean.enabled false, got width {stroke.width}, width_range {stroke.width_range}")
+        width = torch.full((n, p), float(stroke.width))
+        if stroke.learn_width:
+            self.widths = nn.Parameter(width)
+        else:
+            self.register_buffer("widths", width)
+        if stroke.ink is not None:
+            with torch.no_grad():
+                self.colors.data[..., :3] = torch.tensor([float(c) for c in stroke.ink])
+
+    def stroked(self, scene: SvgScene, widths: Tensor) -> SvgScene:
+        """``scene`` drawn as strokes of its paths' colours and ``widths [N, P]`` px, without fill."""
+        p, s = scene.num_paths, scene.num_segments
+        drawn = torch.ones(p, s, dtype=torch.bool, device=scene.points.device)
+        drawn[:, -1] = not self.cfg.stroke.open
+        round_ = torch.full((p,), JOINS.index("round"), device=drawn.device)
+        stroke = Stroke(scene.fill, widths, stroked=drawn,
+                        join=round_, cap=torch.full((p,), CAPS.index("round"), device=drawn.device))
+        return SvgScene(scene.points, torch.zeros_like(scene.fill.detach()), scene.width, scene.height,
+                        background=scene.background, contour=scene.contour, fill_rule=scene.fill_rule, stroke=stroke)
 
     def configure_slots(self) -> None:
         """Empty slots for grown paths: every path has the layout of :func:`slot_layout` (even-odd
@@ -173,8 +216,9 @@ class SvgGenerator(BaseGenerator):
             return x if particles is None else x[particles]
 
         colors = torch.cat([self.colors[..., :3], self.colors[..., 3:] * self.visible[..., None]], -1)
-        return SvgScene(rows(self.points), rows(colors), self.canvas, self.canvas, background=rows(self.background),
-                        contour=self.contour, fill_rule=self.fill_rule)
+        scene = SvgScene(rows(self.points), rows(colors), self.canvas, self.canvas, background=rows(self.background),
+                         contour=self.contour, fill_rule=self.fill_rule)
+        return self.stroked(scene, rows(self.widths)) if self.cfg.stroke.enabled else scene
 
     # ---- grown paths (clean.enabled) ----------------------------------------------------------
     def grows_at(self, step: int) -> bool:
@@ -263,6 +307,8 @@ class SvgGenerator(BaseGenerator):
                   {"params": [self.colors], "lr": lr.points * lr.color_ratio, "name": "colors"}]
         if isinstance(self.background, nn.Parameter):
             groups.append({"params": [self.background], "lr": lr.points * lr.background_ratio, "name": "background"})
+        if self.cfg.stroke.enabled and isinstance(self.widths, nn.Parameter):
+            groups.append({"params": [self.widths], "lr": lr.points * self.cfg.stroke.width_ratio, "name": "widths"})
         return [{**group, "lr_lambda": lr.factor} for group in groups]
 
     @torch.no_grad()
@@ -270,6 +316,10 @@ class SvgGenerator(BaseGenerator):
         """Keep colours (and the background) in [0, 1]."""
         self.colors.clamp_(0, 1)
         self.background.clamp_(0, 1)
+        if self.cfg.stroke.enabled:
+            self.widths.clamp_(*self.cfg.stroke.width_range)
+            if self.cfg.stroke.ink is not None:                            # fixed ink: only the alpha learns
+                self.colors[..., :3] = torch.tensor([float(c) for c in self.cfg.stroke.ink])
 
     @torch.no_grad()
     def export(self, particle_ids: Tensor, folder: Path) -> tuple[list[Path], dict]:
