@@ -28,10 +28,13 @@ $(VIEWER_STAMP): tests/viewer/package-lock.json
 	if command -v npm >/dev/null; then npm ci --prefix tests/viewer --no-audit --no-fund --silent; \
 	else echo "npm not found: tests/test_viewer.py will need tests/viewer/node_modules (npm ci there)"; fi
 
-# The main job: text-to-3D, 4 NeRF particles of "a red cube" from the embedded prior (≤ 15 min on
-# 2 cores): orbit GIFs, meshes and probe metrics under outputs/dreamfusion-embedded/.
+# The main job: text-to-3D, 4 NeRF particles of the ambiguous prompt "a cube" from the embedded
+# prior, kept apart by repulsion so that they take different colours (≤ 5 min on 2 cores):
+# orbit GIFs, meshes and probe metrics under outputs/dreamfusion-demo/, then the particles side by
+# side in outputs/demo/ (text_to_3d.png, text_to_3d_turntable.gif). Without repulsion, for
+# comparison: docs/images/text_to_3d_no_repulsion.png.
 demo: setup
-	$(PY) launch.py --config configs/dreamfusion-embedded.yaml --train
+	$(PY) scripts/readme_pictures.py --only text-to-3d --out outputs/demo --work outputs
 
 # Seconds: repulsion between particles on a 2-D bimodal target.
 demo-toy: setup

@@ -25,7 +25,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 @torch.no_grad()
-def kept(prior, probe, shape: str, scale: float, frac: float, draws: int, seed: int) -> dict:
+def kept(prior, probe, shape: str, scale: float, frac: float, draws: int, seed: int, negative: str = "") -> dict:
     """Fractions of (colour, noise draw) pairs whose one-step x̂0 keeps the colour / the shape."""
     from scorestudio.data.cameras import cameras_from_angles
     from scorestudio.data.procedural import ALL_SHAPES, COLORS, render_objects
@@ -36,7 +36,7 @@ def kept(prior, probe, shape: str, scale: float, frac: float, draws: int, seed: 
     images = render_objects(torch.full((n,), ALL_SHAPES.index(shape)), torch.tensor([COLORS[c] for c in names]),
                             cameras, prior.image_size)
     z0 = prior.encode_images(images)
-    cond, uncond = prior.encode_text([f"a {shape}"] * n), prior.encode_text([""] * n)
+    cond, uncond = prior.encode_text([f"a {shape}"] * n), prior.encode_text([negative] * n)
     t = torch.full((n,), int(frac * prior.num_train_timesteps))
     gen = torch.Generator().manual_seed(seed)
     colour = shape_ok = 0
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.6, 0.9], help="t/T")
     parser.add_argument("--draws", type=int, default=3, help="noise draws per colour")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--negative", default="", help="the negative prompt of CFG (default: none, as the embedded configs)")
     parser.add_argument("--out", default=str(RESULTS / "ambiguous_cfg.json"))
     args = parser.parse_args()
     import scorestudio
@@ -67,7 +68,7 @@ def main() -> None:
         for scale in args.scales:
             for frac in args.fractions:
                 rows.append({"shape": shape, "cfg": scale, "t_frac": frac,
-                             **kept(prior, probe, shape, scale, frac, args.draws, args.seed)})
+                             **kept(prior, probe, shape, scale, frac, args.draws, args.seed, args.negative)})
                 print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,10 @@ repulsion) through ``launch.py``'s ``run`` and reads the probe metrics of the te
 
 - quality: "a red cube" and "a blue sphere" — per particle the fraction of frames classified as
   the prompted shape and colour (target ≥ 0.8 for every particle);
-- diversity: "a cube", 4 particles, seeds 0..S−1, for each γ of ``--gammas`` (0 = no repulsion) —
-  the number of distinct colours among the particles (majority vote over each particle's frames).
+- diversity: an ambiguous prompt (``--diversity-prompts``, default "a cube"), 4 particles, seeds
+  0..S−1, for each γ of ``--gammas`` (0 = no repulsion) — the number of distinct colours among the
+  particles (majority vote over each particle's frames), each particle's share of frames showing
+  the prompted shape, and the translucent pixels.
 
     python benchmarks/bench_text_to_3d.py                               # 2 + 2·3 runs
     python benchmarks/bench_text_to_3d.py --steps 100 --seeds 1         # a quick look
@@ -16,6 +18,8 @@ repulsion) through ``launch.py``'s ``run`` and reads the probe metrics of the te
         --work-dir outputs/t3d-textureless      # a variant over seeds (here threestudio's shading mix)
     python benchmarks/bench_text_to_3d.py --device cuda --shard 0/4 --out /tmp/t0.json   # see sharding.py
     python benchmarks/bench_text_to_3d.py --config gaussians-embedded.yaml --out benchmarks/results/gaussians_t3d.json
+    python benchmarks/bench_text_to_3d.py --config dreamfusion-demo.yaml --checks diversity --seeds 5 \
+        --gammas 0 --diversity-prompts "a cube" "a torus"     # the demo config's γ when --gammas is left out
 
 Writes ``benchmarks/results/text_to_3d.json`` (arguments, summary, per-run rows), ``text_to_3d.md`` and
 ``text_to_3d_particles.png`` (the first orbit frame of every run whose folder is on this machine).
@@ -38,22 +42,24 @@ QUALITY_PROMPTS = ("a red cube", "a blue sphere")
 
 
 def jobs(args: argparse.Namespace) -> list[tuple]:
-    """("quality", prompt, seed) and ("diversity", γ, seed) runs."""
+    """("quality", prompt, seed) and ("diversity", prompt, γ, seed) runs (γ None: the config's)."""
     out = ([("quality", prompt, seed) for seed in args.quality_seeds for prompt in args.quality_prompts]
            if "quality" in args.checks else [])
     if "diversity" in args.checks:
-        out += [("diversity", gamma, seed) for gamma in args.gammas for seed in range(args.seeds)]
+        out += [("diversity", prompt, gamma, seed) for prompt in args.diversity_prompts for gamma in args.gammas
+                for seed in range(args.seeds)]
     return out
 
 
 def run_tag(kind: str, prompt: str, value, seed: int) -> str:
     """The tag (run folder name) of a job; ``value``: γ for a diversity run, unused for quality."""
-    return f"{kind}-{prompt.replace(' ', '_')}-{value if kind == 'diversity' else ''}-seed{seed}"
+    shown = "" if kind != "diversity" else "config" if value is None else value
+    return f"{kind}-{prompt.replace(' ', '_')}-{shown}-seed{seed}"
 
 
 def run_job(job: tuple, args: argparse.Namespace) -> dict:
-    kind, value, seed = job
-    prompt = value if kind == "quality" else "a cube"
+    kind, prompt, seed = job[0], job[1], job[-1]
+    value = job[2] if kind == "diversity" else prompt
     overrides = [f"system.prompt_processor.prompt={prompt}", f"seed={seed}", "system.generator.export.after_test=false"]
     if args.steps:
         overrides.append(f"trainer.max_steps={args.steps}")
@@ -93,15 +99,26 @@ def summarize(rows: list[dict]) -> dict:
             "every_particle_80": min(shapes + colors) >= 0.8, "seeds": len(group),
             "translucent_fraction": mean_fog(group),
             "time_s": statistics.fmean(r["time_s"] for r in group)}
-    for gamma in sorted({r["gamma"] for r in rows if r["kind"] == "diversity"}):
-        group = [r for r in rows if r["kind"] == "diversity" and r["gamma"] == gamma]
-        summary["diversity"][f"gamma{gamma:g}"] = {
+    diverse = [r for r in rows if r["kind"] == "diversity"]
+    for prompt, gamma in dict.fromkeys((r["prompt"], gamma_label(r["gamma"])) for r in diverse):
+        group = [r for r in diverse if r["prompt"] == prompt and gamma_label(r["gamma"]) == gamma]
+        shapes = [f for r in group for f in r["shape_fraction"] if f is not None]
+        summary["diversity"][f"{prompt}|{gamma}"] = {
+            "prompt": prompt, "gamma": gamma,
             "distinct_colors": statistics.fmean(r["distinct_colors"] for r in group),
+            "distinct_colors_per_seed": [r["distinct_colors"] for r in group],
             "distinct_shapes": statistics.fmean(r["distinct_shapes"] for r in group),
             "diversity": statistics.fmean(r["diversity"] for r in group), "seeds": len(group),
+            "min_shape_fraction": min(shapes) if shapes else None,
+            "particles_shape_80": sum(f >= 0.8 for f in shapes), "particles": len(shapes),
             "translucent_fraction": mean_fog(group),
             "time_s": statistics.fmean(r["time_s"] for r in group)}
     return summary
+
+
+def gamma_label(gamma) -> str:
+    """γ of a diversity run as the tables show it: a number, or "config" (the config's own γ)."""
+    return "config" if gamma is None else f"{gamma:g}"
 
 
 def markdown(summary: dict) -> str:
@@ -113,11 +130,15 @@ def markdown(summary: dict) -> str:
     for prompt, e in summary["quality"].items():
         lines.append(f"| {prompt} | {e['seeds']} | {e['min_shape_fraction']:.2f} | {e['min_color_fraction']:.2f} | "
                      f"{e['particles_80']}/{e['particles']} | {fog(e)} | {e['time_s']:.0f} |")
-    lines += ["", "| \"a cube\", 4 particles | distinct colours | distinct shapes | diversity | translucent pixels | seeds |",
-              "|---|---|---|---|---|---|"]
-    for key, e in summary["diversity"].items():
-        lines.append(f"| γ = {key.removeprefix('gamma')} | {e['distinct_colors']:.2f} | {e['distinct_shapes']:.2f} | "
-                     f"{e['diversity']:.3f} | {fog(e)} | {e['seeds']} |")
+    lines += ["", "| prompt, 4 particles | γ | distinct colours (per seed) | distinct shapes | diversity | "
+              "min shape fraction | particles shape ≥ 0.8 | translucent pixels | seeds |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for e in summary["diversity"].values():
+        shape = "–" if e.get("min_shape_fraction") is None else f"{e['min_shape_fraction']:.2f}"
+        per_seed = ", ".join(map(str, e.get("distinct_colors_per_seed", [])))
+        lines.append(f"| {e.get('prompt', 'a cube')} | {e.get('gamma')} | {e['distinct_colors']:.2f} ({per_seed}) | "
+                     f"{e['distinct_shapes']:.2f} | {e['diversity']:.3f} | {shape} | "
+                     f"{e.get('particles_shape_80', '–')}/{e.get('particles', '–')} | {fog(e)} | {e['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -133,11 +154,11 @@ def orbit_sheet(rows: list[dict], work_dir: Path, path: Path, run_name: str = RU
 
     found = []
     for row in rows:
-        value = row["gamma"] if row["kind"] == "diversity" else None
+        value = row["gamma"] if row["kind"] == "diversity" else row["prompt"]
         save = work_dir / run_name / run_tag(row["kind"], row["prompt"], value, row["seed"]) / "save"
         gifs = sorted(save.glob("it*-test/all.gif"), key=lambda f: int(f.parent.name[2:].split("-")[0]))
         if gifs:
-            label = f"{row['prompt']}, γ {row['gamma']:g}" if row["gamma"] is not None else row["prompt"]
+            label = f"{row['prompt']}, γ {gamma_label(row['gamma'])}" if row["kind"] == "diversity" else row["prompt"]
             found.append((f"{label}, seed {row['seed']}", iio.imread(gifs[-1], index=0)))
     if not found:
         return 0
@@ -153,13 +174,20 @@ def orbit_sheet(rows: list[dict], work_dir: Path, path: Path, run_name: str = RU
     return len(found)
 
 
+def gamma_arg(text: str) -> float | None:
+    """A number, or ``config`` (None: the config's own γ)."""
+    return None if text == "config" else float(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=CONFIG, help="a text-to-3D config in configs/ whose name is its file name")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the diversity check")
     parser.add_argument("--quality-seeds", type=int, nargs="+", default=[0], help="seeds of the quality runs")
-    parser.add_argument("--gammas", type=float, nargs="+", default=[0.0, 10.0], help="repulsion γ of the diversity check")
+    parser.add_argument("--gammas", type=gamma_arg, nargs="+", default=[0.0, 10.0],
+                        help="repulsion γ of the diversity check; 'config': the config's own (a schedule too)")
+    parser.add_argument("--diversity-prompts", nargs="+", default=["a cube"], help="ambiguous prompts of the diversity check")
     parser.add_argument("--checks", nargs="+", default=["quality", "diversity"], choices=["quality", "diversity"])
     parser.add_argument("--quality-prompts", nargs="+", default=list(QUALITY_PROMPTS))
     parser.add_argument("--quality-gamma", type=float, default=None,

@@ -2,11 +2,14 @@
 
     python scripts/readme_pictures.py                       # every picture (about 15 min on 2 cores)
     python scripts/readme_pictures.py --only vocabulary svg
-    python scripts/readme_pictures.py --text-to-3d-run outputs/dreamfusion-embedded/<run>   # reuse a run
+    python scripts/readme_pictures.py --text-to-3d-run outputs/dreamfusion-demo/<run>   # reuse a run
+    python scripts/readme_pictures.py --only text-to-3d --out outputs/demo --work outputs   # = make demo
 
 Each job trains a shipped config as a user would (``scorestudio.train``), then draws a labelled
-picture of what the run made: orbit views of the 3-D particles, the SVG particles, a restoration
-next to its input and ground truth, an inpainting's particles, and the prior's vocabulary.
+picture of what the run made: orbit views of the 3-D particles of the demo (and of the same run
+without repulsion, ``text-to-3d-baseline``), the SVG particles, a restoration next to its input
+and ground truth, an inpainting's particles, and the prior's vocabulary. The text-to-3D jobs also
+write a turntable GIF of the particles side by side.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import torch
 import scorestudio
 from scorestudio.utils.images import labelled_grid, load_image, save_image
 
-JOBS = ("vocabulary", "text-to-3d", "svg", "restoration", "inverse", "toy")
+JOBS = ("vocabulary", "text-to-3d", "text-to-3d-baseline", "svg", "restoration", "inverse", "toy")
+DEMO = "dreamfusion-demo"   # the config of `make demo`
+TURNTABLE_VIEWS, TURNTABLE_SIZE = 24, 128   # frames of the side-by-side turntable GIF, px per particle
 
 
 def common(work: Path) -> dict:
@@ -44,18 +49,40 @@ def vocabulary(out: Path, work: Path, args) -> Path:
 
 
 def text_to_3d(out: Path, work: Path, args) -> Path:
-    """Six orbit views of each particle of the main job (``make demo``)."""
-    from scorestudio.data.cameras import orbit_cameras
-
+    """The main job (``make demo``): six orbit views of each particle and a turntable GIF of the
+    particles side by side."""
     run = (scorestudio.load_run(args.text_to_3d_run) if args.text_to_3d_run
-           else scorestudio.train("dreamfusion-embedded", **common(work)))
+           else scorestudio.train(DEMO, **common(work)))
+    return orbit_pictures(run, out / "text_to_3d.png", "with repulsion")
+
+
+def text_to_3d_baseline(out: Path, work: Path, args) -> Path:
+    """The demo's particles trained without repulsion (γ = 0), for comparison."""
+    run = (scorestudio.load_run(args.text_to_3d_baseline_run) if args.text_to_3d_baseline_run
+           else scorestudio.train(DEMO, "system.guidance.repulsion.gamma=0", **common(work)))
+    return orbit_pictures(run, out / "text_to_3d_no_repulsion.png", "without repulsion (γ = 0)")
+
+
+def orbit_pictures(run, path: Path, what: str) -> Path:
+    """``path``: six orbit views of each of the run's particles (a row each, with its probe
+    colour); ``path`` with ``_turntable.gif``: the particles side by side, turning."""
+    from scorestudio.data.cameras import orbit_cameras
+    from scorestudio.utils.images import save_animation
+
     system, e = run.system, run.system.cfg.evaluation
-    frames = system.render_views(orbit_cameras(6, e.elevation, e.distance, e.fovy), 128)["rgb"]   # [N, 6, 3, H, W]
-    n = frames.shape[0]
-    labels = [f"particle {i}, {60 * v}°" for i in range(n) for v in range(6)]
+    frames = system.render_views(orbit_cameras(TURNTABLE_VIEWS, e.elevation, e.distance, e.fovy),
+                                 TURNTABLE_SIZE)["rgb"]                     # [N, V, 3, H, W]
+    n, step = frames.shape[0], TURNTABLE_VIEWS // 6
+    colours = [run.metrics.get(f"particle{i}/majority_color") for i in range(n)]
+    labels = [f"#{i} {colours[i] or ''}, {360 * v // TURNTABLE_VIEWS}°".replace(" ,", ",")
+              for i in range(n) for v in range(0, TURNTABLE_VIEWS, step)]
     prompt = system.prompt_processor.cfg.prompt
-    return save_image(labelled_grid(frames.flatten(0, 1), labels, ncol=6, title=f'"{prompt}": 4 NeRF particles, orbit'),
-                      out / "text_to_3d.png")
+    title = f'"{prompt}": {n} NeRF particles {what}, orbit'
+    turntable = [labelled_grid(frames[:, v], [f"#{i} {colours[i] or ''}".strip() for i in range(n)], ncol=n,
+                               title=f'"{prompt}", {what}') for v in range(TURNTABLE_VIEWS)]
+    gif = save_animation(turntable, path.with_name(path.stem + "_turntable.gif"), fps=e.fps)
+    print(f"[readme-pictures] turntable of the particles side by side: {gif}")
+    return save_image(labelled_grid(frames[:, ::step].flatten(0, 1), labels, ncol=6, title=title), path)
 
 
 def svg(out: Path, work: Path, args) -> Path:
@@ -95,10 +122,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
     parser.add_argument("--work", type=Path, default=Path("outputs/readme-pictures"))
     parser.add_argument("--only", nargs="+", choices=JOBS, default=list(JOBS))
-    parser.add_argument("--text-to-3d-run", help="an existing dreamfusion-embedded run folder to draw instead of training")
+    parser.add_argument("--text-to-3d-run", help=f"an existing {DEMO} run folder to draw instead of training")
+    parser.add_argument("--text-to-3d-baseline-run", help=f"an existing {DEMO} run with γ = 0 to draw instead of training")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = {"vocabulary": vocabulary, "text-to-3d": text_to_3d, "svg": svg, "restoration": restoration,
+    jobs = {"vocabulary": vocabulary, "text-to-3d": text_to_3d, "text-to-3d-baseline": text_to_3d_baseline, "svg": svg, "restoration": restoration,
             "inverse": inverse, "toy": toy}
     for name in args.only:
         start = time.perf_counter()

@@ -159,3 +159,33 @@ def test_repulsion_checks_its_config_and_keeps_its_network_out_of_state_dicts(ti
     keys = set(guidance.state_dict())
     guidance.repulsion.load_network(prior)
     assert guidance.repulsion.feature_network(prior) is not None and set(guidance.state_dict()) == keys
+
+
+def test_clean_placement_reads_the_particles_not_their_noise(tiny):
+    """on=clean: the kernel sees z_0, so two noise draws at the same t give the same repulsion;
+    on=noisy: it sees z_t and the noise changes it (why the demo repels on z_0)."""
+    prior, _ = tiny
+    gen = torch.Generator().manual_seed(7)
+    shape = (3, prior.latent_channels, prior.latent_size, prior.latent_size)
+    z = torch.randn(shape, generator=gen)
+    t, ids = torch.full((3,), 600), torch.arange(3)
+    draws = [prior.add_noise(z, torch.randn(shape, generator=gen), t) for _ in range(2)]
+    out = {}
+    for on in ("clean", "noisy"):
+        guidance = scorestudio.find("sds")({"rgb_as_latents": True,
+                                            "repulsion": {"gamma": 1.0, "features": "pixel", "on": on}})
+        out[on] = [guidance.repulsion_term(GuidanceCall(prior, z, noisy, noisy, t, None, ids, 0, 0)) for noisy in draws]
+    assert torch.equal(*out["clean"]) and out["clean"][0].abs().sum() > 0
+    assert not torch.allclose(*out["noisy"], rtol=0.1)
+
+
+def test_demo_config_repels_on_latent_probe_features_of_z0():
+    """configs/dreamfusion-demo.yaml parses into the repulsion it means (a YAML ``on:`` key
+    would be read as the boolean True) and repels from the first step to the last."""
+    from scorestudio.utils.config import config_path, load_config
+
+    cfg = load_config(config_path("dreamfusion-demo"), [])
+    guidance = scorestudio.find(cfg.system.guidance_type)(dict(cfg.system.guidance), path="system.guidance")
+    repulsion = guidance.repulsion
+    assert (repulsion.cfg.features, repulsion.cfg.on) == ("latent_probe", "clean")
+    assert all(repulsion.is_active(step) for step in range(cfg.trainer.max_steps))
