@@ -253,7 +253,7 @@ def test_ply_files_load_with_a_generic_reader(tmp_path):
     import trimesh
 
     for color, degree, rest in (("rgb", 0, 0), ("sh", 1, 9)):
-        gen = small_generator(2, color=color, sh_degree=degree, export={"formats": [], "up_axis": "z"})
+        gen = small_generator(2, color=color, sh_degree=degree, export={"formats": [], "splat_up_axis": "z"})
         with torch.no_grad():
             gen.active[1, 3] = False
         paths, report = gen.export(torch.tensor([0, 1]), tmp_path / color)
@@ -274,20 +274,22 @@ def test_ply_files_load_with_a_generic_reader(tmp_path):
         assert list(ours) == names and all((ours[k] == vertex[k]).all() for k in names)
 
 
-def test_ply_written_y_up_holds_the_same_splats_turned(tmp_path):
-    """export.up_axis: y (as the meshes): positions, covariances and degree-1 colours of the PLY
-    are the scene's turned by scene (x, y, z) → file (y, z, x)."""
-    from scorestudio.export.mesh import UP_AXES
+@pytest.mark.parametrize("up, turn", [("-y", [[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]]),
+                                      ("y", [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])])
+def test_ply_written_with_an_up_axis_holds_the_same_splats_turned(tmp_path, up, turn):
+    """export.splat_up_axis: -y (3DGS's convention, the default: scene (x, y, z) → file
+    (−y, −z, x), up along −y) or y (as the meshes: (y, z, x)): positions, covariances and
+    degree-1 colours of the PLY are the scene's turned."""
     from scorestudio.renderers.gaussians.projection import covariance_3d, sh_to_rgb
 
-    gen = small_generator(1, color="sh", sh_degree=1, export={"formats": []})
+    gen = small_generator(1, color="sh", sh_degree=1, export={"formats": [], "splat_up_axis": up})
     with torch.no_grad():
         gen.quats.normal_(generator=torch.Generator().manual_seed(0))
         gen.log_scales.uniform_(-3, -1, generator=torch.Generator().manual_seed(1))
         gen.colors.normal_(generator=torch.Generator().manual_seed(2))
     path, = gen.export(torch.tensor([0]), tmp_path)[0]
     ply = {k: torch.tensor(v) for k, v in read_splat_ply(path).items()}
-    turn = torch.as_tensor(UP_AXES["y"], dtype=torch.float32)
+    turn = torch.tensor(turn)
     slots = gen.active[0]
     means, quats, scales = (gen.means[0, slots].detach(), gen.quats[0, slots].detach(), gen.log_scales[0, slots].detach().exp())
     cols = lambda *names: torch.stack([ply[n] for n in names], dim=-1)      # noqa: E731
@@ -321,7 +323,8 @@ def test_density_mesh_of_one_round_splat_is_a_sphere(tmp_path):
 @pytest.mark.parametrize("bad, match", [({"init": {"shape": "cube"}}, "init.shape='cube': use one of sphere, blob"),
                                         ({"sh_degree": 1}, "sh_degree=1: 0 or 1, and 1 needs color: sh"),
                                         ({"rasterizer": {"backend": "cuda"}}, "rasterizer.backend='cuda': use one of auto, torch, gsplat"),
-                                        ({"init": {"points": 40}}, "init.points=40 must be in \\[1, budget=32\\]")])
+                                        ({"init": {"points": 40}}, "init.points=40 must be in \\[1, budget=32\\]"),
+                                        ({"export": {"splat_up_axis": "x"}}, "export.splat_up_axis='x': use '-y'")])
 def test_config_errors_name_the_key(bad, match):
     with pytest.raises(ConfigError, match=match):
         small_generator(1, **bad)
@@ -353,9 +356,12 @@ def checkpoint(root: Path) -> dict:
 
 
 def test_cli_run_writes_orbits_and_plys_and_resume_equals_uninterrupted_run(tiny, tmp_path):
-    """Densification at steps 1, 2 and 3 (every visible splat a candidate), an opacity reset and
-    lit shading from step 2: resumed from step 2, the run ends where the uninterrupted one does."""
-    full = cli_train(tmp_path, tiny, "full", "trainer.max_steps=4").root
+    """Densification at steps 1, 2 and 3 (every visible splat a candidate: 16 → 32 → the full
+    budget of 48), an opacity reset to 0.05 at step 2 and lit shading from step 2, so that step 3
+    prunes the splats the last step moved under min_opacity = 0.05: resumed from the checkpoint
+    after step 1 (densified once), the run ends bit for bit where the uninterrupted one does."""
+    prune = "system.generator.densify.min_opacity=0.05"
+    full = cli_train(tmp_path, tiny, "full", "trainer.max_steps=4", prune).root
     save = full / "save"
     for rel in ("it2-val.png", "it4-test/particle0.gif", "it4-test/particle1.gif", "it4-test/all.gif"):
         assert (save / rel).is_file(), rel
@@ -365,21 +371,22 @@ def test_cli_run_writes_orbits_and_plys_and_resume_equals_uninterrupted_run(tiny
     assert metrics["step"] == 4 and "particle1/color_fraction" in metrics and "particle0/translucent_fraction" in metrics
     assert metrics["export/particle1/splats"] == len(read_splat_ply(exported["particle1-gaussians.ply"])["x"])
 
-    part = cli_train(tmp_path, tiny, "part", "trainer.max_steps=2", "system.generator.export.after_test=false").root
+    part = cli_train(tmp_path, tiny, "part", "trainer.max_steps=2", "system.generator.export.after_test=false", prune).root
     saved = checkpoint(part)
     assert saved[STATS_KEY]["grad_count"].sum() > 0               # statistics gathered at step 1 travel with it
-    cli_train(tmp_path, tiny, "ignored", "trainer.max_steps=4", f"resume={part / 'ckpts' / 'last.ckpt'}")
+    assert (saved["state_dict"]["generator.active"].sum(1) == 32).all()   # step 1 cloned all 16 before the resume
+    cli_train(tmp_path, tiny, "ignored", "trainer.max_steps=4", f"resume={part / 'ckpts' / 'last.ckpt'}", prune)
     a, b = checkpoint(full), checkpoint(part)
     active = a["state_dict"]["generator.active"]
-    assert (active.sum(1) > 16).all() and (active.sum(1) <= 48).all()   # densified within the budget
+    assert (active.sum(1) > 0).all() and (active.sum(1) < 48).all()    # step 3 pruned the full budget
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in a["state_dict"]:
-        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=1e-6, msg=key)
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     for key in a[STATS_KEY]:
-        torch.testing.assert_close(a[STATS_KEY][key], b[STATS_KEY][key], rtol=0, atol=1e-6, msg=key)
+        assert torch.equal(a[STATS_KEY][key], b[STATS_KEY][key]), key
     for state_a, state_b in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         for key in state_a:
-            torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=1e-6, msg=key)
+            assert torch.equal(state_a[key], state_b[key]), key
 
 
 def test_generator_section_of_the_config_is_checked(tiny, tmp_path):

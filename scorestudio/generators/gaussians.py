@@ -20,8 +20,10 @@ like an uninterrupted one.
 
 Export writes each particle's splats as a 3DGS PLY (``particle{i}-gaussians.ply``, what splat
 viewers open) and meshes of the splats' density field Σ o·exp(−½ dᵀΣ⁻¹d) (marching cubes; vertex
-colours and a baked texture of the splats' density-weighted colours), both in the export's
-``up_axis`` coordinates (:mod:`scorestudio.export.mesh`).
+colours and a baked texture of the splats' density-weighted colours). The meshes are in the
+export's ``up_axis`` coordinates (:mod:`scorestudio.export.mesh`, y up for glTF / OBJ); the
+splat PLY in ``splat_up_axis`` coordinates, by default those of 3DGS's PLYs (−y up, as the COLMAP
+scenes 3DGS trains on), which splat viewers such as SuperSplat turn upright on loading.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ STATS_KEY = "gaussian_densify_stats"   # checkpoint entry of the densification s
 SHAPES = ("sphere", "blob")
 COLORS = ("rgb", "sh")
 DENSITY_CHUNK = 1 << 22                # (point, splat) pairs per step of the export's density field
+# file coordinates = SPLAT_UP_AXES[splat_up_axis] @ scene coordinates (proper rotations): "-y" is
+# the y-up frame of the meshes turned 180° about its z axis, which SuperSplat undoes on loading.
+SPLAT_UP_AXES = {"-y": np.diag([-1.0, -1.0, 1.0]) @ UP_AXES["y"], **UP_AXES}
 
 
 @dataclass
@@ -119,6 +124,9 @@ class SplatExportConfig(ExportConfig):
     threshold: float = 1.0           # density Σ o·exp(−½ dᵀΣ⁻¹d) of the surface (DreamGaussian's)
     radius: float = 1.0              # half side of the lattice's box, scene units
     splats: bool = True              # particle{i}-gaussians.ply
+    # Up axis of the splat PLY: "-y" (3DGS's convention: what SuperSplat and most splat viewers
+    # show upright), "y" (as the meshes: front towards +z) or "z" (scene coordinates).
+    splat_up_axis: str = "-y"
 
 
 def sharded() -> bool:
@@ -236,6 +244,9 @@ class GaussianGenerator(BaseGenerator):
             raise ConfigError(f"{key}.background={list(cfg.background)}: an RGB triple in [0, 1]")
         check_config(cfg.rasterizer, f"{key}.rasterizer")
         check_export_config(cfg.export, f"{key}.export")
+        if cfg.export.splat_up_axis not in SPLAT_UP_AXES:
+            raise ConfigError(f"{key}.export.splat_up_axis={cfg.export.splat_up_axis!r}: use '-y' (3DGS, splat "
+                              "viewers), 'y' (as the meshes) or 'z' (scene coordinates)")
 
     def initial_splats(self, particle: int) -> tuple[Tensor, Tensor, Tensor]:
         """Means, log-scales and colours ``[budget, 3]`` of particle ``particle`` (its own stream;
@@ -514,9 +525,9 @@ class GaussianGenerator(BaseGenerator):
     @torch.no_grad()
     def export(self, particle_ids: Tensor, folder: Path) -> tuple[list[Path], dict]:
         """For every particle of ``particle_ids``: ``folder/particle{i}-gaussians.ply`` (its active
-        splats) and meshes ``particle{i}.{formats}`` of the density field (vertex colours, and a
-        baked texture for OBJ / GLB with ``texture``), both in ``export.up_axis`` coordinates,
-        with their reports."""
+        splats, in ``export.splat_up_axis`` coordinates) and meshes ``particle{i}.{formats}`` of
+        the density field (vertex colours, and a baked texture for OBJ / GLB with ``texture``, in
+        ``export.up_axis`` coordinates), with their reports."""
         cfg, device = self.cfg.export, self.device_of()
         paths, report = [], {}
         for i in particle_ids.tolist():
@@ -546,10 +557,11 @@ class GaussianGenerator(BaseGenerator):
         return paths, report
 
     def write_ply(self, i: int, path: Path) -> Path:
-        """Particle ``i``'s active splats as a 3DGS PLY in ``export.up_axis`` coordinates, like the
-        meshes (colours as spherical harmonics, whose degree-1 part turns with the frame)."""
+        """Particle ``i``'s active splats as a 3DGS PLY in ``export.splat_up_axis`` coordinates
+        (colours as spherical harmonics, whose degree-1 part turns with the frame)."""
         slots = self.active[i]
-        turn = torch.as_tensor(UP_AXES[self.cfg.export.up_axis], dtype=self.means.dtype, device=self.means.device)
+        turn = torch.as_tensor(SPLAT_UP_AXES[self.cfg.export.splat_up_axis], dtype=self.means.dtype,
+                               device=self.means.device)
         sh = rgb_to_sh(self.base_colors(i)[slots])[:, None, :] if self.cfg.color == "rgb" else self.colors[i, slots]
         if sh.shape[1] > 1:   # Y_1 = C1 · (−y, z, −x) · d: its coefficients turn by M·turn·Mᵀ
             basis = torch.tensor([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]]).to(turn)
