@@ -53,7 +53,9 @@ def resvg_image(path: Path, width: int | None) -> np.ndarray:
     import resvg_py
     from PIL import Image
 
-    png = bytes(resvg_py.svg_to_bytes(svg_path=str(path), width=width, background="#ffffff"))
+    # resvg's own default language list (resvg-py passes none, which fails every systemLanguage);
+    # the test suite assumes an English system, as the reader does
+    png = bytes(resvg_py.svg_to_bytes(svg_path=str(path), width=width, background="#ffffff", languages=["en"]))
     return np.asarray(Image.open(_io.BytesIO(png)).convert("RGB"), dtype=np.float64) / 255
 
 

@@ -33,7 +33,7 @@ def ours(tmp_path: Path, body: str, head: str = HEAD) -> tuple[np.ndarray, dict]
 def resvg(markup: str) -> np.ndarray:
     from PIL import Image
 
-    png = bytes(resvg_py.svg_to_bytes(svg_string=markup, background="#ffffff"))
+    png = bytes(resvg_py.svg_to_bytes(svg_string=markup, background="#ffffff", languages=["en"]))
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64)
 
 
@@ -250,3 +250,73 @@ def test_clip_path_on_a_clip_paths_child(tmp_path):
     path.write_text(HEAD + body + "</svg>")
     written = svg_string(read_svg(path))
     assert float(np.abs(resvg(written) - reference).mean()) <= 0.5
+
+
+@pytest.mark.parametrize("body", [
+    # an invalid paint is dropped: the rect takes the inherited fill (black at the root)
+    '<rect width="40" height="40" fill="qwe13212"/>',
+    '<rect width="40" height="40" fill="#"/>',
+    '<rect width="40" height="40" fill="red icc-color(acmecmyk, 0.11, 0.48, 0.83, 0.00)"/>',
+    '<rect width="40" height="40" fill="rgba(0, 50%, 0, 0.5)"/>',
+    # a gradient with a fallback that is not a colour is not a paint either
+    '<linearGradient id="g"><stop offset="0" stop-color="white"/><stop offset="1" stop-color="red"/></linearGradient>'
+    '<rect width="40" height="40" fill="url(#g) green icc-color(acmecmyk, 0.1)"/>',
+    # saturation and lightness are clamped to 100 %
+    '<rect width="40" height="40" fill="hsl(120, 200%, 25%)"/>',
+    # a gradient that cannot paint (no stops; a zero-height box) gives its fallback colour
+    '<linearGradient id="g"/><rect width="40" height="40" color="green" fill="url(#g) currentColor"/>',
+    '<linearGradient id="g"><stop offset="0" stop-color="red"/><stop offset="1" stop-color="blue"/></linearGradient>'
+    '<line x1="0" y1="20" x2="40" y2="20" stroke-width="40" stroke="url(#g) green"/>',
+])
+def test_invalid_paints_and_paint_fallbacks_match_resvg(tmp_path, body):
+    assert mae_vs_resvg(tmp_path, body) < 0.5, body
+
+
+def test_conditions_apply_to_every_element_and_symbol_transform_is_ignored(tmp_path):
+    """systemLanguage outside <switch> (English system), an en-GB child of a switch, and a
+    <symbol>'s transform, which SVG 1.1 and resvg ignore."""
+    body = ('<rect width="40" height="40" fill="green"/>'
+            '<rect width="40" height="40" fill="red" systemLanguage="ru-RU"/>'
+            '<switch><rect width="20" height="20" fill="blue" systemLanguage="en-GB"/>'
+            '<rect width="20" height="20" fill="red"/></switch>'
+            '<symbol id="s" transform="skewX(30)"><rect x="20" y="20" width="20" height="20" fill="navy"/></symbol>'
+            '<use xlink:href="#s"/>')
+    image, _ = ours(tmp_path, body)
+    assert np.allclose(image[30, 10], [0, 128, 0], atol=0.5) and np.allclose(image[10, 10], [0, 0, 255], atol=0.5)
+    assert np.allclose(image[21, 39], [0, 0, 128], atol=0.5)
+    assert mae_vs_resvg(tmp_path, body) < 0.5
+    root = HEAD.replace('width="40"', 'systemLanguage="ru" width="40"')
+    with pytest.raises(Exception, match="no shapes"):         # the root itself fails its conditions
+        ours(tmp_path, GREEN_BG, root)
+
+
+STAR = 'd="M 20 2 L 31 38 L 2 15 L 38 15 L 9 38 Z"'
+
+
+@pytest.mark.parametrize("body", [
+    # a link to no element is ignored (drawn unclipped)
+    '<rect width="40" height="40" fill="green" clip-path="url(#nothing)"/>',
+    # cycles: the link that closes one is ignored
+    f'<clipPath id="c1" clip-path="url(#c1)"><path {STAR}/></clipPath><rect width="40" height="40" fill="green" clip-path="url(#c1)"/>',
+    f'<clipPath id="c1"><path {STAR} clip-path="url(#c1)"/></clipPath><rect width="40" height="40" fill="green" clip-path="url(#c1)"/>',
+    f'<clipPath id="c1" clip-path="url(#c2)"><path {STAR}/></clipPath>'
+    f'<clipPath id="c2" clip-path="url(#c1)"><path {STAR} transform="rotate(45 20 20)"/></clipPath>'
+    '<rect width="40" height="40" fill="green" clip-path="url(#c1)"/>',
+    # an empty clip path on a clip path's child removes that child
+    f'<clipPath id="e"/><clipPath id="c1"><path {STAR} clip-path="url(#e)"/><rect width="10" height="10"/></clipPath>'
+    '<rect width="40" height="40" fill="green" clip-path="url(#c1)"/>',
+    # objectBoundingBox on a group: the box of its shapes, invisible ones included, display:none not
+    '<clipPath id="c" clipPathUnits="objectBoundingBox"><circle cx="0.5" cy="0.5" r="0.45"/></clipPath>'
+    '<g clip-path="url(#c)"><rect x="2" y="2" width="36" height="36" fill="red" opacity="0"/>'
+    '<rect x="0" y="0" width="40" height="40" display="none"/><rect x="8" y="8" width="24" height="24" fill="green"/></g>',
+])
+def test_clip_path_links_match_resvg(tmp_path, body):
+    assert mae_vs_resvg(tmp_path, body) < 1.0, body
+
+
+def test_clip_path_on_the_root(tmp_path):
+    head = HEAD.replace('width="40"', 'clip-path="url(#c)" width="40"')
+    body = f'<clipPath id="c"><path {STAR}/></clipPath>' + GREEN_BG
+    image, _ = ours(tmp_path, body, head)
+    assert np.allclose(image[1, 1], [255, 255, 255], atol=0.5) and np.allclose(image[20, 20], [0, 128, 0], atol=0.5)
+    assert mae_vs_resvg(tmp_path, body, head) < 1.0

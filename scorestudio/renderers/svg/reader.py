@@ -130,6 +130,7 @@ class _Walker:
         self.parents = {id(child): el for el in root.iter() for child in el}
         self.xml_styles: dict[int, dict] = {}
         self.clips: dict[tuple, Clip] = {}             # clip paths by (clipPath, user space, inner clip)
+        self.boxes: Optional[list] = None              # a list: the walk only collects shapes' bounding boxes
 
     def _xml_style(self, el) -> dict:
         """The computed style of an element inheriting along its XML ancestors (for the content of
@@ -169,7 +170,11 @@ class _Walker:
         ctx = _Context(matrix @ self._transform(root, style, size), size, style,
                        css.opacity(style["opacity"]), [])
         self._group_effects(root, style)
-        self._children(root, ctx)
+        drawn, clip = self._linked_clip(style, ctx.matrix, root, size, set())
+        if clip is not None:
+            ctx.clips = [clip]
+        if drawn and style["display"] != "none" and _conditions_pass(root):
+            self._children(root, ctx)
         return Drawing(w, h, self.items, self.ignored)
 
     # ------------------------------------------------------------------ elements
@@ -179,8 +184,8 @@ class _Walker:
 
     def _element(self, el: ElementTree.Element, ctx: _Context, tag: Optional[str] = None) -> None:
         tag = tag or self._tag(el)
-        if tag is None or tag in _NOT_RENDERED:
-            return
+        if tag is None or tag in _NOT_RENDERED or not _conditions_pass(el):
+            return                                    # conditions apply to every element, not only in <switch>
         style = css.compute(self.specified.get(id(el), {}), ctx.style)
         if style["display"] == "none":
             return
@@ -216,18 +221,10 @@ class _Walker:
         """The context inside ``el``: its transform, opacity and clip path; None when a clip path
         reference is broken (the element is then not drawn, as in resvg)."""
         matrix = ctx.matrix @ self._transform(el, style, ctx.viewport)
-        clips = ctx.clips
-        ref = style["clip-path"]
-        if ref != "none" and not ref.lower().startswith("url("):
-            self.ignored["clip-path shape"] += 1          # CSS basic shapes: drawn unclipped
-        elif ref != "none":
-            target = self.ids.get(css.parse_url(ref) or "")
-            if target is None or css.local(target.tag) != "clipPath":
-                return None
-            clip = self._clip(target, matrix, el, style, ctx.viewport, set())
-            if clip is None:
-                return None
-            clips = clips + [clip]
+        drawn, clip = self._linked_clip(style, matrix, el, ctx.viewport, set())
+        if not drawn:
+            return None
+        clips = ctx.clips + [clip] if clip is not None else ctx.clips
         self._group_effects(el, style)
         return _Context(matrix, ctx.viewport, style, ctx.opacity * css.opacity(style["opacity"]), clips)
 
@@ -257,19 +254,8 @@ class _Walker:
     def _switch_choice(self, el) -> Optional[ElementTree.Element]:
         """The first child of a ``<switch>`` whose conditions pass (the only one drawn)."""
         for child in el:
-            tag = self._tag(child)
-            if tag not in _SWITCH_CHILDREN:
-                continue
-            if child.get("requiredExtensions") is not None:
-                continue                               # no extension is supported
-            if child.get("requiredFeatures") is not None and not child.get("requiredFeatures").strip():
-                continue
-            langs = child.get("systemLanguage")
-            if langs is not None:
-                codes = [c.strip().lower() for c in langs.split(",")]
-                if not any(c in LANGUAGE or c.split("-")[0] == LANGUAGE[0] for c in codes if c):
-                    continue
-            return child
+            if self._tag(child) in _SWITCH_CHILDREN and _conditions_pass(child):
+                return child
         return None
 
     def _use(self, el, style: dict, ctx: _Context) -> None:
@@ -306,9 +292,7 @@ class _Walker:
         if w is None or h is None or w <= 0 or h <= 0:
             return
         view_box = _view_box(el.get("viewBox"))
-        matrix = ctx.matrix
-        if symbol:
-            matrix = matrix @ self._transform(el, style, ctx.viewport)
+        matrix = ctx.matrix                            # a <symbol>'s transform is ignored (SVG 1.1, resvg)
         clips = ctx.clips
         if self.specified.get(id(el), {}).get("overflow", "hidden").strip() not in ("visible", "auto"):
             clips = clips + [Clip([([_rect_contour(matrix, x, y, w, h)], "nonzero", [])])]
@@ -323,6 +307,9 @@ class _Walker:
         if local is None:
             return                                    # an invalid shape (negative size…) is not drawn
         subpaths = [(c, closed) for c, closed in local if len(c)]
+        if subpaths and self.boxes is not None:
+            self.boxes.append(_bbox(np.concatenate([_apply(ctx.matrix, c) for c, _ in subpaths])))
+            return
         if not subpaths or style["visibility"] in ("hidden", "collapse"):
             return
         if any(style[m] != "none" for m in ("marker-start", "marker-mid", "marker-end")) and tag in (
@@ -368,7 +355,7 @@ class _Walker:
         if kind in ("linearGradient", "radialGradient"):
             gradient = self._gradient(server, bbox, ctx)
             if gradient is None:                         # no stops, or a bounding box of zero size
-                return None
+                return _times_alpha(paint.fallback, alpha) if paint.fallback is not None else None
             if isinstance(gradient, tuple):              # one stop: a plain colour
                 return _times_alpha(gradient, alpha)
             gradient.opacity = alpha
@@ -447,16 +434,62 @@ class _Walker:
         return out
 
     # ------------------------------------------------------------------ clip paths
-    def _clip(self, clip_el, matrix: np.ndarray, owner, owner_style, viewport, open_: set) -> Optional[Clip]:
-        """The clip path ``clip_el`` applied to ``owner`` (whose user space is ``matrix``); None when
-        it refers to itself."""
-        if id(clip_el) in open_:
+    def _linked_clip(self, style: dict, matrix: np.ndarray, owner, viewport, open_: set,
+                     owner_style: Optional[dict] = None) -> tuple[bool, Optional[Clip]]:
+        """The ``clip-path`` of an element with computed ``style`` (of ``owner``, with computed
+        ``owner_style``, default ``style``) whose user space is ``matrix``: (drawn, clip). As resvg: a link to no element, and a link back into a clip path being built
+        (a cycle), are ignored (no clip); a link to an element that is not a ``clipPath`` or to an
+        unusable one hides the element (drawn False). ``open_``: the clip paths being built."""
+        ref = style["clip-path"]
+        if ref == "none":
+            return True, None
+        if not ref.lower().startswith("url("):
+            self.ignored["clip-path shape"] += 1            # CSS basic shapes: drawn unclipped
+            return True, None
+        target = self.ids.get(css.parse_url(ref) or "")
+        if target is None or id(target) in open_:
+            return True, None
+        if css.local(target.tag) != "clipPath":
+            return False, None
+        clip = self._clip(target, matrix, owner, owner_style or style, viewport, open_)
+        return clip is not None, clip
+
+    def _owner_bbox(self, owner, style: dict, viewport) -> Optional[tuple[float, float, float, float]]:
+        """The bounding box (x0, y0, x1, y1) of a shape or a group's shapes in its user space (for
+        objectBoundingBox clip paths); None when it has no area. A group's box is that of the
+        geometry of its drawn elements, invisible ones (``opacity`` 0, ``visibility`` hidden)
+        included; what is not drawn (text…) adds nothing, and is counted if nothing else is there."""
+        tag = self._tag(owner)
+        if tag in _SHAPES:
+            local = _geometry(owner, tag, viewport, _font(style))
+            boxes = [_bbox(np.concatenate([c for c, _ in local]))] if local else []
+        elif tag in ("g", "a") or owner is self.root:
+            saved = self.items, self.ignored, self.boxes
+            self.items, self.ignored, self.boxes = [], Counter(), []
+            try:
+                self._children(owner, _Context(np.eye(3), viewport, style, 1.0, []))
+                boxes, ignored = self.boxes, self.ignored
+            finally:
+                self.items, self.ignored, self.boxes = saved
+            if not boxes:
+                self.ignored.update(ignored)              # the content is never walked again
+        else:
             return None
+        if not boxes:
+            return None
+        x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+        x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+        return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+    def _clip(self, clip_el, matrix: np.ndarray, owner, owner_style: dict, viewport, open_: set) -> Optional[Clip]:
+        """The clip path ``clip_el`` applied to ``owner`` (whose user space is ``matrix``); None when
+        it shows nothing or cannot be used (no shapes, an objectBoundingBox without a box, an
+        unusable inner clip path): the element is then not drawn."""
         open_ = open_ | {id(clip_el)}
         style = self._xml_style(clip_el)
         m = matrix @ self._transform(clip_el, style, viewport)
         if (clip_el.get("clipPathUnits") or "").strip() == "objectBoundingBox":
-            geometry = _owner_bbox(owner, self)
+            geometry = self._owner_bbox(owner, owner_style, viewport)
             if geometry is None:
                 return None
             x0, y0, x1, y1 = geometry
@@ -482,25 +515,31 @@ class _Walker:
                 y = _length(child.get("y"), viewport[1], 16.0) or 0.0
                 cm = m @ _translate(x, y) @ self._transform(el, child_style, viewport)
             local = _geometry(el, tag, viewport, _font(child_style))
-            own = []
-            if child_style["clip-path"] != "none":                # the child's own clip, in its user space
-                target = self.ids.get(css.parse_url(child_style["clip-path"]) or "")
-                own = [self._clip(target, cm, el, child_style, viewport, open_)] \
-                    if target is not None and css.local(target.tag) == "clipPath" else [None]
-            if local and None not in own:
+            drawn, own = self._linked_clip(child_style, cm, el, viewport, open_)   # in the child's user space
+            if local and drawn:
                 rule = "evenodd" if child_style["clip-rule"].strip() == "evenodd" else "nonzero"
-                shapes.append(([Contour(_apply(cm, c), True) for c, _ in local if len(c)], rule, own))
-        inner = None
-        ref = style["clip-path"]
-        if ref != "none":
-            target = self.ids.get(css.parse_url(ref) or "")
-            if target is None or css.local(target.tag) != "clipPath":
-                return None
-            inner = self._clip(target, matrix, owner, owner_style, viewport, open_)
-            if inner is None:
-                return None
+                shapes.append(([Contour(_apply(cm, c), True) for c, _ in local if len(c)], rule,
+                               [own] if own is not None else []))
+        drawn, inner = self._linked_clip(style, matrix, owner, viewport, open_, owner_style)
+        if not drawn or not shapes:
+            return None                                  # an empty clip path shows nothing
         key = (id(clip_el), m.round(9).tobytes(), id(inner))
         return self.clips.setdefault(key, Clip(shapes, inner))  # one region per distinct use
+
+
+def _conditions_pass(el) -> bool:
+    """SVG's conditional processing: no ``requiredExtensions`` (none is supported), a non-empty
+    ``requiredFeatures`` if any, and a ``systemLanguage`` (if any) that names one of
+    :data:`LANGUAGE` or a language whose prefix is English."""
+    if el.get("requiredExtensions") is not None:
+        return False
+    if el.get("requiredFeatures") is not None and not el.get("requiredFeatures").strip():
+        return False
+    langs = el.get("systemLanguage")
+    if langs is None:
+        return True
+    codes = [c.strip().lower() for c in langs.split(",")]
+    return any(c in LANGUAGE or c.split("-")[0] == LANGUAGE[0] for c in codes if c)
 
 
 _KIND_ATTRIBUTES = {"cx", "cy", "r", "fx", "fy", "fr", "x1", "y1", "x2", "y2"}
@@ -629,18 +668,6 @@ def _bbox(cubics: np.ndarray) -> tuple[float, float, float, float]:
         pts.append(((1 - t) ** 3) * p0 + 3 * ((1 - t) ** 2) * t * p1 + 3 * (1 - t) * t * t * p2 + t ** 3 * p3)
     pts = np.concatenate(pts)
     return float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())
-
-
-def _owner_bbox(owner, walker: _Walker) -> Optional[tuple[float, float, float, float]]:
-    """The bounding box of a shape in its user space (for objectBoundingBox clip paths)."""
-    tag = walker._tag(owner)
-    if tag not in _SHAPES:
-        return None
-    local = _geometry(owner, tag, (100.0, 100.0), 16.0)
-    if not local:
-        return None
-    x0, y0, x1, y1 = _bbox(np.concatenate([c for c, _ in local]))
-    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
 def _rect_contour(matrix: np.ndarray, x: float, y: float, w: float, h: float) -> Contour:

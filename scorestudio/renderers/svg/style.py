@@ -13,6 +13,7 @@ at-rule are ignored), so styling never reads another file.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 from xml.etree import ElementTree
@@ -84,12 +85,23 @@ def compute(own: dict[str, str], parent: dict[str, str]) -> dict[str, str]:
     out = {}
     for name, first in PROPERTIES.items():
         value = own.get(name)
+        if value is not None and not _valid(name, value):
+            value = None
         if value is None or value == "inherit":
             value = parent[name] if (value == "inherit" or name in INHERITED) else first
         elif value in ("initial", "unset"):
             value = parent[name] if (value == "unset" and name in INHERITED) else first
         out[name] = value
     return out
+
+
+def _valid(name: str, value: str) -> bool:
+    """Whether a specified value is valid for its property; an invalid one is dropped as if it were
+    not specified (CSS), so the property inherits or takes its initial value. Checked for the paints
+    only: an unreadable ``fill`` must give the inherited paint (black at the root), not nothing."""
+    if name not in ("fill", "stroke") or value in ("inherit", "initial", "unset"):
+        return True
+    return is_paint(value)
 
 
 def _style_sheets(root: ElementTree.Element) -> tuple[cssselect2.Matcher, int]:
@@ -175,13 +187,31 @@ def parse_color(text: str, current: str = "black") -> Optional[tuple[float, floa
         return None
     if not isinstance(color, tinycss2.color4.Color):
         return None
+    if color.space == "hsl":                       # CSS clamps saturation and lightness to [0, 100] %
+        h, sat, light = color.coordinates
+        color = tinycss2.color4.Color("hsl", (h, min(max(sat, 0.0), 100.0), min(max(light, 0.0), 100.0)),
+                                      color.alpha)
     r, g, b, a = tuple(color.to("srgb"))
     return (min(max(r, 0.0), 1.0), min(max(g, 0.0), 1.0), min(max(b, 0.0), 1.0), min(max(a, 0.0), 1.0))
 
 
+@functools.lru_cache(maxsize=4096)
+def is_paint(text: str) -> bool:
+    """Whether ``text`` is a paint: ``none``, ``context-fill`` / ``context-stroke``, a colour, or
+    ``url(…)`` followed by nothing, ``none`` or a colour."""
+    text = text.strip()
+    low = text.lower()
+    if low in ("none", "context-fill", "context-stroke", "currentcolor"):
+        return True
+    if low.startswith("url(") and ")" in text:
+        rest = text[text.index(")") + 1:].strip()
+        return not rest or rest.lower() == "none" or parse_color(rest) is not None
+    return parse_color(text) is not None
+
+
 def parse_paint(text: str, current: str) -> Optional[Paint]:
-    """A paint value; None for ``none`` and for a value that is not a paint (drawn as nothing,
-    as resvg does)."""
+    """A paint value; None for ``none`` and for a value that is not a paint (drawn as nothing;
+    :func:`compute` has already replaced an invalid specified paint by the inherited one)."""
     text = text.strip()
     low = text.lower()
     if low == "none":
