@@ -1,6 +1,7 @@
 """The SVG reader and rasterizer on real files, against resvg.
 
     python benchmarks/bench_svg_files.py [--size 256] [--sets feather,mdi,...] [--limit N]
+                                         [--no-icons] [--no-suite] [--categories painting,...]
                                          [--out benchmarks/results/svg_files.json]
 
 Two parts, both on the files under ``benchmarks/data/svg/`` (see its README for their sources
@@ -126,9 +127,9 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def suite(threshold: float, limit: int | None) -> tuple[dict, list[dict]]:
+def suite(threshold: float, limit: int | None, categories=CATEGORIES) -> tuple[dict, list[dict]]:
     per_category, all_rows = {}, []
-    for category in CATEGORIES:
+    for category in categories:
         files = sorted((DATA / SUITE / category).rglob("*.svg"))[:limit]
         rows = [compare(f, None) for f in files]
         supported = [r for r in rows if "mae" in r and not r["ignored"]]
@@ -172,12 +173,23 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="at most this many files per set / category")
     parser.add_argument("--threshold", type=float, default=2.0, help="resvg test suite: MAE bound, 0-255 units")
     parser.add_argument("--no-suite", action="store_true", help="skip resvg's test suite")
+    parser.add_argument("--no-icons", action="store_true",
+                        help="skip the icon sets (their figures already in --out are kept)")
+    parser.add_argument("--categories", default=",".join(CATEGORIES),
+                        help="comma-separated resvg test-suite categories")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "svg_files.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = args.sets.split(",") if args.sets else sorted(p.name for p in DATA.iterdir()
                                                           if p.is_dir() and p.name != SUITE)
+    out = Path(args.out)
     result = {"size": args.size, "sets": {}, "rows": {}}
+    if args.no_icons:
+        names = []
+        if out.exists():                                 # keep the icon sets' figures of an earlier run
+            earlier = json.loads(out.read_text())
+            result = {"size": earlier.get("size", args.size), "sets": earlier.get("sets", {}),
+                      "rows": {k: v for k, v in earlier.get("rows", {}).items() if k != SUITE}}
     icon_rows = []
     for name in names:
         rows = [compare(f, args.size) for f in sorted((DATA / name).glob("*.svg"))[: args.limit]]
@@ -189,12 +201,11 @@ def main() -> None:
               f"{s.get('median_mae', float('nan')):.3f} p90 {s.get('p90_mae', float('nan')):.3f} "
               f"max {s.get('max_mae', float('nan')):.2f}  parse {s.get('median_parse_ms', float('nan')):.1f} ms  "
               f"failures {s['failures']}", flush=True)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if icon_rows:
         worst_picture(icon_rows, args.size, out.with_name(out.stem + "_worst.png"))
     if not args.no_suite:
-        result["suite"], suite_rows = suite(args.threshold, args.limit)
+        result["suite"], suite_rows = suite(args.threshold, args.limit, args.categories.split(","))
         result["rows"][SUITE] = suite_rows
         supported = [r for r in suite_rows if "mae" in r and not r["ignored"]]
         worst_picture(supported, None, out.with_name(out.stem + "_suite_worst.png"))

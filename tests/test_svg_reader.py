@@ -320,3 +320,27 @@ def test_clip_path_on_the_root(tmp_path):
     image, _ = ours(tmp_path, body, head)
     assert np.allclose(image[1, 1], [255, 255, 255], atol=0.5) and np.allclose(image[20, 20], [0, 128, 0], atol=0.5)
     assert mae_vs_resvg(tmp_path, body, head) < 1.0
+
+
+@pytest.mark.parametrize("body", [
+    # an <svg> under <use> keeps its own x, y; the use's size replaces its own
+    '<defs><svg id="s" x="8" y="8" width="20" height="20"><circle cx="20" cy="20" r="24" fill="green"/></svg></defs>'
+    '<use xlink:href="#s" width="25" height="30"/>',
+    # transform-origin on gradients, user space (keyword) and bounding box units (numbers)
+    '<radialGradient id="g" gradientUnits="userSpaceOnUse" gradientTransform="scale(2)" transform-origin="center">'
+    '<stop offset="0" stop-color="black"/><stop offset="0.3" stop-color="green"/></radialGradient>'
+    '<rect x="4" y="4" width="32" height="32" fill="url(#g)"/>',
+    '<radialGradient id="g" gradientTransform="scale(2)" transform-origin="0.5 0.5">'
+    '<stop offset="0" stop-color="black"/><stop offset="0.375" stop-color="green"/></radialGradient>'
+    '<rect x="4" y="4" width="32" height="32" fill="url(#g)"/>',
+])
+def test_use_of_svg_and_gradient_transform_origin_match_resvg(tmp_path, body):
+    assert mae_vs_resvg(tmp_path, body) < 1.0, body
+
+
+def test_root_background_color(tmp_path):
+    head = HEAD.replace('width="40"', 'style="background-color: #0000ff80" viewBox="0 0 20 20" width="40"')
+    body = '<rect x="5" y="5" width="10" height="10" fill="green"/>'
+    image, _ = ours(tmp_path, body, head)
+    assert np.allclose(image[1, 1], [127, 127, 255], atol=1) and np.allclose(image[20, 20], [0, 128, 0], atol=0.5)
+    assert mae_vs_resvg(tmp_path, body, head) < 0.5

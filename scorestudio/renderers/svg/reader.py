@@ -174,8 +174,18 @@ class _Walker:
         if clip is not None:
             ctx.clips = [clip]
         if drawn and style["display"] != "none" and _conditions_pass(root):
+            self._background(style, out_w, out_h)
             self._children(root, ctx)
         return Drawing(w, h, self.items, self.ignored)
+
+    def _background(self, style: dict, width: float, height: float) -> None:
+        """The root's CSS ``background-color`` as a rectangle under everything (canvas px)."""
+        rgba = css.parse_color(style["background-color"], style["color"])
+        if rgba is not None and rgba[3] > 0:
+            self.items.append(Item(
+                contours=[_rect_contour(np.eye(3), 0.0, 0.0, width, height)], fill=rgba, fill_rule="nonzero",
+                stroke=None, stroke_width=0.0, linecap="butt", linejoin="miter", miterlimit=4.0, dasharray=[],
+                dashoffset=0.0, opacity=1.0, clips=[], source="<svg> background-color"))
 
     # ------------------------------------------------------------------ elements
     def _children(self, el: ElementTree.Element, ctx: _Context) -> None:
@@ -283,8 +293,8 @@ class _Walker:
         vw, vh = ctx.viewport
         font = _font(style)
         symbol = css.local(el.tag) == "symbol"
-        x = 0.0 if el is not placed and not symbol else _length(el.get("x"), vw, font) or 0.0
-        y = 0.0 if el is not placed and not symbol else _length(el.get("y"), vh, font) or 0.0
+        x = _length(el.get("x"), vw, font) or 0.0       # an <svg> under <use> keeps its x, y (resvg)
+        y = _length(el.get("y"), vh, font) or 0.0
         w = _length(width, vw, font, default=None) if width is not None else None
         h = _length(height, vh, font, default=None) if height is not None else None
         w = w if w is not None else _length(el.get("width"), vw, font, default=vw)
@@ -399,8 +409,9 @@ class _Walker:
             g_matrix = np.array([[m.a, m.c, m.e], [m.b, m.d, m.f], [0.0, 0.0, 1.0]])
         except (ValueError, IndexError):
             g_matrix = np.eye(3)
-        full = ctx.matrix @ space @ g_matrix
         w, h = ctx.viewport if user else (1.0, 1.0)       # what percentages refer to
+        ox, oy = _origin(self.specified.get(id(chain[0]), {}).get("transform-origin", "0 0"), (w, h))
+        full = ctx.matrix @ space @ _translate(ox, oy) @ g_matrix @ _translate(-ox, -oy)   # SVG 2 transform-origin
 
         def coord(name, default, ref):
             return _length(attr(name, default), ref, 16.0, default=0.0) if user else css.parse_number(

@@ -37,7 +37,7 @@ INHERITED = {
 NOT_INHERITED = {
     "opacity": "1", "display": "inline", "clip-path": "none", "mask": "none", "filter": "none",
     "stop-color": "black", "stop-opacity": "1", "mix-blend-mode": "normal", "isolation": "auto",
-    "overflow": "visible", "transform": "", "transform-origin": "0 0",
+    "overflow": "visible", "transform": "", "transform-origin": "0 0", "background-color": "transparent",
 }
 PROPERTIES = {**INHERITED, **NOT_INHERITED}
 # `marker` is a shorthand for the three marker properties
