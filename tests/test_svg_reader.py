@@ -344,3 +344,13 @@ def test_root_background_color(tmp_path):
     image, _ = ours(tmp_path, body, head)
     assert np.allclose(image[1, 1], [127, 127, 255], atol=1) and np.allclose(image[20, 20], [0, 128, 0], atol=0.5)
     assert mae_vs_resvg(tmp_path, body, head) < 0.5
+
+
+def test_markers_on_basic_shapes_are_named(tmp_path):
+    """SVG 2 (and resvg) draws markers on every shape: a circle's or a rect's are named as not drawn."""
+    marker = '<marker id="k" markerWidth="4" markerHeight="4"><rect width="4" height="4" fill="blue"/></marker>'
+    _, ignored = ours(tmp_path, marker + '<circle cx="20" cy="20" r="10" stroke="green" fill="none" marker-mid="url(#k)"/>'
+                      '<rect width="9" height="9" rx="2" marker-start="url(#k)"/>')
+    assert ignored == {"marker": 2}
+    assert mae_vs_resvg(tmp_path, marker + '<circle cx="20" cy="20" r="10" stroke="green" fill="none" '
+                        'marker-mid="url(#k)"/>') > 2                 # resvg draws them: not drawing them is a gap

@@ -322,9 +322,8 @@ class _Walker:
             return
         if not subpaths or style["visibility"] in ("hidden", "collapse"):
             return
-        if any(style[m] != "none" for m in ("marker-start", "marker-mid", "marker-end")) and tag in (
-                "path", "line", "polyline", "polygon"):
-            self.ignored["marker"] += 1
+        if any(style[m] != "none" for m in ("marker-start", "marker-mid", "marker-end")):
+            self.ignored["marker"] += 1                # SVG 2 (and resvg) puts markers on every shape
         contours = [Contour(_apply(ctx.matrix, c), closed) for c, closed in subpaths]
         bbox = _bbox(np.concatenate([c for c, _ in subpaths]))
         current = style["color"]
