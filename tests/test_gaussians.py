@@ -392,3 +392,17 @@ def test_cli_run_writes_orbits_and_plys_and_resume_equals_uninterrupted_run(tiny
 def test_generator_section_of_the_config_is_checked(tiny, tmp_path):
     with pytest.raises(ConfigError, match=re.escape("system.generator.color='hsv': use one of rgb, sh")):
         cli_train(tmp_path, tiny, "bad", "trainer.max_steps=1", "system.generator.color=hsv")
+
+
+def test_demo_config_repels_on_latent_probe_features_of_z0_during_the_warm_up_only():
+    """configs/gaussians-demo.yaml parses into the repulsion it means (a bare YAML ``on:`` key
+    would be read as the boolean True) and its kernel fades out before training ends."""
+    import scorestudio
+    from scorestudio.utils.config import config_path, load_config
+
+    cfg = load_config(config_path("gaussians-demo"), [])
+    assert cfg.system.generator_type == "gaussians" and cfg.system.prompt_processor.prompt == "a cube"
+    repulsion = scorestudio.find(cfg.system.guidance_type)(dict(cfg.system.guidance), path="system.guidance").repulsion
+    assert (repulsion.cfg.features, repulsion.cfg.on) == ("latent_probe", "clean")
+    gammas = [repulsion.cfg.gamma.at(step) for step in range(cfg.trainer.max_steps)]
+    assert gammas[0] > 0 and gammas == sorted(gammas, reverse=True) and gammas[-1] == 0
