@@ -232,6 +232,7 @@ def real_icon_row(name: str, distillation: bool, args: argparse.Namespace, work:
     drawn = vec.rasterize(folder / "save" / "particle0.svg", args.real_size)
     row = {"icon": name, "distillation": distillation, "psnr_blurry": vec.psnr(blurry, truth),
            "psnr_own": vec.psnr(own, truth), "psnr_resvg": vec.psnr(drawn, truth),
+           "psnr_training_aa": vec.psnr(vec.training_render(folder / "save" / "particle0.svg"), truth),
            "paths": metrics["particle0/paths"], "source_paths": vec.source_paths(name), "time_s": seconds,
            **{k: metrics[f"particle0/{k}"] for k in ("invisible", "off_canvas", "erasers", "coverage")}}
     print(f"{tag:24s} " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)

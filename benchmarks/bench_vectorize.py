@@ -51,6 +51,14 @@ def rasterize(svg: str | Path, size: int) -> torch.Tensor:
         return load_image(f.name)[None]
 
 
+def training_render(svg: Path) -> torch.Tensor:
+    """Our rasterizer's drawing ``[1, 3, H, W]`` of an SVG file with the anti-aliasing training
+    uses (coverage from the distance to the nearest edge), finely flattened."""
+    from scorestudio.renderers.svg import RasterizerConfig, read_svg, render
+
+    return render(read_svg(svg), RasterizerConfig(flatten_tolerance=0.05, max_samples_per_segment=64))
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(-10 * torch.log10((a - b).pow(2).mean().clamp_min(1e-12)))
 

@@ -121,6 +121,23 @@ def test_regions_are_traced_on_flat_colours_without_erasers():
     assert not ring[16, 34] and ring[10, 28]                          # the ring's hole is a hole
 
 
+def test_blurred_edge_bands_and_washed_out_holes_get_no_path():
+    """A blurred ring: the pale band where its hole was is a blend of the ring's colour and the
+    background, so it is a hole of the ring's path, not a path of its own (an eraser)."""
+    from scorestudio.data.problems import RestorationDataConfig, restoration_operator
+
+    ring = torch.cat([square(8, 8, 32), square(20, 20, 8)])
+    scene = SvgScene(ring[None, None], torch.tensor([[[1.0, 0.45, 0.2, 1.0]]]), 48, 48, fill_rule="evenodd",
+                     contour=torch.tensor([[0] * 4 + [1] * 4]))
+    blur = restoration_operator(RestorationDataConfig(sigma=2.0, kernel_size=13, sigma_y=0.0))
+    blurry = ((blur(2 * render(scene, FINE) - 1) + 1) / 2).clamp(0, 1)[0]
+    masks = region_masks(blurry, torch.ones_like(blurry), torch.ones(3), CleanPathConfig(), 4)
+    assert len(masks) == 1                                            # the ring only
+    mask, color = masks[0]
+    assert abs(float(color[1]) - 0.45) < 0.1
+    assert not mask[24, 24] and mask[12, 12]                          # its hole stays a hole
+
+
 # ------------------------------------------------------------------------------ the system
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -207,6 +207,9 @@ class SvgGenerator(BaseGenerator):
         # Collapsed points (unused segments and contours) get no update: one that moved would draw.
         self.register_buffer("frozen", torch.ones(n, p, 3 * layout.numel(), dtype=torch.bool))
         self.points.register_hook(lambda grad: grad.masked_fill(self.frozen[..., None], 0))
+        # Grown paths stay opaque: a translucent path is a blend of two colours that the fit would
+        # use instead of a boundary, and it cannot merge with its neighbours of the same colour.
+        self.colors.register_hook(lambda grad: torch.cat([grad[..., :3], torch.zeros_like(grad[..., 3:])], -1))
         self._clean_cache: dict = {}
 
     def scene(self, particles: Optional[Tensor] = None) -> SvgScene:
@@ -222,21 +225,44 @@ class SvgGenerator(BaseGenerator):
 
     # ---- grown paths (clean.enabled) ----------------------------------------------------------
     def grows_at(self, step: int) -> bool:
-        """Whether paths are added before the training step ``step``."""
+        """Whether a round of path pruning and growth comes before the training step ``step``: every
+        ``clean.add_every`` steps before ``clean.add_until``, and at ``clean.add_until`` (pruning only)."""
         clean = self.cfg.clean
-        return clean.enabled and step < clean.add_until and step % clean.add_every == 0
+        return clean.enabled and (step == clean.add_until or (step < clean.add_until and step % clean.add_every == 0))
+
+    @torch.no_grad()
+    def prune(self, particle_ids: Tensor, error: Callable[[Tensor], Tensor]) -> int:
+        """Hide the paths the fit does not need: from the top of each particle's visible paths
+        down, a path is hidden when the fit error ``error(images [K, 3, H, W]) → [K]`` with it (and
+        the paths already hidden) left out stays within ``clean.prune_db`` dB of the error with all
+        of them. Returns the paths hidden."""
+        budget = 10 ** (self.cfg.clean.prune_db / 10)
+        hidden = 0
+        for i in particle_ids.tolist():
+            row = torch.tensor([i])
+
+            def fit() -> float:
+                return float(error(rasterize(self.scene(row), self.cfg.renderer))[0])
+
+            allowed = fit() * budget
+            shown = self.visible[i].nonzero(as_tuple=True)[0].tolist()
+            for p in reversed(shown[1:]):                      # a particle keeps at least one path
+                self.visible[i, p] = 0
+                if fit() <= allowed:
+                    hidden += 1
+                else:
+                    self.visible[i, p] = 1
+        return hidden
 
     @torch.no_grad()
     def grow(self, step: int, targets: Tensor, renders: Tensor, particle_ids: Optional[Tensor] = None) -> int:
-        """Drop paths that faded out (alpha below ``clean.prune_alpha``), then trace new paths on
-        the largest error regions of ``renders`` against ``targets`` (both ``[K, 3, H, W]`` in
-        [0, 1], canvas size, of ``particle_ids``; None: all N), on top of the others:
-        ``clean.initial_paths`` at step 0, ``clean.paths_per_round`` later. Returns the paths added."""
+        """Trace new paths on the largest error regions of ``renders`` against ``targets`` (both
+        ``[K, 3, H, W]`` in [0, 1], canvas size, of ``particle_ids``; None: all N), on top of the
+        others: ``clean.initial_paths`` at step 0, ``clean.paths_per_round`` at later rounds, none
+        at ``clean.add_until``. Returns the paths added."""
         clean, budget = self.cfg.clean, self.cfg.paths.num_paths
         ids = self.all_particles() if particle_ids is None else particle_ids
-        faded = self.colors[..., 3] < clean.prune_alpha
-        self.visible[faded & (self.visible > 0)] = 0
-        count = clean.initial_paths if step == 0 else clean.paths_per_round
+        count = clean.initial_paths if step == 0 else clean.paths_per_round if step < clean.add_until else 0
         added = 0
         for k, i in enumerate(ids.tolist()):
             room = min(count, budget - int(self.used[i]))

@@ -44,22 +44,30 @@ class CleanPathConfig:
     initial_paths: int = 4           # paths traced on the largest error regions before the first step
     paths_per_round: int = 2         # paths added at each later round (fewer when fewer regions are left)
     add_every: int = 50              # steps between rounds
-    add_until: int = 600             # no round from this step on (the last paths still need steps to settle)
+    add_until: int = 600             # the last round, which only prunes (the last paths still need steps to settle)
     error_threshold: float = 0.12    # a pixel is off when a channel differs by more than this ([0, 1] units)
     min_region_area: float = 0.0015  # regions smaller than this fraction of the canvas get no path
     color_tolerance: float = 0.25    # a region keeps the pixels within this (max over channels) of its colour
     background_tolerance: float = 0.1   # a region of the background's colour (within this) gets no path
+    # A region whose colour is within this (max over channels) of a mix of two colours around it
+    # (within ring_width px outside it, or the background) is a blend along an edge: no path.
+    blend_tolerance: float = 0.06
+    ring_width: int = 3              # px
+    flat_slope: float = 0.01         # per px: a region whose colour changes less in most of its pixels is a fill
     outer_segments: int = 24         # cubics of the outer contour of every path
     holes: int = 4                   # hole contours per path
     hole_segments: int = 8           # cubics per hole contour
     segment_length: float = 0.04     # a traced contour gets a cubic per this fraction of the canvas side of its length
-    prune_alpha: float = 0.02        # rounds drop paths whose fill alpha fell below this
+    # Rounds after the first (and one at add_until) hide paths the fit does not need: in painter's
+    # order from the top, while the fit error with them hidden stays within this of the error before.
+    prune_db: float = 0.2            # dB
     merge_tolerance: float = 0.04    # opaque paths whose colours differ by at most this (max over channels) may merge
     fidelity_psnr: float = 50.0      # dB: the written scene stays this close to the trained render
-    # Flattening of the written scene's render (the PNG and metrics): fine enough that it is what
-    # resvg draws of the SVG.
+    # The written scene's render (the PNG and metrics) is drawn as resvg draws the SVG: flattened
+    # finely, scan-converted with hard coverage at this many samples per pixel side, averaged.
     final_tolerance: float = 0.05    # px
     final_max_samples: int = 64
+    final_supersampling: int = 4     # resvg (tiny-skia) anti-aliases with 4 × 4 samples a pixel
 
 
 # ------------------------------------------------------------------------------------ layout
@@ -139,10 +147,12 @@ def region_masks(target: Tensor, image: Tensor, background: Tensor, cfg: CleanPa
     for _, region, near, color in candidates:
         if (region & taken).sum() > 0.5 * region.sum():
             continue                                          # the same pixels under a close colour
+        if _is_blend(region, color, tgt, shown, bg, cfg):
+            continue
         grown = ndimage.binary_dilation(region, iterations=2) & near
         mask = _largest_component(grown)
         taken |= mask
-        mask = _fill_covered_holes(mask, tgt, shown, cfg)
+        mask = _fill_covered_holes(mask, color, tgt, shown, cfg)
         shown[mask] = color
         out.append((mask, color))
         if len(out) == count:
@@ -172,10 +182,12 @@ def _largest_component(mask: np.ndarray) -> Optional[np.ndarray]:
     return labels == int(np.argmax(sizes)) + 1
 
 
-def _fill_covered_holes(mask: np.ndarray, target: np.ndarray, shown: np.ndarray, cfg: CleanPathConfig) -> np.ndarray:
-    """``mask`` with its holes filled where what shows through them (``shown [H, W, 3]``) is not
-    the target there (a later path will be painted on top): a hole stays a hole only where it
-    lets the right colour through."""
+def _fill_covered_holes(mask: np.ndarray, color: np.ndarray, target: np.ndarray, shown: np.ndarray,
+                        cfg: CleanPathConfig) -> np.ndarray:
+    """``mask`` with its holes filled where the target there (``[H, W, 3]``) is not what shows
+    through them (``shown [H, W, 3]``) or a blend of that and the path's ``color [3]`` (a blurred
+    edge of the hole): a hole stays a hole only where it lets the right colour through; elsewhere a
+    later path will be painted on top."""
     from scipy import ndimage
 
     holes = ndimage.binary_fill_holes(mask) & ~mask
@@ -183,9 +195,48 @@ def _fill_covered_holes(mask: np.ndarray, target: np.ndarray, shown: np.ndarray,
     out = mask.copy()
     for label in range(1, n + 1):
         hole = labels == label
-        if np.median(np.abs(target[hole] - shown[hole]).max(-1)) >= cfg.background_tolerance:
+        inside, through = np.median(target[hole], 0), np.median(shown[hole], 0)
+        if _mix_weight(inside, through, color, cfg.blend_tolerance) is None:
             out |= hole
     return out
+
+
+def _mix_weight(color: np.ndarray, a: np.ndarray, b: np.ndarray, tolerance: float) -> Optional[float]:
+    """t when ``color [3]`` is within ``tolerance`` (max over channels) of (1 − t)·a + t·b with
+    t in [0, 1], else None."""
+    span = b - a
+    t = float(np.clip(np.dot(color - a, span) / max(float(np.dot(span, span)), 1e-12), 0.0, 1.0))
+    return t if np.abs(a + t * span - color).max() <= tolerance else None
+
+
+def _is_blend(region: np.ndarray, color: np.ndarray, target: np.ndarray, shown: np.ndarray, background: np.ndarray,
+              cfg: CleanPathConfig) -> bool:
+    """Whether a region ``[H, W]`` of ``color [3]`` is no fill of its own but the blend of two
+    colours around it (the background counts as around everything): the band along a blurred or
+    anti-aliased edge, or a thin feature the blur has washed out. Such a region gets no path: the
+    paths of the colours it blends explain it. One exception: a region explained only as a blend
+    with the background where the render does not show the background is a thin
+    background-coloured feature painted over a fill (the teeth of a grinning face), and is traced."""
+    from scipy import ndimage
+
+    # A fill is flat inside (blurred or not); a blend changes colour across most of its pixels.
+    slope = np.stack([np.hypot(*np.gradient(target[..., c])) for c in range(3)], -1).max(-1)
+    if np.median(slope[region]) < cfg.flat_slope:
+        return False
+    ring = ndimage.binary_dilation(region, iterations=cfg.ring_width) & ~region
+    around = _dominant_colors(target[ring], cfg.color_tolerance, 0.05 * ring.sum())
+    is_bg = [np.abs(a - background).max() < cfg.background_tolerance for a in around]
+    around, is_bg = around + [background], is_bg + [True]
+    with_background = False
+    for i, a in enumerate(around):
+        for j in range(i + 1, len(around)):
+            t = _mix_weight(color, a, around[j], cfg.blend_tolerance)
+            if t is None or not 0.05 < t < 0.95:
+                continue
+            if not (is_bg[i] or is_bg[j]):
+                return True
+            with_background = True
+    return with_background and np.abs(np.median(shown[region], 0) - background).max() < cfg.background_tolerance
 
 
 def region_contours(mask: np.ndarray, holes: int) -> list[np.ndarray]:
@@ -413,7 +464,7 @@ def clean_scene(scene: SvgScene, cfg: CleanPathConfig, renderer: RasterizerConfi
     """The written form of scene 0 (N = 1): degenerate segments and hidden contours out, then
     paths that show nowhere (off the canvas, transparent, covered) out, then same-colour merges
     while the render stays within ``fidelity_psnr`` dB of the trained one. Returns the scene and
-    its render ``[3, H, W]`` at the final flattening (what resvg draws of the file)."""
+    its render ``[3, H, W]`` as resvg draws the file (:func:`file_render`)."""
     final = RasterizerConfig(**{**vars(renderer), "samples_per_segment": 0, "flatten_tolerance": cfg.final_tolerance,
                                 "max_samples_per_segment": cfg.final_max_samples})
     reference = render(scene.index(0).detach(), final)[0]
@@ -423,7 +474,21 @@ def clean_scene(scene: SvgScene, cfg: CleanPathConfig, renderer: RasterizerConfi
     out = drop_unseen(out, final)
     budget = 10 ** (-cfg.fidelity_psnr / 10)
     out = merge_same_colour(out, final, reference, budget, cfg.merge_tolerance)
-    return out, render(out, final)[0]
+    return out, file_render(out, final, cfg.final_supersampling)
+
+
+def file_render(scene: SvgScene, renderer: RasterizerConfig, samples: int) -> Tensor:
+    """Scene 0 (flat fills only) as resvg draws its file, ``[3, H, W]``: resvg's anti-aliasing
+    (tiny-skia's) scan-converts at ``samples`` × the resolution along both axes with hard
+    pixel-centre coverage and averages, which differs from this rasterizer's coverage (from the
+    distance to the nearest edge) along oblique and near-horizontal edges; the same sampling here,
+    with ``renderer``'s flattening tolerance kept in canvas px."""
+    big = SvgScene(scene.points[:1].detach() * samples, scene.fill[:1].detach(), scene.width * samples,
+                   scene.height * samples, fill_rule=scene.fill_rule, contour=scene.contour,
+                   background=scene.backgrounds()[:1].detach())
+    hard = RasterizerConfig(**{**vars(renderer), "antialias": False,
+                               "flatten_tolerance": renderer.flatten_tolerance * samples})
+    return torch.nn.functional.avg_pool2d(render(big, hard), samples)[0]
 
 
 def drop_unseen(scene: SvgScene, renderer: RasterizerConfig, threshold: float = 0.5 / 255) -> SvgScene:

@@ -106,11 +106,14 @@ class SvgRestorationSystem(DistillationSystem):
 
     @torch.no_grad()
     def grow_paths(self, step: int) -> None:
-        """Add paths where the render's measurement is furthest from y, both seen at canvas size
+        """Hide the paths the data term does not need (after step 0), then add paths where the
+        render's measurement is furthest from y, both seen at canvas size
         (:func:`~scorestudio.data.problems.upsampled`), traced on y."""
         from scorestudio.data.problems import upsampled
 
         ids = self.local_particles()
+        if step > 0:
+            self.generator.prune(ids, self.fit_errors)
         images = self.generator.render(ids, None, step, training=True).images
         seen = upsampled(self.operator(2 * images - 1), self.problem.canvas)
         target = upsampled(self.y, self.problem.canvas).expand_as(seen)
@@ -121,6 +124,10 @@ class SvgRestorationSystem(DistillationSystem):
         """λ_dc ‖y − A(2x − 1)‖² per particle, averaged: images ``[N, 3, H, W]`` in [0, 1]."""
         residual = self.y - self.operator(2 * images - 1)
         return self.cfg.lambda_dc * residual.pow(2).flatten(1).sum(1).mean()
+
+    def fit_errors(self, images: Tensor) -> Tensor:
+        """Mean squared residual ``[K]`` of y − A(2x − 1) for images ``[K, 3, H, W]`` in [0, 1]."""
+        return (self.y - self.operator(2 * images - 1)).pow(2).flatten(1).mean(1)
 
     def losses(self, rendered, cameras, step: int) -> dict[str, Tensor]:
         """The data term, the generator's regularisers, then the weighted distillation losses."""
