@@ -60,7 +60,7 @@ def text_to_3d_baseline(out: Path, work: Path, args) -> Path:
     """The demo's particles trained without repulsion (γ = 0), for comparison."""
     run = (scorestudio.load_run(args.text_to_3d_baseline_run) if args.text_to_3d_baseline_run
            else scorestudio.train(DEMO, "system.guidance.repulsion.gamma=0", **common(work)))
-    return orbit_pictures(run, out / "text_to_3d_no_repulsion.png", "without repulsion (γ = 0)")
+    return orbit_pictures(run, out / "text_to_3d_no_repulsion.png", "without repulsion (gamma = 0)")
 
 
 def orbit_pictures(run, path: Path, what: str) -> Path:
