@@ -29,7 +29,7 @@ $(VIEWER_STAMP): tests/viewer/package-lock.json
 	else echo "npm not found: tests/test_viewer.py will need tests/viewer/node_modules (npm ci there)"; fi
 
 # The main job: text-to-3D, 4 NeRF particles of the ambiguous prompt "a cube" from the embedded
-# prior, kept apart by repulsion so that they take different colours (≤ 5 min on 2 cores):
+# prior, kept apart by repulsion so that they take different colours (minutes on 2 cores):
 # orbit GIFs, meshes and probe metrics under outputs/dreamfusion-demo/, then the particles side by
 # side in outputs/demo/ (text_to_3d.png, text_to_3d_turntable.gif). Without repulsion, for
 # comparison: docs/images/text_to_3d_no_repulsion.png.

@@ -125,14 +125,17 @@ def markdown(summary: dict) -> str:
     def fog(e: dict) -> str:
         return "–" if e.get("translucent_fraction") is None else f"{e['translucent_fraction']:.3f}"
 
-    lines = ["| prompt | seeds | min shape fraction | min colour fraction | particles ≥ 0.8 | translucent pixels | s / run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = []
+    if summary["quality"]:
+        lines += ["| prompt | seeds | min shape fraction | min colour fraction | particles ≥ 0.8 | translucent pixels | s / run |",
+                  "|---|---|---|---|---|---|---|", ""]
     for prompt, e in summary["quality"].items():
-        lines.append(f"| {prompt} | {e['seeds']} | {e['min_shape_fraction']:.2f} | {e['min_color_fraction']:.2f} | "
+        lines.insert(-1, f"| {prompt} | {e['seeds']} | {e['min_shape_fraction']:.2f} | {e['min_color_fraction']:.2f} | "
                      f"{e['particles_80']}/{e['particles']} | {fog(e)} | {e['time_s']:.0f} |")
-    lines += ["", "| prompt, 4 particles | γ | distinct colours (per seed) | distinct shapes | diversity | "
-              "min shape fraction | particles shape ≥ 0.8 | translucent pixels | seeds |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    if summary["diversity"]:
+        lines += ["| prompt, 4 particles | γ | distinct colours (per seed) | distinct shapes | diversity | "
+                  "min shape fraction | particles shape ≥ 0.8 | translucent pixels | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|"]
     for e in summary["diversity"].values():
         shape = "–" if e.get("min_shape_fraction") is None else f"{e['min_shape_fraction']:.2f}"
         per_seed = ", ".join(map(str, e.get("distinct_colors_per_seed", [])))
