@@ -18,11 +18,20 @@ instead times forward + backward of a stroke-heavy 512² scene (random open 4-cu
 widths 2-6 px, round joins and caps, no fill; gradients to points, widths and colours) against
 the same paths filled (closed, no stroke), and writes ``rasterizer_strokes.json`` and a picture
 of both scenes next to ``--out``.
+
+    python benchmarks/bench_rasterizer.py --real-files [--runs 5] [--files 6]
+
+times real files instead: the ``--files`` most complex documents (by paths drawn) of the icon sets
+in ``benchmarks/data/`` at 256 px wide: parsing (``parse_svg``), our forward, forward + backward
+(to every point and colour), and resvg-py's render of the file; writes ``rasterizer_real.json``
+and a picture of the most complex file (ours | resvg) next to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
 import json
 import os
 import platform
@@ -33,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,9 +155,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/rasterizer.json"))
     parser.add_argument("--memory-case", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--strokes", action="store_true", help="time strokes against fills instead (see above)")
+    parser.add_argument("--real-files", action="store_true", help="time real files against resvg instead (see above)")
+    parser.add_argument("--files", type=int, default=6, help="--real-files: how many of the most complex files")
     args = parser.parse_args()
     if args.strokes:
         strokes_vs_fills(args.runs, Path(args.out).parent)
+        return
+    if args.real_files:
+        real_files(args.runs, args.files, Path(args.out).parent)
         return
     threads = sorted({int(t) for t in args.threads.split(",")} if args.threads else {1, torch.get_num_threads()})
     if args.memory_case is not None:
@@ -272,6 +287,71 @@ def strokes_vs_fills(runs: int, folder: Path) -> None:
         picture = torch.cat([render(strokes)[0], render(fills)[0]], 2)
     Image.fromarray((picture.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / "rasterizer_strokes.png")
     print(json.dumps(result, indent=2))
+
+
+def median_time(fn, runs: int) -> float:
+    """Median wall seconds of ``fn()`` over ``runs`` calls after a warm-up."""
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def real_files(runs: int, count: int, folder: Path, width: int = 256) -> None:
+    import warnings
+
+    import resvg_py
+    from PIL import Image
+
+    from scorestudio.renderers.svg.io import parse_svg
+
+    data = ROOT / "benchmarks" / "data"
+    files = sorted(p for p in [*(data / "svg").glob("*/*.svg"), *(data / "vectorize").glob("*.svg")]
+                   if "resvg-tests" not in p.parts)
+    sized = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in files:
+            try:
+                scene, _ = parse_svg(path, width)
+            except ValueError:
+                continue
+            sized.append((scene.points.shape[1], path, scene))
+    rows = []
+    for paths, path, scene in sorted(sized, key=lambda item: -item[0])[:count]:
+        weights = torch.rand(1, 3, scene.height, scene.width, generator=torch.Generator().manual_seed(1))
+
+        def forward_backward(scene=scene, weights=weights):
+            points, fill = scene.points.detach().requires_grad_(), scene.fill.detach().requires_grad_()
+            (render(dataclasses.replace(scene, points=points, fill=fill)) * weights).sum().backward()
+
+        with torch.no_grad():
+            forward_s = median_time(lambda scene=scene: render(scene), runs)
+        row = {"file": str(path.relative_to(ROOT)), "paths": paths,
+               "parse_ms": 1000 * median_time(lambda path=path: parse_svg(path, width), runs),
+               "forward_ms": 1000 * forward_s,
+               "forward_backward_ms": 1000 * median_time(forward_backward, runs),
+               "resvg_ms": 1000 * median_time(lambda path=path: resvg_py.svg_to_bytes(svg_path=str(path), width=width),
+                                              runs)}
+        row["forward_over_resvg"] = row["forward_ms"] / row["resvg_ms"]
+        rows.append(row)
+        print(f"{row['file']}: {paths} paths, parse {row['parse_ms']:.1f} ms, forward {row['forward_ms']:.1f} ms, "
+              f"fwd+bwd {row['forward_backward_ms']:.1f} ms, resvg {row['resvg_ms']:.1f} ms "
+              f"({row['forward_over_resvg']:.2f}x)")
+    result = {"width": width, "runs": runs, "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+              "note": "medians after a warm-up; resvg: resvg-py svg_to_bytes of the file (parse + render + PNG)",
+              "rows": rows}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rasterizer_real.json").write_text(json.dumps(result, indent=2) + "\n")
+    top = sized and max(sized, key=lambda item: item[0])
+    with torch.no_grad():
+        ours = (render(top[2])[0].permute(1, 2, 0) * 255).round().byte().numpy()
+    reference = np.asarray(Image.open(io.BytesIO(bytes(resvg_py.svg_to_bytes(svg_path=str(top[1]), width=width,
+                                                                              background="#ffffff")))).convert("RGB"))
+    Image.fromarray(np.concatenate([ours, reference], 1)).save(folder / "rasterizer_real.png")
 
 
 if __name__ == "__main__":
