@@ -311,6 +311,8 @@ def test_a_run_from_the_page_shows_progress_then_its_pictures_and_metrics(app, b
                            timeout=60_000)
     for elem, value in (("particles", 2), ("steps", 4), ("preview", 2)):
         set_number(page, f"image-particles-{elem}", value)
+    # the settings reach the config before "run" is clicked (on a loaded machine the click could overtake them)
+    page.locator("#image-particles-yaml").filter(has_text="max_steps: 4").wait_for(timeout=30_000)
     clicked = time.time()
     page.locator("#image-particles-run").click()
     progress = page.locator("#job-progress")
@@ -375,7 +377,11 @@ def test_a_3d_run_from_the_command_line_opens_with_its_glb_in_the_viewer(app, br
     pick = page.locator("#runs-pick input")
     pick.click()
     page.get_by_role("option", name="3d/tiny3d", exact=False).first.click()
-    with page.expect_response(lambda r: r.url.endswith(".glb") and r.status == 200, timeout=60_000):
+    # the choice reaches the server before "open" is clicked (on a loaded machine the click could overtake it)
+    page.wait_for_function("document.querySelector('#runs-pick input').value.includes('3d/tiny3d')",
+                           timeout=30_000)
+    page.wait_for_timeout(500)
+    with page.expect_response(lambda r: r.url.endswith(".glb") and r.status == 200, timeout=120_000):
         page.locator("#runs-open").click()
     canvas = page.locator("#results-model canvas")
     canvas.wait_for(timeout=30_000)
