@@ -175,24 +175,6 @@ class OccupancyGridSampler(nn.Module):
             estimator.update_every_n_steps(step, lambda x, i=i: density_fn(x, i) * step_size,
                                            occ_thre=self.cfg.threshold, n=self.cfg.update_every)
 
-    @torch.no_grad()
-    def prepare_evaluation(self, step: int, density_fn: Callable[..., Tensor], device: torch.device) -> None:
-        """Before evaluation renders of the field trained for ``step`` steps: the cells they skip,
-        re-estimated only when the step changed (``density_fn`` as in :meth:`update`)."""
-        if self.cfg.eval_skip_threshold <= 0 or self.uses_nerfacc(device) or self.eval_space_step == step:
-            return
-        self.eval_space.occupied = None
-        self.eval_space.update(step, lambda points: density_fn(points, None), self.n_particles, self.step_size, device)
-        self.eval_space_step = step
-
-    def skipped_space(self) -> Optional[EmptySpaceMask]:
-        """The mask whose occupied cells alone are evaluated in this render, None for all samples."""
-        if self.skips_empty_space:
-            return self.empty_space if self.empty_space.occupied is not None else None
-        if not self.training and self.eval_space_step is not None:
-            return self.eval_space
-        return None
-
     def sample(self, origins: Tensor, dirs: Tensor, near: Tensor, far: Tensor, step_size: float,
                stratified: bool, particles: Optional[Tensor] = None) -> RaySamples:
         """Rays ``[K, R, 3]`` of the particles ``particles`` (long ``[K]``; None: all N)."""
