@@ -15,7 +15,9 @@ Following VectorFusion / DreamSampler's appendix 7.1:
 
 With ``clean.enabled`` (restoration, vectorisation) the P paths are a budget of slots that fill
 up during training, each traced on the largest region the render still gets wrong, and what is
-written and scored is the cleaned scene (:mod:`scorestudio.generators.svg_paths`).
+written and scored is the cleaned scene (:mod:`scorestudio.generators.svg_paths`), drawn as resvg
+draws its file; the last ``clean.resvg_polish`` of the run trains on that same image
+(straight-through, :func:`~scorestudio.renderers.svg.tiny_skia.straight_through`).
 
 The canvas may be larger than the prior's images: the prior's encoder resizes renderings to its
 ``image_size``. The raster-to-vector start of text-to-SVG (fit the paths to target images, then
@@ -38,6 +40,7 @@ from scorestudio.generators.svg_paths import CleanPathConfig, clean_scene, path_
 from scorestudio.renderers.svg import CAPS, JOINS, RasterizerConfig, Stroke, SvgScene, circle_points, write_svg
 from scorestudio.renderers.svg import render as rasterize
 from scorestudio.renderers.svg.rasterizer import control_points
+from scorestudio.renderers.svg.tiny_skia import straight_through
 from scorestudio.utils.config import ConfigError
 from scorestudio.utils.registry import register
 from scorestudio.utils.seeding import per_particle_rand
@@ -319,7 +322,16 @@ class SvgGenerator(BaseGenerator):
             images = torch.stack([image for _, image in self.clean_scenes(particle_ids)])
             return RenderOut(images, particle_ids)
         scene = self.scene(self.rows(particle_ids))
-        return RenderOut(rasterize(scene, self.cfg.renderer), particle_ids, aux={"scene": scene})
+        images = rasterize(scene, self.cfg.renderer)
+        if self.polishes_at(step):
+            images = straight_through(images, [scene.index(k) for k in range(len(particle_ids))])
+        return RenderOut(images, particle_ids, aux={"scene": scene})
+
+    def polishes_at(self, step: int) -> bool:
+        """Whether training at ``step`` sees resvg's image (``clean.resvg_polish``: the last fraction
+        of ``lr.total_steps``)."""
+        clean = self.cfg.clean
+        return clean.enabled and clean.resvg_polish > 0 and step >= (1 - clean.resvg_polish) * self.cfg.lr.total_steps
 
     def regularizers(self, out: RenderOut, step: int) -> dict[str, Tensor]:
         weight = self.cfg.xing_weight

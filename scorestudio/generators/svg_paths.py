@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from scorestudio.renderers.svg import RasterizerConfig, SvgScene, render
+from scorestudio.renderers.svg.tiny_skia import render as resvg_render
 
 
 @dataclass
@@ -63,11 +64,14 @@ class CleanPathConfig:
     prune_db: float = 0.2            # dB
     merge_tolerance: float = 0.04    # opaque paths whose colours differ by at most this (max over channels) may merge
     fidelity_psnr: float = 50.0      # dB: the written scene stays this close to the trained render
-    # The written scene's render (the PNG and metrics) is drawn as resvg draws the SVG: flattened
-    # finely, scan-converted with hard coverage at this many samples per pixel side, averaged.
+    # The clean-up compares candidate scenes with the trained one by the differentiable
+    # rasterizer at this flattening (the written file's own render is resvg's anti-aliasing,
+    # :mod:`scorestudio.renderers.svg.tiny_skia`).
     final_tolerance: float = 0.05    # px
     final_max_samples: int = 64
-    final_supersampling: int = 4     # resvg (tiny-skia) anti-aliases with 4 × 4 samples a pixel
+    # The end of the run (this fraction of lr.total_steps) trains on the image resvg draws from the
+    # file: resvg's anti-aliasing forward, the differentiable coverage's gradient backward; 0: never.
+    resvg_polish: float = 0.25
 
 
 # ------------------------------------------------------------------------------------ layout
@@ -464,7 +468,7 @@ def clean_scene(scene: SvgScene, cfg: CleanPathConfig, renderer: RasterizerConfi
     """The written form of scene 0 (N = 1): degenerate segments and hidden contours out, then
     paths that show nowhere (off the canvas, transparent, covered) out, then same-colour merges
     while the render stays within ``fidelity_psnr`` dB of the trained one. Returns the scene and
-    its render ``[3, H, W]`` as resvg draws the file (:func:`file_render`)."""
+    its render ``[3, H, W]`` as resvg draws the file (:func:`scorestudio.renderers.svg.tiny_skia.render`)."""
     final = RasterizerConfig(**{**vars(renderer), "samples_per_segment": 0, "flatten_tolerance": cfg.final_tolerance,
                                 "max_samples_per_segment": cfg.final_max_samples})
     reference = render(scene.index(0).detach(), final)[0]
@@ -474,21 +478,7 @@ def clean_scene(scene: SvgScene, cfg: CleanPathConfig, renderer: RasterizerConfi
     out = drop_unseen(out, final)
     budget = 10 ** (-cfg.fidelity_psnr / 10)
     out = merge_same_colour(out, final, reference, budget, cfg.merge_tolerance)
-    return out, file_render(out, final, cfg.final_supersampling)
-
-
-def file_render(scene: SvgScene, renderer: RasterizerConfig, samples: int) -> Tensor:
-    """Scene 0 (flat fills only) as resvg draws its file, ``[3, H, W]``: resvg's anti-aliasing
-    (tiny-skia's) scan-converts at ``samples`` × the resolution along both axes with hard
-    pixel-centre coverage and averages, which differs from this rasterizer's coverage (from the
-    distance to the nearest edge) along oblique and near-horizontal edges; the same sampling here,
-    with ``renderer``'s flattening tolerance kept in canvas px."""
-    big = SvgScene(scene.points[:1].detach() * samples, scene.fill[:1].detach(), scene.width * samples,
-                   scene.height * samples, fill_rule=scene.fill_rule, contour=scene.contour,
-                   background=scene.backgrounds()[:1].detach())
-    hard = RasterizerConfig(**{**vars(renderer), "antialias": False,
-                               "flatten_tolerance": renderer.flatten_tolerance * samples})
-    return torch.nn.functional.avg_pool2d(render(big, hard), samples)[0]
+    return out, resvg_render(out)
 
 
 def drop_unseen(scene: SvgScene, renderer: RasterizerConfig, threshold: float = 0.5 / 255) -> SvgScene:
