@@ -24,13 +24,17 @@ Writes ``benchmarks/results/svg_restoration.json`` (arguments, summary, per-run 
 ``svg_restoration.md`` (the tables), or next to ``--out``.
 
 Real icons (``--real-icons``): the icons of ``benchmarks/data/vectorize`` (see
-``bench_vectorize.py``) rasterized by resvg at ``--real-size``, blurred by the config's Gaussian
-blur (σ ``--real-sigma``, no noise) and restored from that blurry image, with and without
-distillation (``--real-methods``); PSNR of the system's PNG and of resvg's drawing of its SVG
-against the sharp icon, paths against the source's, invisible / off-canvas / eraser counts.
+``bench_vectorize.py``) rasterized by resvg at ``--real-size``, degraded (``--real-degradation``:
+the config's Gaussian blur, σ ``--real-sigma``, no noise; ×4 bicubic downsampling; or JPEG at
+``--real-jpeg-quality``) and restored from that input, with and without distillation
+(``--real-methods``); PSNR of the input (at canvas size), of the system's PNG, of resvg's drawing
+of its SVG and of training's coverage of it against the sharp icon, paths against the source's,
+invisible / off-canvas / eraser counts.
 Writes ``<out>_real.json`` / ``.md`` and ``<out>_real_<icon>.png`` (``svg_restoration_real.*`` by default).
 
     OMP_NUM_THREADS=1 flock /work/notes/heavy.lock python benchmarks/bench_svg_restoration.py --real-icons
+    ... --real-icons --real-degradation sr4 --real-size 128 --real-methods data-only dreamsampler \\
+        --real-names github spotify emoji_1f600 --out /tmp/sr4.json
 """
 
 from __future__ import annotations
@@ -201,28 +205,56 @@ def markdown(summary: dict, t2s: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def degraded(truth: torch.Tensor, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The ``--real-degradation`` of the sharp icon ``truth [1, 3, S, S]``: (input image in [0, 1],
+    that input seen at canvas size (the baseline), the data overrides that restore it). "blur":
+    the config's Gaussian blur (σ ``--real-sigma``); "sr4": ×4 bicubic downsampling (operator
+    ``downsample``); "jpeg": the sharp icon through JPEG at ``--real-jpeg-quality`` (PIL), restored
+    with a 1-px blur kernel, i.e. the identity operator."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from scorestudio.data.problems import RestorationDataConfig, restoration_operator, upsampled
+
+    if args.real_degradation == "blur":
+        kernel = 2 * round(3 * args.real_sigma) + 1
+        blur = restoration_operator(RestorationDataConfig(sigma=args.real_sigma, kernel_size=kernel, sigma_y=0.0))
+        image = ((blur(2 * truth - 1) + 1) / 2).clamp(0, 1)
+        return image, image, [f"data.sigma={args.real_sigma}", f"data.kernel_size={kernel}"]
+    if args.real_degradation == "sr4":
+        down = restoration_operator(RestorationDataConfig(operator="downsample", scale=4, sigma_y=0.0))
+        small = down(2 * truth - 1)
+        image = ((small + 1) / 2).clamp(0, 1)
+        return image, upsampled(small, truth.shape[-1]), ["data.operator=downsample", "data.scale=4"]
+    buf = io.BytesIO()
+    pixels = (truth[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=args.real_jpeg_quality)
+    decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), np.float32) / 255
+    image = torch.from_numpy(decoded).permute(2, 0, 1)[None]
+    return image, image, ["data.operator=gaussian-blur", "data.kernel_size=1", "data.sigma=1.0"]
+
+
 def real_icon_row(name: str, distillation: bool, args: argparse.Namespace, work: Path) -> dict:
-    """Restore one blurred real icon; its row and pictures (blurry, restored, truth)."""
+    """Restore one degraded real icon; its row and pictures (input at canvas size, restored, truth)."""
     import bench_vectorize as vec
 
     from scorestudio.cli import parse_args, run
-    from scorestudio.data.problems import RestorationDataConfig, restoration_operator
     from scorestudio.utils.images import load_image, save_image
 
     truth = vec.rasterize(vec.DATA / f"{name}.svg", args.real_size)
-    kernel = 2 * round(3 * args.real_sigma) + 1
-    blur = restoration_operator(RestorationDataConfig(sigma=args.real_sigma, kernel_size=kernel, sigma_y=0.0))
-    blurry = ((blur(2 * truth - 1) + 1) / 2).clamp(0, 1)
-    image = work / f"{name}_blur.png"
-    save_image(blurry[0], image)
+    small, blurry, data_overrides = degraded(truth, args)
+    image = work / f"{name}_{args.real_degradation}.png"
+    save_image(small[0], image)
     tag = f"{name}-{'ds' if distillation else 'dc-only'}"
     steps = args.real_steps
     argv = ["--config", str(ROOT / "configs" / "svg-restoration.yaml"), "--train", f"exp_root_dir={work}", f"tag={tag}",
-            "use_timestamp=false", "trainer.enable_progress_bar=false", f"data.image={image}",
-            f"data.sigma={args.real_sigma}", f"data.kernel_size={kernel}", f"trainer.max_steps={steps}",
+            "use_timestamp=false", "trainer.enable_progress_bar=false", f"data.image={image}", *data_overrides,
+            f"trainer.max_steps={steps}",
             f"system.distillation={str(distillation).lower()}", "system.prompt_processor.prompt=an icon",
             f"system.generator.clean.add_until={int(0.6 * steps)}", f"system.distillation_weight=[0, 1.0, 0.0, {steps // 2}]",
-            f"seed={args.seed}"]
+            f"seed={args.seed}", *args.real_overrides]
     start = time.perf_counter()
     run(*parse_args(argv))
     seconds = time.perf_counter() - start
@@ -253,10 +285,10 @@ def real_icons(args: argparse.Namespace) -> None:
                 row, (blurry, drawn, truth) = real_icon_row(name, method == "dreamsampler", args, Path(tmp))
                 rows.append(row)
                 pictures += [blurry, drawn, truth]
-                labels += [f"blurry {row['psnr_blurry']:.1f}dB", f"{method} {row['paths']}p {row['psnr_resvg']:.1f}dB",
+                labels += [f"input {row['psnr_blurry']:.1f}dB", f"{method} {row['paths']}p {row['psnr_resvg']:.1f}dB",
                            f"truth {row['source_paths']}p"]
             save_labelled_grid(torch.cat(pictures), labels, out.with_name(f"{out.stem}_{name}.png"), ncol=3, title=name)
-    lines = ["| method | blurry | PSNR (own render) | PSNR (resvg) | paths / source paths | invisible | off-canvas | erasers | s / run |",
+    lines = ["| method | input | PSNR (own render) | PSNR (resvg) | paths / source paths | invisible | off-canvas | erasers | s / run |",
              "|---|---|---|---|---|---|---|---|---|"]
     summary = {}
     for method in args.real_methods:
@@ -268,9 +300,13 @@ def real_icons(args: argparse.Namespace) -> None:
         lines.append(f"| {method} | {mean['psnr_blurry']:.2f} | {mean['psnr_own']:.2f} | {mean['psnr_resvg']:.2f} | "
                      f"{mean['paths']} / {mean['source_paths']} (max ×{mean['max_path_ratio']:.1f}) | {mean['invisible']} | "
                      f"{mean['off_canvas']} | {mean['erasers']} | {mean['time_s']:.0f} |")
-    lines += ["", "| icon | method | blurry | own | resvg | paths / source | erasers |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| icon | method | input | training AA | own | resvg | own − resvg | paths / source | erasers |",
+              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['icon']} | {'dreamsampler' if r['distillation'] else 'data-only'} | {r['psnr_blurry']:.2f} | "
-              f"{r['psnr_own']:.2f} | {r['psnr_resvg']:.2f} | {r['paths']} / {r['source_paths']} | {r['erasers']} |" for r in rows]
+              f"{r['psnr_training_aa']:.2f} | {r['psnr_own']:.2f} | {r['psnr_resvg']:.2f} | "
+              f"{r['psnr_own'] - r['psnr_resvg']:+.2f} | {r['paths']} / {r['source_paths']} | {r['erasers']} |" for r in rows]
+    within = sum(abs(r["psnr_own"] - r["psnr_resvg"]) <= 0.2 for r in rows)
+    lines += ["", f"|own − resvg| ≤ 0.2 dB: {within}/{len(rows)}"]
     out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary, "rows": rows}, indent=1))
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -283,8 +319,13 @@ def main() -> None:
                                                             "emoji_1f34e", "emoji_1f42d"])
     parser.add_argument("--real-size", type=int, default=256)
     parser.add_argument("--real-sigma", type=float, default=3.0)
+    parser.add_argument("--real-degradation", default="blur", choices=["blur", "sr4", "jpeg"],
+                        help="blur (σ --real-sigma), ×4 bicubic downsampling, or JPEG at --real-jpeg-quality")
+    parser.add_argument("--real-jpeg-quality", type=int, default=10)
     parser.add_argument("--real-steps", type=int, default=400)
     parser.add_argument("--real-methods", nargs="+", default=["data-only"], choices=["dreamsampler", "data-only"])
+    parser.add_argument("--real-overrides", nargs="*", default=[],
+                        help="extra config overrides of the real-icon runs, e.g. system.generator.clean.resvg_polish=0")
     parser.add_argument("--icons", type=int, default=10, help="M held-out icons per operator")
     parser.add_argument("--steps", type=int, default=1000, help="optimisation steps per restoration")
     parser.add_argument("--operators", nargs="+", default=list(OPERATORS), choices=list(OPERATORS))

@@ -27,10 +27,14 @@ fixed point. It follows tiny-skia's ``scan::path_aa`` (``SUPERSAMPLE_SHIFT = 2``
 
 Paths whose pixel bounds leave the canvas go through tiny-skia's edge clipper (``edge_clipper.rs``)
 first: pieces also cut where x turns, then cut at the canvas sides, the parts beyond the left or
-right side replaced by vertical lines on it, those above or below dropped.
+right side replaced by vertical lines on it, those above or below dropped. The cut points come
+from tiny-skia's path-ops root finder (``path64``), ported with its quirks, since where it finds
+no root the fallback cut is up to ¼ px off and bends the clipped edge visibly.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -313,19 +317,217 @@ def _chop_in_y(pts: np.ndarray, bottom: np.float32) -> np.ndarray:
 
 def _chop_mono_at(pts: np.ndarray, axis: int, value: np.float32) -> np.ndarray:
     """A monotone cubic ``[4, 2]`` cut where coordinate ``axis`` equals ``value`` → ``[7, 2]``
-    (f32): the crossing found and cut in f64 (tiny-skia's ``cubic_dchop_at_intercept``), else
-    at tiny-skia's ``mono_cubic_closest_t`` search, cut in f32."""
+    (f32): at the crossing tiny-skia's path-ops solver finds (``cubic_dchop_at_intercept``, cut in
+    f64), else at its coarse ``mono_cubic_closest_t`` search (within ¼ px, cut in f32). The solver
+    often finds nothing (its binary search compares signed differences), and the coarse cut then
+    bends the clipped edge: reproduced as it is."""
     p = pts.astype(np.float64)
-    v = p[:, axis]
-    if min(v[0], v[3]) <= value <= max(v[0], v[3]) and v[0] != v[3]:
-        lo, hi, rising = 0.0, 1.0, v[3] > v[0]
-        for _ in range(64):
-            mid = (lo + hi) / 2
-            s = 1 - mid
-            at = s ** 3 * v[0] + 3 * s * s * mid * v[1] + 3 * s * mid * mid * v[2] + mid ** 3 * v[3]
-            lo, hi = (mid, hi) if (at < value) == rising else (lo, mid)
-        return _chop_at(p[None], np.array([(lo + hi) / 2]))[0].astype(F32)
+    t = _intercept(p, axis, float(value))
+    if t is not None:
+        return _chop_at64(p, t).astype(F32)
     return _chop_at(pts[None], np.array([_closest_t(pts[:, axis], value)], F32))[0]
+
+
+def _chop_at64(p: np.ndarray, t: float) -> np.ndarray:
+    """``Cubic64::chop_at`` (f64 de Casteljau, with its own sums at t = ½) → ``[7, 2]``."""
+    if t == 0.5:
+        return np.stack([p[0], (p[0] + p[1]) / 2, (p[0] + 2 * p[1] + p[2]) / 4, (p[0] + 3 * (p[1] + p[2]) + p[3]) / 8,
+                         (p[1] + 2 * p[2] + p[3]) / 4, (p[2] + p[3]) / 2, p[3]])
+    return _chop_at(p[None], np.array([t]))[0]
+
+
+# tiny-skia's path-ops tolerances (path64/mod.rs)
+_DBL_EPS, _FLT_EPS = float(np.finfo(np.float64).eps), float(np.finfo(F32).eps)
+
+
+def _ulps_equal(a: float, b: float) -> bool:
+    """``almost_dequal_ulps`` (within 16 f32 ulps)."""
+    if abs(a) >= 3.4028235e38 or abs(b) >= 3.4028235e38:
+        return abs(a - b) / max(abs(a), abs(b)) < _FLT_EPS * 16
+
+    def bits(x: float) -> int:
+        b = int(np.array(x, F32).view(np.int32))
+        return -(b & 0x7FFFFFFF) if b < 0 else b
+
+    return bits(a) < bits(b) + 16 and bits(b) < bits(a) + 16
+
+
+def _small_vs(x: float, other: float) -> bool:
+    return x == 0.0 or abs(x) < abs(other * _FLT_EPS)
+
+
+def _quad_roots(a: float, b: float, c: float) -> list[float]:
+    """``quad64::roots_real``."""
+    def zero_a() -> list[float]:
+        if abs(b) < _DBL_EPS:
+            return [0.0] if c == 0.0 else []
+        return [-c / b]
+
+    if a == 0.0:
+        return zero_a()
+    p, q = b / (2.0 * a), c / a
+    if abs(a) < _DBL_EPS and (abs(p) > 1 / _FLT_EPS or abs(q) > 1 / _FLT_EPS):
+        return zero_a()
+    p2 = p * p
+    if not _ulps_equal(p2, q) and p2 < q:
+        return []
+    root = math.sqrt(p2 - q) if p2 > q else 0.0
+    s0, s1 = root - p, -root - p
+    return [s0] if _ulps_equal(s0, s1) else [s0, s1]
+
+
+def _valid_ts(roots: list[float]) -> list[float]:
+    """``push_valid_ts``: roots within [0, 1] (up to an ε), clamped, distinct."""
+    out: list[float] = []
+    for t in roots:
+        if t > -_DBL_EPS and t < 1.0 + _DBL_EPS:
+            t = min(max(t, 0.0), 1.0)
+            if not any(abs(u - t) < _DBL_EPS for u in out):
+                out.append(t)
+    return out
+
+
+def _cube_root(x: float) -> float:
+    """``cube_root``: Kahan's bit-hack start and three Halley steps."""
+    if abs(x) < _FLT_EPS ** 3:
+        return 0.0
+    d = abs(x)
+    hi = int(np.array(d).view(np.uint64)) >> 32
+    a = float(np.array((hi // 3 + 715094163) << 32, np.uint64).view(np.float64))
+    for _ in range(3):
+        a3 = a * a * a
+        a = a * (a3 + d + d) / (a3 + a3 + d)
+    return -a if x < 0 else a
+
+
+def _cubic_roots(a: float, b: float, c: float, d: float) -> list[float]:
+    """``cubic64::roots_real`` of a·t³ + b·t² + c·t + d."""
+    if abs(a) < _DBL_EPS and _small_vs(a, b) and _small_vs(a, c) and _small_vs(a, d):
+        return _quad_roots(b, c, d)
+    if _small_vs(d, a) and _small_vs(d, b) and _small_vs(d, c):
+        roots = _quad_roots(a, b, c)
+        return roots if any(abs(r) < _DBL_EPS for r in roots) else roots + [0.0]
+    if abs(a + b + c + d) < _DBL_EPS:
+        roots = _quad_roots(a, a + b, -d)
+        return roots if any(_ulps_equal(r, 1.0) for r in roots) else roots + [1.0]
+    inv = 1.0 / a
+    a, b, c = b * inv, c * inv, d * inv
+    a2 = a * a
+    q = (a2 - b * 3.0) / 9.0
+    r = (2.0 * a2 * a - 9.0 * a * b + 27.0 * c) / 54.0
+    q3 = q * q * q
+    adiv3 = a / 3.0
+    if r * r - q3 < 0.0:
+        theta = math.acos(min(max(r / math.sqrt(q3), -1.0), 1.0))
+        neg2 = -2.0 * math.sqrt(q)
+        out = [neg2 * math.cos(theta / 3.0) - adiv3]
+        second = neg2 * math.cos((theta + 2.0 * math.pi) / 3.0) - adiv3
+        if not _ulps_equal(out[0], second):
+            out.append(second)
+        third = neg2 * math.cos((theta - 2.0 * math.pi) / 3.0) - adiv3
+        if not _ulps_equal(out[0], third) and (len(out) == 1 or not _ulps_equal(out[1], third)):
+            out.append(third)
+        return out
+    big = _cube_root(abs(r) + math.sqrt(r * r - q3))
+    if r > 0.0:
+        big = -big
+    if big != 0.0:
+        big += q / big
+    out = [big - adiv3]
+    if _ulps_equal(out[0], q3):
+        other = -big / 2.0 - adiv3
+        if not _ulps_equal(out[0], other):
+            out.append(other)
+    return out
+
+
+def _point_at(p: np.ndarray, t: float) -> tuple[float, float]:
+    """``Cubic64::point_at_t``."""
+    if t == 0.0:
+        return float(p[0, 0]), float(p[0, 1])
+    if t == 1.0:
+        return float(p[3, 0]), float(p[3, 1])
+    s = 1.0 - t
+    w = (s * s * s, 3.0 * (s * s) * t, 3.0 * s * (t * t), (t * t) * t)
+    return tuple(w[0] * float(p[0, k]) + w[1] * float(p[1, k]) + w[2] * float(p[2, k]) + w[3] * float(p[3, k])
+                 for k in range(2))
+
+
+def _intercept(p: np.ndarray, axis: int, value: float) -> float | None:
+    """``vertical_intersect`` / ``horizontal_intersect`` of the f64 cubic ``p [4, 2]`` with the line
+    where coordinate ``axis`` is ``value``: the first root tiny-skia keeps, or None."""
+    v = [float(x) for x in p[:, axis]]
+    a = v[3] - (v[0] - v[1] * 3.0 + v[2] * 3.0)                          # cubic64::coefficients
+    b = v[2] * 3.0 + (3.0 * v[0] - 2.0 * (v[1] * 3.0))
+    c = v[1] * 3.0 - 3.0 * v[0]
+    roots = _cubic_roots(a, b, c, v[0] - value)
+    found = _valid_ts(roots)
+    for s in roots:                                    # roots just outside [0, 1] count as its ends
+        end = 1.0 if s >= 1.0 + _DBL_EPS and (1.0 - s) * (1.00005 - s) <= 0 else (
+            0.0 if s <= -_DBL_EPS and (-0.00005 - s) * (0.0 - s) <= 0 else None)
+        if end is not None and not any(abs(u - end) < _DBL_EPS for u in found):
+            found.append(end)
+    for t in found:
+        if abs(_point_at(p, t)[axis] - value) >= _DBL_EPS:
+            found = _search_roots(p, axis, value)
+            break
+    return found[0] if found else None
+
+
+def _search_roots(p: np.ndarray, axis: int, value: float) -> list[float]:
+    """``Cubic64::search_roots``: a binary search between consecutive extrema and inflections."""
+    v = [float(x) for x in p[:, axis]]
+    ts = _valid_ts(_quad_roots(v[3] - v[0] + 3.0 * (v[1] - v[2]), 2.0 * (v[0] - v[1] - v[1] + v[2]), v[1] - v[0]))
+    ax, ay = p[1] - p[0]
+    bx, by = p[2] - 2.0 * p[1] + p[0]
+    cx, cy = p[3] + 3.0 * (p[1] - p[2]) - p[0]
+    ts += _valid_ts(_quad_roots(bx * cy - by * cx, ax * cy - ay * cx, ax * by - ay * bx))
+    ts = sorted(ts + [0.0]) + [1.0]
+    out = []
+    for lo, hi in zip(ts[:-1], ts[1:]):
+        if lo != hi:
+            t = _binary_search(p, lo, hi, axis, value)
+            if t >= 0.0:
+                if len(out) >= 3:
+                    return []
+                out.append(t)
+    return out
+
+
+def _binary_search(p: np.ndarray, lo: float, hi: float, axis: int, value: float) -> float:
+    """``Cubic64::binary_search``, with its signed "approximately equal" (a point with smaller
+    coordinates than the current one counts as the same point, ending the search)."""
+    def same(u, w) -> bool:
+        return u[0] - w[0] < _FLT_EPS / 2 and u[1] - w[1] < _FLT_EPS / 2
+
+    t = (lo + hi) / 2.0
+    step = (t - lo) / 2.0
+    here = _point_at(p, t)
+    dist = here[axis] - value
+    while True:
+        prior = max(lo, t - step)
+        less = _point_at(p, prior)
+        if same(less, here):
+            return -1.0
+        less_dist = less[axis] - value
+        last_step, step = step, step / 2.0
+        if (dist > less_dist) if dist > 0.0 else (dist < less_dist):
+            t = prior
+        else:
+            nxt = t + last_step
+            if nxt > hi:
+                return -1.0
+            more = _point_at(p, nxt)
+            if same(more, here):
+                return -1.0
+            more_dist = more[axis] - value
+            if (dist <= more_dist) if dist > 0.0 else (dist >= more_dist):
+                continue
+            t = nxt
+        here = _point_at(p, t)
+        dist = here[axis] - value
+        if abs(here[axis] - value) < _DBL_EPS:
+            return t
 
 
 def _closest_t(src: np.ndarray, x: np.float32) -> np.float32:
