@@ -72,6 +72,20 @@ def test_latent_probe_is_the_repulsion_feature_map(trained):
     assert torch.allclose(guidance.repulsion_term(call), expected, atol=1e-6)
 
 
+def test_feature_head_repels_on_that_heads_logits(trained):
+    """feature_head=color: the kernel reads the latent probe's colour logits [B, 8], not its features."""
+    prior, _, out, _ = trained
+    guidance = scorestudio.find("sds")({"rgb_as_latents": True, "repulsion": {
+        "gamma": 2.0, "features": "latent_probe", "feature_net_path": str(out), "scale": "one",
+        "feature_head": "color"}})
+    z = torch.randn(3, prior.latent_channels, prior.latent_size, prior.latent_size)
+    call = GuidanceCall(prior, z, z, z, torch.full((3,), 500), None, torch.arange(3), 0, 0)
+    net = load_feature_network("latent_probe", str(out))
+    term = guidance.repulsion_term(call)
+    assert torch.allclose(term, 2.0 * repulsion_gradient(z, lambda x: net(x)["color"]), atol=1e-6)
+    assert not torch.allclose(term, 2.0 * repulsion_gradient(z, net.features), atol=1e-3)
+
+
 def test_probe_kinds_refuse_the_other_space(trained):
     prior, probe_dir, out, _ = trained
     with pytest.raises(ValueError, match="features='probe'"):

@@ -153,6 +153,10 @@ def test_repulsion_checks_its_config_and_keeps_its_network_out_of_state_dicts(ti
         Repulsion({"scale": "sigma3"}, path="system.solver.repulsion")
     with pytest.raises(ConfigError, match="on=rendered"):
         Repulsion({"on": "rendered", "features": "latent"})
+    with pytest.raises(ConfigError, match="feature_head='colour'"):
+        Repulsion({"features": "latent_probe", "feature_head": "colour"})
+    with pytest.raises(ConfigError, match="feature_head='color'.*features='dinov2'"):
+        Repulsion({"features": "dinov2", "feature_head": "color"})
     repulsion = Repulsion({"gamma": [0, 0.0, 2.0, 10], "feature_net_path": str(probe)})
     assert not repulsion.is_active(0) and repulsion.is_active(5)
     guidance = scorestudio.find("sds")({"repulsion": {"gamma": 1.0, "feature_net_path": str(probe)}})

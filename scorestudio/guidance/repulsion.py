@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Optional
 import torch
 from torch import Tensor
 
+from scorestudio.metrics.probe import HEADS as PROBE_HEADS
 from scorestudio.utils.base import Configurable
 from scorestudio.utils.config import ConfigError, ScheduledFloat, schedulable
 from scorestudio.utils.distributed import gather_rows, world
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 BandwidthMode = Literal["global", "per_row"]
 NETWORK_FEATURES = ("probe", "latent_probe", "dinov2")   # feature maps that load a network
+PROBE_FEATURES = ("probe", "latent_probe")              # feature maps with class heads
 REPULSION_FEATURES = ("latent", "pixel", *NETWORK_FEATURES)
 LATENT_PLACEMENTS = ("noisy", "clean")                 # the kernel on z_t, or on the clean z_0 / predicted x̂0
 REPULSION_PLACEMENTS = (*LATENT_PLACEMENTS, "rendered")  # ... or on the generator's rendered images
@@ -166,6 +168,11 @@ class RepulsionConfig:
     # distilled onto the embedded prior's latents: no decoder pass), "dinov2" (local weights).
     features: str = "probe"
     feature_net_path: Optional[str] = None  # folder of the feature net: (latent_)probe (default: shipped), dinov2 (required)
+    # With features probe / latent_probe: the kernel on one head's logits instead of the shared
+    # features ("color", "shape", "kind", "view"). A prompt that leaves one attribute open
+    # ("a cube": any colour) repelled on that attribute's head varies it and leaves the rest to the
+    # guidance; the shared features also push the named attributes (the shape) apart.
+    feature_head: Optional[str] = None
     scale: str = "sigma"                  # c(t): "sigma" (σ_t), "sigma2" (σ_t²), "one"
     # Kernel on the noisy particles z_t (RSD/RLSD's derivation: the forward diffusion of the
     # repulsive distribution), on the clean particles z_0, where feature differences are content only,
@@ -195,6 +202,10 @@ class Repulsion(Configurable):
                                     ("on", cfg.on, REPULSION_PLACEMENTS)):
             if value not in choices:   # at build time, not at the first repulsive step
                 raise ConfigError(f"{self.config_path}.{key}={value!r}: use one of {', '.join(choices)}")
+        if cfg.feature_head is not None and (cfg.features not in PROBE_FEATURES or cfg.feature_head not in PROBE_HEADS):
+            raise ConfigError(f"{self.config_path}.feature_head={cfg.feature_head!r}: a head of the probe "
+                              f"({', '.join(PROBE_HEADS)}) with features {' or '.join(PROBE_FEATURES)} "
+                              f"(features={cfg.features!r}); null for the shared features")
         if cfg.on == "rendered" and cfg.features not in IMAGE_FEATURES:
             raise ConfigError(f"{self.config_path}.on=rendered needs a feature map that reads images (features: "
                               f"{', '.join(IMAGE_FEATURES)}), got features={cfg.features!r}; for latent particles "
@@ -284,6 +295,10 @@ class Repulsion(Configurable):
             return lambda z: z.flatten(1)
         if kind == "pixel":
             return lambda z: to_image(z).flatten(1)
+        if kind in PROBE_FEATURES and self.cfg.feature_head is not None:
+            net, head = self.feature_network(prior), self.cfg.feature_head
+            read = (lambda z: z) if kind == "latent_probe" else to_image
+            return lambda z: net(read(z))[head]
         if kind == "latent_probe":
             return self.feature_network(prior).features
         if kind in ("probe", "dinov2"):
