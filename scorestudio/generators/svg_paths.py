@@ -71,7 +71,7 @@ class CleanPathConfig:
     final_max_samples: int = 64
     # The end of the run (this fraction of lr.total_steps) trains on the image resvg draws from the
     # file: resvg's anti-aliasing forward, the differentiable coverage's gradient backward; 0: never.
-    resvg_polish: float = 0.25
+    resvg_polish: float = 0.0
 
 
 # ------------------------------------------------------------------------------------ layout
