@@ -394,15 +394,18 @@ def test_generator_section_of_the_config_is_checked(tiny, tmp_path):
         cli_train(tmp_path, tiny, "bad", "trainer.max_steps=1", "system.generator.color=hsv")
 
 
-def test_demo_config_repels_on_latent_probe_features_of_z0_during_the_warm_up_only():
+def test_demo_config_repels_on_latent_probe_features_of_z0_all_run_long():
     """configs/gaussians-demo.yaml parses into the repulsion it means (a bare YAML ``on:`` key
-    would be read as the boolean True) and its kernel fades out before training ends."""
+    would be read as the boolean True), repels until the last step and guides against the
+    negative prompt it inherits, at a lower CFG scale than its parent."""
     import scorestudio
     from scorestudio.utils.config import config_path, load_config
 
-    cfg = load_config(config_path("gaussians-demo"), [])
+    cfg, parent = (load_config(config_path(name), []) for name in ("gaussians-demo", "gaussians-embedded"))
     assert cfg.system.generator_type == "gaussians" and cfg.system.prompt_processor.prompt == "a cube"
-    repulsion = scorestudio.find(cfg.system.guidance_type)(dict(cfg.system.guidance), path="system.guidance").repulsion
+    assert cfg.system.prompt_processor.negative_prompt == parent.system.prompt_processor.negative_prompt == "an object"
+    guidance = scorestudio.find(cfg.system.guidance_type)(dict(cfg.system.guidance), path="system.guidance")
+    assert guidance.cfg.guidance_scale.at(0) < parent.system.guidance.guidance_scale
+    repulsion = guidance.repulsion
     assert (repulsion.cfg.features, repulsion.cfg.on) == ("latent_probe", "clean")
-    gammas = [repulsion.cfg.gamma.at(step) for step in range(cfg.trainer.max_steps)]
-    assert gammas[0] > 0 and gammas == sorted(gammas, reverse=True) and gammas[-1] == 0
+    assert min(repulsion.cfg.gamma.at(step) for step in range(cfg.trainer.max_steps)) > 0
