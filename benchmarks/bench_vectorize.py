@@ -104,7 +104,7 @@ def ours(image_path: Path, budget: int, args: argparse.Namespace, work: Path) ->
     argv = ["--config", str(ROOT / "configs" / "vectorize.yaml"), "--train", f"exp_root_dir={work}", f"tag={tag}",
             "use_timestamp=false", "trainer.enable_progress_bar=false", f"data.image={image_path}",
             f"system.generator.paths.num_paths={budget}", f"trainer.max_steps={args.steps}",
-            f"system.generator.clean.add_until={int(args.steps * 0.7)}", f"seed={args.seed}"]
+            f"system.generator.clean.add_until={int(args.steps * 0.7)}", f"seed={args.seed}", *args.overrides]
     start = time.perf_counter()
     run(*parse_args(argv))
     seconds = time.perf_counter() - start
@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overrides", nargs="*", default=[],
+                        help="extra config overrides of our runs, e.g. system.generator.clean.resvg_polish=0.1")
     parser.add_argument("--out", type=Path, default=RESULTS / "vectorize.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
