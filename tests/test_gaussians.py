@@ -407,5 +407,5 @@ def test_demo_config_repels_on_latent_probe_features_of_z0_all_run_long():
     guidance = scorestudio.find(cfg.system.guidance_type)(dict(cfg.system.guidance), path="system.guidance")
     assert guidance.cfg.guidance_scale.at(0) < parent.system.guidance.guidance_scale
     repulsion = guidance.repulsion
-    assert (repulsion.cfg.features, repulsion.cfg.on) == ("latent_probe", "clean")
+    assert (repulsion.cfg.features, repulsion.cfg.on, repulsion.cfg.feature_head) == ("latent_probe", "clean", "color")
     assert min(repulsion.cfg.gamma.at(step) for step in range(cfg.trainer.max_steps)) > 0
