@@ -20,6 +20,13 @@ Perp-Neg: the view mixture and negatives), all prompts, seeds and both settings 
 then the probe's view of each image against the camera's bucket, and its shape and colour.
 
     python benchmarks/bench_janus.py --out DIR --per-view --steps 200 --seeds 0 --views 12
+
+``--reference`` says what the check can show on these prompts (a minute): the probe's views of the
+*true* objects on the same orbit (the ceiling of view agreement: the probe itself misreads some
+frames), and of the embedded prior's own DDIM samples of each view prompt (does the prior draw a
+back for "back view"?). Writes ``DIR/janus_reference.json`` and ``DIR/janus_reference.png``.
+
+    python benchmarks/bench_janus.py --out DIR --reference --samples 12
 """
 
 from __future__ import annotations
@@ -132,6 +139,64 @@ def per_view(seeds: list[int], steps: int, n_views: int = 24, lr: float = 0.03, 
     return result
 
 
+def reference(n_samples: int, scale: float = 10.0, steps: int = 50, seed: int = 0):
+    """The ceiling and the prior's own view knowledge (see the docstring): ``(result, picture)``,
+    the picture ``[3, H, W]`` with one row per prompt (true orbit) and per view prompt (samples)."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    from scorestudio import find
+    from scorestudio.data.cameras import VIEW_NAMES, orbit_cameras, view_index
+    from scorestudio.data.procedural import ALL_SHAPES, COLORS, render_objects
+    from scorestudio.metrics.attributes import prompt_attributes
+    from scorestudio.metrics.evaluators import view_metrics
+    from scorestudio.metrics.probe import load_probe
+    from scorestudio.utils.images import labelled_grid
+
+    prior, probe = find("embedded")({}), load_probe()
+    cameras = orbit_cameras(24, 15.0)
+    bucket = view_index(cameras.elevation, cameras.azimuth)
+    to_ours = torch.tensor([VIEW_NAMES.index(name) for name in probe.names("view")])
+    scheduler = DDIMScheduler.from_config(prior.scheduler_config)
+    scheduler.set_timesteps(steps)
+    result, grids = {}, []
+    for prompt in PROMPTS:
+        wanted = prompt_attributes(prompt)
+        truth = render_objects(torch.full((len(cameras),), ALL_SHAPES.index(wanted["shape"])),
+                               torch.tensor([COLORS[wanted["color"]]] * len(cameras)), cameras, 128)
+        with torch.no_grad():
+            seen = to_ours[probe(truth)["view"].argmax(-1)]
+        entry = {"truth_orbit": {k: v for k, v in view_metrics(seen[None], bucket).items() if "/" not in k}}
+        grids.append(labelled_grid(truth, [f"{VIEW_NAMES[b][0]}>{VIEW_NAMES[v]}" for b, v in zip(bucket, seen)],
+                                   ncol=len(cameras), title=f"{prompt}: true object, camera bucket > probe view"))
+        processor = find("prompt-processor")({"prompt": prompt})
+        embeddings = prior.encode_text(processor.view_prompts())
+        uncond = prior.encode_text([processor.cfg.negative_prompt])
+        gen = torch.Generator().manual_seed(seed)
+        for v, view in enumerate(VIEW_NAMES[:3]):
+            x = torch.randn(n_samples, prior.latent_channels, prior.latent_size, prior.latent_size, generator=gen)
+            cond, neg = embeddings[[v] * n_samples], uncond.expand(n_samples, *uncond.shape[1:])
+            with torch.no_grad():
+                for t in scheduler.timesteps:
+                    eps = prior.predict_noise_cfg(x, t, cond, neg, scale)[0]
+                    x = scheduler.step(eps, t, x).prev_sample
+                images = prior.decode_latents(x).clamp(0, 1)
+                rows = probe.classify(images)
+            views = [r["view"] for r in rows]
+            entry[f"samples_{view}_view"] = {
+                "n": n_samples, **{f"seen_{name}": views.count(name) / n_samples for name in VIEW_NAMES},
+                "shape_fraction": sum(r["shape"] == wanted["shape"] for r in rows) / n_samples}
+            shown = torch.nn.functional.interpolate(images, size=truth.shape[-1], mode="nearest")
+            grids.append(labelled_grid(shown, [str(w) for w in views], ncol=n_samples,
+                                       title=f'prior samples of "{processor.view_prompts()[v]}" (probe view)'))
+        result[prompt] = entry
+        print(prompt, json.dumps(entry), flush=True)
+    width = max(g.shape[-1] for g in grids)
+    picture = torch.cat([torch.nn.functional.pad(g, (0, width - g.shape[-1]), value=1.0) for g in grids], dim=1)
+    return {"samples": n_samples, "guidance_scale": scale, "ddim_steps": steps, "seed": seed,
+            "prompts": result}, picture
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -142,8 +207,17 @@ def main() -> None:
     parser.add_argument("--summary-only", action="store_true")
     parser.add_argument("--per-view", action="store_true", help="view-conditioned image particles instead of NeRF runs")
     parser.add_argument("--views", type=int, default=24, help="--per-view: orbit cameras (images per prompt and seed)")
+    parser.add_argument("--reference", action="store_true", help="the true objects' and the prior's own view readings")
+    parser.add_argument("--samples", type=int, default=12, help="--reference: prior samples per view prompt")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.reference:
+        from scorestudio.utils.images import save_image
+
+        result, picture = reference(args.samples)
+        (args.out / "janus_reference.json").write_text(json.dumps(result, indent=2))
+        save_image(picture, args.out / "janus_reference.png")
+        return
     if args.per_view:
         result = {"steps": args.steps, "seeds": args.seeds, "views": args.views,
                   "groups": per_view(args.seeds, args.steps, args.views)}

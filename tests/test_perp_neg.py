@@ -163,3 +163,15 @@ def test_view_evaluator_scores_orbits_and_skips_images(tiny):
     assert evaluator(fake_system(tiny), torch.rand(2, 1, 3, 32, 32), None)["view_agreement"] is None
     skipped = evaluator(fake_system(tiny, "stable-diffusion"), torch.rand(2, 8, 3, 32, 32), None)
     assert skipped["view_agreement"] is None and "embedded" in skipped["null_reasons"]["view_agreement"]
+
+
+def test_view_metrics_on_a_hand_case():
+    from scorestudio.metrics.evaluators import view_metrics
+
+    front, side, back = 0, 1, 2
+    seen = torch.tensor([[front, side, back, front], [back, side, back, side]])
+    metrics = view_metrics(seen, torch.tensor([front, side, back, back]))
+    assert metrics["particle0/view_agreement"] == 0.75 and metrics["particle1/view_agreement"] == 0.5
+    assert metrics["view_agreement"] == 0.625 and metrics["view_agreement_front"] == 0.5
+    assert metrics["view_agreement_side"] == 1.0 and metrics["view_agreement_back"] == 0.5
+    assert metrics["back_seen_as_front"] == 0.25 and "view_agreement_overhead" not in metrics

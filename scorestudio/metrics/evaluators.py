@@ -183,13 +183,22 @@ class ViewEvaluator(Evaluator):
         names = probe.names("view")
         to_ours = torch.tensor([VIEW_NAMES.index(name) for name in names], device=frames.device)
         seen = to_ours[probe.to(frames.device)(frames.flatten(0, 1))["view"].argmax(-1)].view(n, t)
-        agree = (seen == bucket).float()
-        metrics: dict = {"view_agreement": float(agree.mean())}
-        metrics.update({f"particle{i}/view_agreement": float(agree[i].mean()) for i in range(n)})
-        for v, view in enumerate(VIEW_NAMES):
-            if bool((bucket == v).any()):
-                metrics[f"view_agreement_{view}"] = float(agree[:, bucket == v].mean())
-        back = bucket == VIEW_NAMES.index("back")
-        if bool(back.any()):
-            metrics["back_seen_as_front"] = float((seen[:, back] == VIEW_NAMES.index("front")).float().mean())
-        return metrics
+        return view_metrics(seen, bucket)
+
+
+def view_metrics(seen: Tensor, bucket: Tensor) -> dict:
+    """The :class:`ViewEvaluator`'s numbers from the probe's views ``seen`` long ``[N, T]`` of N
+    particles' T orbit frames and the cameras' view buckets ``bucket`` long ``[T]`` (``VIEW_NAMES``
+    indices)."""
+    from scorestudio.data.cameras import VIEW_NAMES
+
+    agree = (seen == bucket).float()
+    metrics: dict = {"view_agreement": float(agree.mean())}
+    metrics.update({f"particle{i}/view_agreement": float(agree[i].mean()) for i in range(len(seen))})
+    for v, view in enumerate(VIEW_NAMES):
+        if bool((bucket == v).any()):
+            metrics[f"view_agreement_{view}"] = float(agree[:, bucket == v].mean())
+    back = bucket == VIEW_NAMES.index("back")
+    if bool(back.any()):
+        metrics["back_seen_as_front"] = float((seen[:, back] == VIEW_NAMES.index("front")).float().mean())
+    return metrics
