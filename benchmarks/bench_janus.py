@@ -11,7 +11,8 @@ several users do not overlap); a finished run (its metrics.json) is not run agai
         --override "system.resolution_milestones=[]"                        # a smaller set
     python benchmarks/bench_janus.py --out DIR --summary-only               # the table of what ran
 
-Writes ``DIR/janus.json``: per run its metrics, per (prompt, perp_neg) the means over seeds.
+Writes ``DIR/janus.json``: per run its metrics, per (prompt, perp_neg) the means over seeds and
+how many particles meet the quality bar; ``DIR/janus_orbits.png``: the first seed's orbits.
 
 ``--per-view`` measures the same guidance effect without NeRF training (minutes instead of hours
 on a loaded CPU): one latent image per test-orbit camera (``--views`` azimuths at elevation 15°), each
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ("a red mug", "a blue house")
 KEYS = ("view_agreement", "view_agreement_front", "view_agreement_side", "view_agreement_back",
         "back_seen_as_front", "shape_fraction", "color_fraction")
+QUALITY_BAR = 0.8   # the issue's quality bar: shape and colour on at least this fraction of frames
 
 
 def run_name(prompt: str, seed: int, perp_neg: bool) -> str:
@@ -63,6 +65,14 @@ def metrics_of(out: Path, name: str) -> dict | None:
     return json.loads((paths[-1] / "metrics.json").read_text()) if paths else None
 
 
+def quality_bar(rows: list[dict], bar: float = QUALITY_BAR) -> dict:
+    """How many particles of the runs ``rows`` show the prompt's shape and colour on ≥ ``bar`` of
+    their orbit frames."""
+    fractions = [(r[f"particle{i}/shape_fraction"], r[f"particle{i}/color_fraction"])
+                 for r in rows for i in range(sum(k.endswith("/shape_fraction") for k in r))]
+    return {"particles": len(fractions), "particles_meeting_quality_bar": sum(min(f) >= bar for f in fractions)}
+
+
 def summary(out: Path, seeds: list[int]) -> dict:
     runs, means = {}, {}
     for prompt in PROMPTS:
@@ -71,7 +81,8 @@ def summary(out: Path, seeds: list[int]) -> dict:
             runs.update({run_name(prompt, s, perp_neg): metrics_of(out, run_name(prompt, s, perp_neg)) for s in seeds})
             if rows:
                 means[f"{prompt} | perp_neg={perp_neg}"] = {
-                    "seeds": len(rows), **{k: sum(r[k] for r in rows if r.get(k) is not None) / len(rows) for k in KEYS}}
+                    "seeds": len(rows), **{k: sum(r[k] for r in rows if r.get(k) is not None) / len(rows) for k in KEYS},
+                    **quality_bar(rows)}
     return {"runs": runs, "means": means}
 
 
@@ -137,6 +148,38 @@ def per_view(seeds: list[int], steps: int, n_views: int = 24, lr: float = 0.03, 
     for entry in result.values():
         entry["mean"] = {k: sum(r[k] for r in entry["runs"]) / len(entry["runs"]) for k in entry["runs"][0] if k != "seed"}
     return result
+
+
+def orbit_sheet(out: Path, seed: int, every: int = 3):
+    """Every ``every``-th test-orbit frame of each particle of the runs of ``seed``, one row per
+    particle, plain above Perp-Neg: ``[3, H, W]``, or None when a run is missing. The frames are
+    the rgb panels cut out of the runs' ``particle{i}.gif`` (the layout of ``test_orbits``)."""
+    import imageio.v3 as iio
+    import torch
+
+    from scorestudio.data.cameras import VIEW_NAMES, orbit_cameras, view_index
+    from scorestudio.utils.images import label_height, labelled_grid
+
+    rows, labels = [], []
+    for prompt in PROMPTS:
+        for perp_neg in (False, True):
+            name = run_name(prompt, seed, perp_neg)
+            gifs = sorted((out / "dreamfusion-embedded" / name / "save").glob("it*-test/particle*.gif"))
+            if not gifs:
+                return None
+            for gif in gifs:
+                frames = torch.from_numpy(iio.imread(gif)[..., :3].copy()).permute(0, 3, 1, 2).float() / 255
+                size = (frames.shape[-1] - 2) // 3 - 2           # 3 panels (rgb | normal | opacity), pad 2
+                top = label_height(size) + 4 + 2 + label_height(size)
+                panels = frames[::every, :, top:top + size, 2:2 + size]
+                rows.append(torch.nn.functional.interpolate(panels, size=96, mode="area"))
+                labels += [f"{'Perp-Neg' if perp_neg else 'plain'} {gif.stem.removeprefix('particle')}:"] + [""] * (len(rows[-1]) - 1)
+    cameras = orbit_cameras(len(frames), 15.0)
+    views = view_index(cameras.elevation, cameras.azimuth)[::every]
+    labels = [f"{head} {VIEW_NAMES[v]} {a:.0f}°".strip() for head, v, a in
+              zip(labels, views.tolist() * len(rows), cameras.azimuth[::every].tolist() * len(rows))]
+    return labelled_grid(torch.cat(rows), labels, ncol=len(rows[0]),
+                         title=f"seed {seed}: {', '.join(PROMPTS)} (camera's view bucket, azimuth)")
 
 
 def reference(n_samples: int, scale: float = 10.0, steps: int = 50, seed: int = 0):
@@ -236,6 +279,11 @@ def main() -> None:
                     subprocess.run(cmd, check=True, cwd=ROOT)
     result = summary(args.out, args.seeds)
     (args.out / "janus.json").write_text(json.dumps(result, indent=2))
+    sheet = orbit_sheet(args.out, args.seeds[0])
+    if sheet is not None:
+        from scorestudio.utils.images import save_image
+
+        save_image(sheet, args.out / "janus_orbits.png")
     print(json.dumps(result["means"], indent=2))
 
 
