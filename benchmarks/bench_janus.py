@@ -1,6 +1,7 @@
 """Janus check of Perp-Neg on the embedded prior: view agreement of orbit frames with and without it.
 
-For each prompt and seed, one dreamfusion-embedded run (4 NeRF particles) without and one with
+For each prompt and seed, one dreamfusion-embedded run (4 NeRF particles; ``--config``: another 3-D
+config of the embedded prior) without and one with
 ``system.prompt_processor.use_perp_neg=true``; the ``view`` evaluator scores every test-orbit
 frame (the probe's view head against the camera's view bucket) and ``probe`` the shape and colour
 fractions. Runs go one at a time (``--lock FILE`` wraps each in ``flock FILE`` so that heavy jobs of
@@ -10,6 +11,7 @@ several users do not overlap); a finished run (its metrics.json) is not run agai
     python benchmarks/bench_janus.py --out DIR --seeds 0 --steps 300 --override "system.resolutions=[32]" \
         --override "system.resolution_milestones=[]"                        # a smaller set
     python benchmarks/bench_janus.py --out DIR --summary-only               # the table of what ran
+    python benchmarks/bench_janus.py --out DIR --config gaussians-embedded.yaml   # splats instead of NeRF
 
 Writes ``DIR/janus.json``: per run its metrics, per (prompt, perp_neg) the means over seeds and
 how many particles meet the quality bar; ``DIR/janus_orbits.png``: the first seed's orbits.
@@ -42,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ("a red mug", "a blue house")
 KEYS = ("view_agreement", "view_agreement_front", "view_agreement_side", "view_agreement_back",
         "back_seen_as_front", "shape_fraction", "color_fraction")
+CONFIG = "dreamfusion-embedded.yaml"   # a 3-D config of the embedded prior (its runs go to DIR/<its name>/)
 QUALITY_BAR = 0.8   # the issue's quality bar: shape and colour on at least this fraction of frames
 
 
@@ -49,18 +52,26 @@ def run_name(prompt: str, seed: int, perp_neg: bool) -> str:
     return f"{prompt.replace(' ', '_')}-s{seed}-{'perpneg' if perp_neg else 'plain'}"
 
 
-def command(prompt: str, seed: int, perp_neg: bool, steps: int, out: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "configs/dreamfusion-embedded.yaml"),
+def command(prompt: str, seed: int, perp_neg: bool, steps: int | None, out: Path, extra: list[str],
+            config: str = CONFIG) -> list[str]:
+    return [sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "configs" / config),
             "--train", f"system.prompt_processor.prompt={prompt}", f"seed={seed}",
             f"system.prompt_processor.use_perp_neg={str(perp_neg).lower()}",
-            "system.evaluation.evaluators=[probe,opacity,view]", f"trainer.max_steps={steps}",
+            "system.evaluation.evaluators=[probe,opacity,view]", *([f"trainer.max_steps={steps}"] if steps else []),
             "system.generator.export.after_test=false", "trainer.enable_progress_bar=false",
             f"exp_root_dir={out}", f"tag={run_name(prompt, seed, perp_neg)}", "use_timestamp=false", *extra]
 
 
-def metrics_of(out: Path, name: str) -> dict | None:
+def runs_folder(out: Path, config: str) -> Path:
+    """Where ``launch.py`` puts the runs of ``config`` under ``exp_root_dir=out``: ``out/<its name>``."""
+    from scorestudio.utils.config import load_config
+
+    return out / load_config(str(ROOT / "configs" / config)).name
+
+
+def metrics_of(out: Path, name: str, config: str = CONFIG) -> dict | None:
     """The metrics of run ``name`` (in its folder, or ``name-K`` when that was taken), or None."""
-    runs = out / "dreamfusion-embedded"
+    runs = runs_folder(out, config)
     paths = [p for p in (runs / name, *sorted(runs.glob(f"{name}-*"))) if (p / "metrics.json").is_file()]
     return json.loads((paths[-1] / "metrics.json").read_text()) if paths else None
 
@@ -73,12 +84,12 @@ def quality_bar(rows: list[dict], bar: float = QUALITY_BAR) -> dict:
     return {"particles": len(fractions), "particles_meeting_quality_bar": sum(min(f) >= bar for f in fractions)}
 
 
-def summary(out: Path, seeds: list[int]) -> dict:
+def summary(out: Path, seeds: list[int], config: str = CONFIG) -> dict:
     runs, means = {}, {}
     for prompt in PROMPTS:
         for perp_neg in (False, True):
-            rows = [m for s in seeds if (m := metrics_of(out, run_name(prompt, s, perp_neg))) is not None]
-            runs.update({run_name(prompt, s, perp_neg): metrics_of(out, run_name(prompt, s, perp_neg)) for s in seeds})
+            runs.update({run_name(prompt, s, perp_neg): metrics_of(out, run_name(prompt, s, perp_neg), config) for s in seeds})
+            rows = [m for s in seeds if (m := runs[run_name(prompt, s, perp_neg)]) is not None]
             if rows:
                 means[f"{prompt} | perp_neg={perp_neg}"] = {
                     "seeds": len(rows), **{k: sum(r[k] for r in rows if r.get(k) is not None) / len(rows) for k in KEYS},
@@ -150,7 +161,7 @@ def per_view(seeds: list[int], steps: int, n_views: int = 24, lr: float = 0.03, 
     return result
 
 
-def orbit_sheet(out: Path, seed: int, every: int = 3):
+def orbit_sheet(out: Path, seed: int, config: str = CONFIG, every: int = 3):
     """Every ``every``-th test-orbit frame of each particle of the runs of ``seed``, one row per
     particle, plain above Perp-Neg: ``[3, H, W]``, or None when a run is missing. The frames are
     the rgb panels cut out of the runs' ``particle{i}.gif`` (the layout of ``test_orbits``)."""
@@ -164,12 +175,13 @@ def orbit_sheet(out: Path, seed: int, every: int = 3):
     for prompt in PROMPTS:
         for perp_neg in (False, True):
             name = run_name(prompt, seed, perp_neg)
-            gifs = sorted((out / "dreamfusion-embedded" / name / "save").glob("it*-test/particle*.gif"))
+            gifs = sorted((runs_folder(out, config) / name / "save").glob("it*-test/particle*.gif"))
             if not gifs:
                 return None
             for gif in gifs:
                 frames = torch.from_numpy(iio.imread(gif)[..., :3].copy()).permute(0, 3, 1, 2).float() / 255
-                size = (frames.shape[-1] - 2) // 3 - 2           # 3 panels (rgb | normal | opacity), pad 2
+                # A frame is a title strip, then a row of labelled panels (rgb first), pad 2.
+                size = next(h for h in range(frames.shape[-2]) if h + 2 * label_height(h) + 8 == frames.shape[-2])
                 top = label_height(size) + 4 + 2 + label_height(size)
                 panels = frames[::every, :, top:top + size, 2:2 + size]
                 rows.append(torch.nn.functional.interpolate(panels, size=96, mode="area"))
@@ -244,7 +256,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
+    parser.add_argument("--config", default=CONFIG, help="a 3-D config of the embedded prior, in configs/")
     parser.add_argument("--lock", default=None, help="run each training under `flock LOCK`")
     parser.add_argument("--override", action="append", default=[], help="a config override for every run")
     parser.add_argument("--summary-only", action="store_true")
@@ -262,8 +275,9 @@ def main() -> None:
         save_image(picture, args.out / "janus_reference.png")
         return
     if args.per_view:
-        result = {"steps": args.steps, "seeds": args.seeds, "views": args.views,
-                  "groups": per_view(args.seeds, args.steps, args.views)}
+        steps = args.steps or 500
+        result = {"steps": steps, "seeds": args.seeds, "views": args.views,
+                  "groups": per_view(args.seeds, steps, args.views)}
         (args.out / "janus_per_view.json").write_text(json.dumps(result, indent=2))
         print(json.dumps({k: v["mean"] for k, v in result["groups"].items()}, indent=2))
         return
@@ -271,15 +285,15 @@ def main() -> None:
         for seed in args.seeds:   # seed-major: an interrupted set still holds complete pairs
             for prompt in PROMPTS:
                 for perp_neg in (False, True):
-                    if metrics_of(args.out, run_name(prompt, seed, perp_neg)) is not None:
+                    if metrics_of(args.out, run_name(prompt, seed, perp_neg), args.config) is not None:
                         continue
-                    cmd = command(prompt, seed, perp_neg, args.steps, args.out, args.override)
+                    cmd = command(prompt, seed, perp_neg, args.steps, args.out, args.override, args.config)
                     cmd = ["flock", args.lock, *cmd] if args.lock else cmd
                     print(" ".join(cmd), flush=True)
                     subprocess.run(cmd, check=True, cwd=ROOT)
-    result = summary(args.out, args.seeds)
+    result = summary(args.out, args.seeds, args.config)
     (args.out / "janus.json").write_text(json.dumps(result, indent=2))
-    sheet = orbit_sheet(args.out, args.seeds[0])
+    sheet = orbit_sheet(args.out, args.seeds[0], args.config)
     if sheet is not None:
         from scorestudio.utils.images import save_image
 
